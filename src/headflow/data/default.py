@@ -1,0 +1,381 @@
+"""The embedded default dataset: 16 synthetic object classes drawn with PIL under crossed appearance factors.
+
+Every image is 96x96 RGB and is a pure function of ``(seed, index, stream)``: its random generator is
+``numpy.random.default_rng([stream, seed, index])``. The analysis stream (``stream=0``, used by
+:func:`load_dataset("default") <headflow.data.load_dataset>`) and the training stream (``stream=1``, used
+by :mod:`headflow.zoo.train`) therefore never share an image, whatever the seeds.
+
+Design (analysis stream): example ``i`` has class ``CLASSES[i % 16]`` and style ``STYLES[(i // 16) % 3]``,
+so every ``n`` that is a multiple of 48 is exactly balanced over (class, style). Palette, size,
+position, background, contrast and clutter are balanced the same way over blocks of 48 (each cycles
+through its levels with the block index, offset by the class), the remaining details (exact colours,
+rotation, jitter, clutter items) come from the example's own generator.
+
+Contrast control: object and background always come from opposite lightness families (light object
+on dark background or dark object on light background), whatever their hues. Without it a small ViT
+trained from scratch hardly learns shape (see ``/work/shared/notes/tiny-llava-trial.md``).
+"""
+
+from __future__ import annotations
+
+import colorsys
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from headflow.data.base import Dataset, Example
+
+__all__ = [
+    "CLASSES",
+    "FACTORS",
+    "IMAGE_SIZE",
+    "DefaultDataset",
+    "render_example",
+    "ANALYSIS_STREAM",
+    "TRAIN_STREAM",
+]
+
+IMAGE_SIZE = 96
+_SS = 2  # supersampling factor for anti-aliased drawing
+ANALYSIS_STREAM = 0
+TRAIN_STREAM = 1
+
+CLASSES: list[str] = [
+    "circle", "square", "triangle", "star", "heart", "cross", "arrow", "moon",
+    "house", "tree", "car", "fish", "umbrella", "flower", "diamond", "key",
+]  # fmt: skip
+
+FACTORS: dict[str, list[str]] = {
+    "style": ["filled", "outline", "textured"],
+    "palette": ["warm", "green", "cool", "purple"],
+    "size": ["small", "medium", "large"],
+    "position": ["center", "top-left", "top-right", "bottom-left", "bottom-right"],
+    "background": ["plain", "gradient"],
+    "contrast": ["light-on-dark", "dark-on-light"],
+    "clutter": ["none", "low", "high"],
+}
+
+_PALETTE_HUES: dict[str, tuple[float, float]] = {  # hue ranges in degrees
+    "warm": (0.0, 55.0),
+    "green": (85.0, 150.0),
+    "cool": (185.0, 240.0),
+    "purple": (265.0, 320.0),
+}
+_SIZE_RADIUS: dict[str, tuple[float, float]] = {"small": (20.0, 25.0), "medium": (26.0, 32.0), "large": (33.0, 38.0)}
+_CLUTTER_COUNT: dict[str, tuple[int, int]] = {"none": (0, 0), "low": (1, 2), "high": (3, 5)}
+_MAX_ROTATION_DEG = 15.0
+
+Polygon = list[tuple[float, float]]
+
+
+# ----------------------------------------------------------------------------------------------
+# Shapes, as unions of polygons in a unit frame (x right, y down, object roughly within [-1, 1]^2)
+# ----------------------------------------------------------------------------------------------
+
+
+def _ellipse(cx: float, cy: float, rx: float, ry: float, n: int = 40, a0: float = 0.0, a1: float = 360.0) -> Polygon:
+    """Points on an ellipse arc from angle ``a0`` to ``a1`` (degrees)."""
+    return [
+        (cx + rx * math.cos(math.radians(a)), cy + ry * math.sin(math.radians(a)))
+        for a in np.linspace(a0, a1, n, endpoint=(a1 - a0) % 360 != 0)
+    ]
+
+
+def _rect(x0: float, y0: float, x1: float, y1: float) -> Polygon:
+    return [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
+
+
+def _star(points: int = 5, inner: float = 0.42) -> Polygon:
+    out = []
+    for k in range(2 * points):
+        r = 1.0 if k % 2 == 0 else inner
+        a = -90.0 + 180.0 * k / points
+        out.append((r * math.cos(math.radians(a)), r * math.sin(math.radians(a)) + 0.08))
+    return out
+
+
+def _heart() -> Polygon:
+    pts = []
+    for t in np.linspace(0, 2 * math.pi, 48, endpoint=False):
+        x = 16 * math.sin(t) ** 3
+        y = 13 * math.cos(t) - 5 * math.cos(2 * t) - 2 * math.cos(3 * t) - math.cos(4 * t)
+        pts.append((x / 17.0, -y / 17.0 - 0.1))
+    return pts
+
+
+def _moon() -> Polygon:
+    # outer unit circle minus a circle of radius 0.85 centred at (0.45, 0); the arcs meet at x = 0.5333
+    outer = _ellipse(0.0, 0.0, 1.0, 1.0, 36, 57.8, 302.2)
+    inner = _ellipse(0.45, 0.0, 0.85, 0.85, 30, 275.6, 84.4)
+    return [(x + 0.2, y) for x, y in outer + inner]
+
+
+def _shape_polygons(label: str) -> list[Polygon]:
+    """Polygons (unit frame) whose union draws ``label``."""
+    if label == "circle":
+        return [_ellipse(0, 0, 1, 1, 48)]
+    if label == "square":
+        return [_rect(-0.82, -0.82, 0.82, 0.82)]
+    if label == "triangle":
+        return [[(0.0, -0.95), (0.95, 0.75), (-0.95, 0.75)]]
+    if label == "star":
+        return [_star()]
+    if label == "heart":
+        return [_heart()]
+    if label == "cross":
+        w = 0.3
+        return [[(-w, -1), (w, -1), (w, -w), (1, -w), (1, w), (w, w), (w, 1), (-w, 1), (-w, w), (-1, w), (-1, -w), (-w, -w)]]
+    if label == "arrow":
+        return [[(-1, -0.22), (0.2, -0.22), (0.2, -0.6), (1, 0), (0.2, 0.6), (0.2, 0.22), (-1, 0.22)]]
+    if label == "moon":
+        return [_moon()]
+    if label == "house":
+        return [[(-0.75, 1), (-0.75, -0.1), (0, -0.95), (0.75, -0.1), (0.75, 1), (0.18, 1), (0.18, 0.4), (-0.18, 0.4), (-0.18, 1)]]
+    if label == "tree":
+        return [[(0, -1), (0.8, 0.45), (-0.8, 0.45)], _rect(-0.16, 0.4, 0.16, 1.0)]
+    if label == "car":
+        return [
+            _rect(-1, -0.05, 1, 0.45),
+            [(-0.55, -0.05), (-0.35, -0.5), (0.35, -0.5), (0.6, -0.05)],
+            _ellipse(-0.55, 0.5, 0.24, 0.24, 20),
+            _ellipse(0.55, 0.5, 0.24, 0.24, 20),
+        ]
+    if label == "fish":
+        return [_ellipse(-0.15, 0, 0.75, 0.45, 40), [(0.45, 0), (1, -0.5), (1, 0.5)]]
+    if label == "umbrella":
+        canopy = _ellipse(0, 0, 1, 0.75, 30, 180, 360) + [(1, 0.02), (-1, 0.02)]
+        return [canopy, _rect(-0.07, 0, 0.07, 0.85), _rect(-0.35, 0.78, 0.07, 0.92), _rect(-0.35, 0.6, -0.23, 0.92)]
+    if label == "flower":
+        petals = [_ellipse(0.55 * math.cos(a), 0.55 * math.sin(a), 0.42, 0.42, 24) for a in np.linspace(0, 2 * math.pi, 5, endpoint=False) - math.pi / 2]
+        return petals + [_ellipse(0, 0, 0.35, 0.35, 24)]
+    if label == "diamond":
+        return [[(0, -1), (0.62, 0), (0, 1), (-0.62, 0)]]
+    if label == "key":
+        return [
+            _ellipse(-0.6, 0, 0.4, 0.4, 32),
+            _rect(-0.25, -0.1, 1.0, 0.1),
+            _rect(0.55, 0.1, 0.7, 0.4),
+            _rect(0.82, 0.1, 0.97, 0.32),
+        ]
+    raise ValueError(f"Unknown class {label!r}; valid classes: {', '.join(CLASSES)}.")
+
+
+# ----------------------------------------------------------------------------------------------
+# Rendering
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Spec:
+    label: str
+    factors: dict[str, str]
+
+
+def _hls_rgb(h_deg: float, lightness: float, sat: float) -> tuple[int, int, int]:
+    r, g, b = colorsys.hls_to_rgb((h_deg % 360.0) / 360.0, lightness, sat)
+    return int(round(r * 255)), int(round(g * 255)), int(round(b * 255))
+
+
+def _colours(rng: np.random.Generator, palette: str, contrast: str) -> tuple[tuple[int, int, int], tuple[int, int, int], tuple[int, int, int], tuple[int, int, int]]:
+    """Object colour, texture colour and two background colours (opposite lightness family)."""
+    h0, h1 = _PALETTE_HUES[palette]
+    hue = rng.uniform(h0, h1)
+    sat = rng.uniform(0.55, 1.0)
+    light_obj = contrast == "light-on-dark"
+    obj_l = rng.uniform(0.62, 0.78) if light_obj else rng.uniform(0.2, 0.36)
+    tex_l = obj_l + (0.15 if light_obj else -0.12)
+    bg_l = (rng.uniform(0.03, 0.16), rng.uniform(0.03, 0.16)) if light_obj else (rng.uniform(0.84, 0.97), rng.uniform(0.84, 0.97))
+    bg_h = rng.uniform(0, 360, size=2)
+    bg_s = rng.uniform(0.0, 0.45, size=2)
+    obj = _hls_rgb(hue, obj_l, sat)
+    tex = _hls_rgb(hue + rng.uniform(-20, 20), float(np.clip(tex_l, 0.05, 0.92)), sat * 0.7)
+    bg_a = _hls_rgb(bg_h[0], bg_l[0], bg_s[0])
+    bg_b = _hls_rgb(bg_h[1], bg_l[1], bg_s[1])
+    return obj, tex, bg_a, bg_b
+
+
+def _background(rng: np.random.Generator, kind: str, a: tuple[int, int, int], b: tuple[int, int, int], size: int) -> Image.Image:
+    if kind == "plain":
+        return Image.new("RGB", (size, size), a)
+    angle = rng.uniform(0, 2 * math.pi)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / (size - 1) - 0.5
+    t = np.clip(xx * math.cos(angle) + yy * math.sin(angle) + 0.5, 0.0, 1.0)[..., None]
+    arr = (1 - t) * np.asarray(a, np.float32) + t * np.asarray(b, np.float32)
+    return Image.fromarray(arr.round().astype(np.uint8), "RGB")
+
+
+def _transform(polys: list[Polygon], cx: float, cy: float, radius: float, rot_deg: float) -> list[Polygon]:
+    c, s = math.cos(math.radians(rot_deg)), math.sin(math.radians(rot_deg))
+    return [[(cx + radius * (x * c - y * s), cy + radius * (x * s + y * c)) for x, y in p] for p in polys]
+
+
+def _silhouette(polys: list[Polygon], size: int) -> Image.Image:
+    im = Image.new("L", (size, size), 0)
+    d = ImageDraw.Draw(im)
+    for p in polys:
+        d.polygon(p, fill=255)
+    return im
+
+
+def _outline(polys: list[Polygon], size: int, width: int) -> Image.Image:
+    im = Image.new("L", (size, size), 0)
+    d = ImageDraw.Draw(im)
+    for p in polys:
+        d.polygon(p, outline=255, width=width)
+    return im
+
+
+def _stripes(rng: np.random.Generator, size: int) -> np.ndarray:
+    angle = rng.uniform(0, math.pi)
+    period = 7.0 * _SS
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    u = xx * math.cos(angle) + yy * math.sin(angle) + rng.uniform(0, period)
+    return (u % period) < period * 0.45
+
+
+def _draw_clutter(rng: np.random.Generator, canvas: Image.Image, count: int, colour_l: bool) -> None:
+    d = ImageDraw.Draw(canvas)
+    size = canvas.size[0]
+    for _ in range(count):
+        hue = rng.uniform(0, 360)
+        light = rng.uniform(0.6, 0.8) if colour_l else rng.uniform(0.2, 0.38)
+        col = _hls_rgb(hue, light, rng.uniform(0.3, 1.0))
+        kind = rng.integers(3)
+        x, y = rng.uniform(0.05, 0.95, size=2) * size
+        if kind == 0:  # dot
+            r = rng.uniform(1.5, 3.5) * _SS
+            d.ellipse([x - r, y - r, x + r, y + r], fill=col)
+        elif kind == 1:  # line segment
+            a = rng.uniform(0, 2 * math.pi)
+            ln = rng.uniform(6, 14) * _SS
+            d.line([x, y, x + ln * math.cos(a), y + ln * math.sin(a)], fill=col, width=int(rng.integers(1, 3)) * _SS)
+        else:  # small ring
+            r = rng.uniform(2.5, 5.0) * _SS
+            d.ellipse([x - r, y - r, x + r, y + r], outline=col, width=_SS)
+
+
+def _pick_factors(rng: np.random.Generator, index: int, crossed: bool) -> tuple[str, dict[str, str]]:
+    """Class and factor levels of example ``index``."""
+    n_cls = len(CLASSES)
+    label = CLASSES[index % n_cls]
+    block = index // (n_cls * len(FACTORS["style"]))
+    factors: dict[str, str] = {}
+    if crossed:
+        factors["style"] = FACTORS["style"][(index // n_cls) % 3]
+        # cycle the other factors over blocks of 48, offset by class so that no factor is tied to a class
+        offset = index % n_cls + (index // n_cls) % 3
+        for k, name in enumerate(["palette", "size", "position", "background", "contrast", "clutter"]):
+            levels = FACTORS[name]
+            factors[name] = levels[(block + offset * (k + 1)) % len(levels)]
+    else:
+        for name, levels in FACTORS.items():
+            factors[name] = levels[int(rng.integers(len(levels)))]
+    return label, dict(sorted(factors.items()))
+
+
+def render_example(seed: int, index: int, stream: int = ANALYSIS_STREAM) -> tuple[str, dict[str, str], np.ndarray, np.ndarray]:
+    """Render example ``index`` of the generator with ``seed`` on ``stream``.
+
+    Parameters
+    ----------
+    seed : int
+        Dataset seed (non-negative).
+    index : int
+        Example index (non-negative).
+    stream : int, default 0
+        ``0`` (analysis: crossed, balanced design) or ``1`` (training: factors drawn at random).
+
+    Returns
+    -------
+    label : str
+        Class name.
+    factors : dict of str to str
+        Appearance factor levels.
+    image : numpy.ndarray
+        ``uint8`` array of shape ``(96, 96, 3)``.
+    mask : numpy.ndarray
+        ``bool`` array of shape ``(96, 96)``, ``True`` on the object's own pixels.
+    """
+    if seed < 0 or index < 0:
+        raise ValueError(f"seed and index must be non-negative. Got seed={seed}, index={index} instead.")
+    rng = np.random.default_rng([stream, seed, index])
+    label, factors = _pick_factors(rng, index, crossed=stream == ANALYSIS_STREAM)
+    big = IMAGE_SIZE * _SS
+    obj, tex, bg_a, bg_b = _colours(rng, factors["palette"], factors["contrast"])
+    canvas = _background(rng, factors["background"], bg_a, bg_b, big)
+    n_clutter = int(rng.integers(_CLUTTER_COUNT[factors["clutter"]][0], _CLUTTER_COUNT[factors["clutter"]][1] + 1))
+    _draw_clutter(rng, canvas, n_clutter, colour_l=factors["contrast"] == "light-on-dark")
+
+    radius = rng.uniform(*_SIZE_RADIUS[factors["size"]])
+    free = IMAGE_SIZE / 2 - radius - 3.0
+    dx = {"center": 0.0, "top-left": -1.0, "top-right": 1.0, "bottom-left": -1.0, "bottom-right": 1.0}[factors["position"]]
+    dy = {"center": 0.0, "top-left": -1.0, "top-right": -1.0, "bottom-left": 1.0, "bottom-right": 1.0}[factors["position"]]
+    jitter = rng.uniform(-2.0, 2.0, size=2)
+    cx = (IMAGE_SIZE / 2 + dx * max(free, 0.0) * 0.9 + jitter[0]) * _SS
+    cy = (IMAGE_SIZE / 2 + dy * max(free, 0.0) * 0.9 + jitter[1]) * _SS
+    polys = _transform(_shape_polygons(label), cx, cy, radius * _SS, rng.uniform(-_MAX_ROTATION_DEG, _MAX_ROTATION_DEG))
+
+    if factors["style"] == "outline":
+        shape = _outline(polys, big, width=int(round(rng.uniform(2.5, 3.5) * _SS)))
+    else:
+        shape = _silhouette(polys, big)
+    fill = Image.new("RGB", (big, big), obj)
+    if factors["style"] == "textured":
+        arr = np.asarray(fill).copy()
+        arr[_stripes(rng, big)] = tex
+        fill = Image.fromarray(arr, "RGB")
+    canvas.paste(fill, (0, 0), shape)
+
+    image = np.asarray(canvas.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BOX), dtype=np.uint8)
+    mask = np.asarray(shape.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BOX)) >= 128
+    return label, factors, image, mask
+
+
+class DefaultDataset(Dataset):
+    """The embedded synthetic dataset (lazy: examples are rendered on access).
+
+    Parameters
+    ----------
+    n : int, default 256
+        Number of examples.
+    seed : int, default 0
+        Seed; example ``i`` depends only on ``(seed, i)``.
+    stream : int, default 0
+        ``0`` for the analysis stream (crossed design), ``1`` for the training stream.
+
+    Examples
+    --------
+    >>> ds = DefaultDataset(n=48, seed=0)
+    >>> ds[0].label, ds[16].factors["style"]
+    ('circle', 'outline')
+    """
+
+    def __init__(self, n: int = 256, seed: int = 0, stream: int = ANALYSIS_STREAM) -> None:
+        if not isinstance(n, (int, np.integer)) or n < 1:
+            raise ValueError(f"The 'n' parameter of DefaultDataset must be an int in [1, inf). Got {n!r} instead.")
+        if not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"The 'seed' parameter of DefaultDataset must be an int in [0, inf). Got {seed!r} instead.")
+        if stream not in (ANALYSIS_STREAM, TRAIN_STREAM):
+            raise ValueError(f"The 'stream' parameter of DefaultDataset must be 0 or 1. Got {stream!r} instead.")
+        self.n = int(n)
+        self.seed = int(seed)
+        self.stream = int(stream)
+        self.name = "default" if stream == ANALYSIS_STREAM else "default-train"
+        self.classes = list(CLASSES)
+        self.factor_names = sorted(FACTORS)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def _get(self, index: int) -> Example:
+        label, factors, image, mask = render_example(self.seed, index, self.stream)
+        tag = "default" if self.stream == ANALYSIS_STREAM else "train"
+        return Example(
+            id=f"{tag}-s{self.seed}-{index:06d}",
+            image=Image.fromarray(image, "RGB"),
+            label=label,
+            factors=factors,
+            mask=mask,
+        )

@@ -1,0 +1,302 @@
+"""The one place headflow changes attention: a function registered with transformers' AttentionInterface.
+
+Where state lives: nothing is global. Per forward pass, the engine passes a :class:`ForwardState`
+as the keyword argument ``headflow_state`` to the model; transformers 5.x forwards model kwargs to
+every attention call, so the function reads it there. Without that kwarg the function is plain
+SDPA (``sdpa_attention_forward``). The function is selected for the language model only, and only
+inside :func:`attention_scope`, which restores the previous implementation in ``finally``.
+
+Two computations:
+
+* **full** (reference path, whole prompt): keys/values of ablated heads' text queries are swapped
+  for baseline keys/values by appending the baseline block as extra keys and a per-(row, head,
+  query, key) bool mask; knockouts AND the mask; one SDPA call.
+* **suffix** (fast path): only the text suffix is run, as many rows; the shared prefix keys and
+  values (system + image) are never copied per row. Attention is split into blocks over disjoint key
+  sets (prefix non-image, real image, baseline image, suffix), each computed by the SDPA kernel with
+  its log-sum-exp, and merged exactly. Rows' queries are folded into one batch against the shared
+  blocks, so the prefix keys are read once per layer, not once per row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface, AttentionMaskInterface
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+from transformers.masking_utils import sdpa_mask
+
+from .spec import CompiledBatch
+
+ATTENTION_NAME = "headflow"
+STATE_KWARG = "headflow_state"
+
+
+@dataclass
+class LayerBaseline:
+    """Baseline keys/values at the image positions of one layer, ``[kv_head, image_token, head_dim]``."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+
+
+@dataclass
+class ForwardState:
+    """Everything one forward pass needs to know (lives for that pass only).
+
+    ``mode`` is ``"full"`` (queries are the whole prompt) or ``"suffix"`` (queries start at
+    ``offset``; ``prefix[layer]`` holds the shared keys/values of positions ``< offset``).
+    """
+
+    mode: str
+    offset: int
+    length: int
+    image_positions: torch.Tensor
+    text_start: int
+    batch: CompiledBatch | None = None
+    baseline_kind: str = "none"
+    baseline: list[LayerBaseline] | None = None
+    prefix: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+    record: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
+    capture_attention: bool = False
+    image_attention: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def touches(self, layer: int) -> bool:
+        if self.capture_attention:
+            return True
+        if self.batch is None:
+            return False
+        if self.batch.ablated_heads(layer) is not None and self.baseline_kind != "none":
+            return True
+        return self.batch.knock_heads is not None and bool(self.batch.knock_heads[:, :, layer].any())
+
+
+# ----------------------------------------------------------------------------------------------
+# registration and scope
+
+
+def headflow_mask(*args: Any, **kwargs: Any) -> torch.Tensor | None:
+    """transformers' own SDPA mask, but always materialised (a 4D bool mask, True = attend)."""
+    kwargs["allow_is_causal_skip"] = False
+    return sdpa_mask(*args, **kwargs)
+
+
+def register() -> None:
+    """Register the attention and mask functions (idempotent; called lazily, never at import)."""
+    AttentionInterface.register(ATTENTION_NAME, headflow_attention)
+    AttentionMaskInterface.register(ATTENTION_NAME, headflow_mask)
+
+
+@contextlib.contextmanager
+def attention_scope(model: torch.nn.Module, text_config_key: str = "text_config") -> Iterator[None]:
+    """Select headflow's attention for the language model only; restore the previous choice after."""
+    register()
+    text_config = getattr(model.config, text_config_key)
+    previous = text_config._attn_implementation
+    model.set_attn_implementation({text_config_key: ATTENTION_NAME})
+    try:
+        yield
+    finally:
+        model.set_attn_implementation({text_config_key: previous or "sdpa"})
+
+
+def headflow_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """AttentionInterface entry: query ``(B, H, Q, D)``, key/value ``(B, G, K, D)`` post-RoPE."""
+    state: ForwardState | None = kwargs.pop(STATE_KWARG, None)
+    if state is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    layer = int(module.layer_idx)
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    if state.record is not None:
+        state.record[layer] = (key.detach(), value.detach())
+    if state.mode == "suffix":
+        return _suffix_attention(query, key, value, attention_mask, scale, state, layer)
+    if not state.touches(layer):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    return _full_attention(query, key, value, attention_mask, scale, state, layer)
+
+
+# ----------------------------------------------------------------------------------------------
+# full path (reference)
+
+
+def _causal_allowed(mask: torch.Tensor | None, batch: int, q_len: int, k_len: int, offset: int,
+                    device: torch.device) -> torch.Tensor:
+    """Bool ``(B|1, 1, Q, K)``: True = may attend."""
+    if mask is not None:
+        if mask.dtype == torch.bool:
+            return mask
+        return mask > torch.finfo(mask.dtype).min / 2
+    q_pos = torch.arange(q_len, device=device) + offset
+    return (torch.arange(k_len, device=device)[None, :] <= q_pos[:, None])[None, None]
+
+
+def _full_attention(query, key, value, mask, scale, state: ForwardState, layer: int):
+    batch, n_heads, q_len, _ = query.shape
+    rep = n_heads // key.shape[1]
+    keys, values = repeat_kv(key, rep), repeat_kv(value, rep)
+    k_len = keys.shape[2]
+    device = query.device
+    allowed = _causal_allowed(mask, batch, q_len, k_len, 0, device).expand(batch, n_heads, q_len, k_len).clone()
+    q_pos = torch.arange(q_len, device=device)
+    k_pos = torch.arange(k_len, device=device)
+    if state.batch is not None:
+        blocked = state.batch.blocked(layer, q_pos, k_pos)
+        if blocked is not None:
+            allowed &= ~blocked
+    image = state.image_positions.to(device)
+    ablated = state.batch.ablated_heads(layer) if state.batch is not None else None
+    if ablated is not None and state.baseline_kind != "none":
+        swap = ablated[:, :, None] & (q_pos >= state.text_start)[None, None, :]  # (B, H, Q)
+        image_allowed = allowed[..., image]
+        allowed[..., image] = image_allowed & ~swap[..., None]
+        if state.baseline_kind != "knockout":
+            base = state.baseline[layer]
+            base_k = repeat_kv(base.keys[None].to(keys.dtype), rep).expand(batch, -1, -1, -1)
+            base_v = repeat_kv(base.values[None].to(values.dtype), rep).expand(batch, -1, -1, -1)
+            keys = torch.cat([keys, base_k], dim=2)
+            values = torch.cat([values, base_v], dim=2)
+            allowed = torch.cat([allowed, image_allowed & swap[..., None]], dim=-1)
+    out = F.scaled_dot_product_attention(query, keys, values, attn_mask=allowed, scale=scale)
+    if state.capture_attention:
+        scores = (query[:, :, -1:] @ keys.transpose(-1, -2)) * scale
+        probs = scores.float().masked_fill(~allowed[:, :, -1:], float("-inf")).softmax(-1)[:, :, 0]
+        on_image = probs[..., image].sum(-1) + probs[..., k_len:].sum(-1)
+        state.image_attention[layer] = on_image
+    return out.transpose(1, 2).contiguous(), None
+
+
+# ----------------------------------------------------------------------------------------------
+# suffix path (fast): blocks over disjoint key sets, merged by log-sum-exp
+
+
+def _cpu_flash_ok(query: torch.Tensor) -> bool:
+    return query.device.type == "cpu" and query.dtype in (torch.float32, torch.bfloat16, torch.float64)
+
+
+def attend_with_lse(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, allowed: torch.Tensor | None,
+                    scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax attention over one key block, returning ``(output, logsumexp)``.
+
+    On CPU this is the SDPA flash kernel itself (``F.scaled_dot_product_attention`` dispatches to it),
+    called directly because the public function does not return the log-sum-exp. Elsewhere it is
+    the same computation written out (exact, for reference devices). Queries that may attend no key
+    get output 0 and log-sum-exp −∞.
+    """
+    if _cpu_flash_ok(query):
+        bias = None
+        if allowed is not None:
+            bias = torch.zeros(allowed.shape, dtype=query.dtype, device=query.device)
+            bias.masked_fill_(~allowed, float("-inf"))
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            query, key, value, 0.0, False, attn_mask=bias, scale=scale)
+    else:
+        scores = (query @ key.transpose(-1, -2)).float() * scale
+        if allowed is not None:
+            scores = scores.masked_fill(~allowed, float("-inf"))
+        lse = scores.logsumexp(-1)
+        probs = torch.exp(scores - lse[..., None].clamp_min(torch.finfo(torch.float32).min))
+        out = (probs.to(value.dtype) @ value)
+    lse = lse.float()
+    if allowed is not None:
+        # The CPU kernel reports log-sum-exp 0 (not −∞) for a query that may attend nothing.
+        empty = ~allowed.any(-1)
+        if bool(empty.any()):
+            empty = empty.expand(lse.shape)
+            lse = lse.masked_fill(empty, float("-inf"))
+            out = out.masked_fill(empty[..., None], 0.0)
+    return out, lse
+
+
+def _fold(query: torch.Tensor, n_kv: int) -> torch.Tensor:
+    """``(B, H, S, D)`` → ``(1, G, B·rep·S, D)``: every row's queries of KV group g in one batch."""
+    batch, n_heads, s, d = query.shape
+    rep = n_heads // n_kv
+    return query.view(batch, n_kv, rep, s, d).transpose(0, 1).reshape(1, n_kv, batch * rep * s, d)
+
+
+def _unfold(folded: torch.Tensor, batch: int, n_heads: int, s: int) -> torch.Tensor:
+    """Inverse of :func:`_fold` for outputs ``(1, G, N, D)`` or log-sum-exps ``(1, G, N)``."""
+    n_kv = folded.shape[1]
+    rep = n_heads // n_kv
+    tail = folded.shape[3:]
+    x = folded.reshape(n_kv, batch, rep, s, *tail).transpose(0, 1)
+    return x.reshape(batch, n_heads, s, *tail)
+
+
+def _fold_mask(allowed: torch.Tensor, n_kv: int) -> torch.Tensor:
+    """Bool ``(B, H, S, K)`` → ``(1, G, B·rep·S, K)``, matching :func:`_fold`."""
+    return _fold(allowed, n_kv)
+
+
+def _suffix_attention(query, key, value, mask, scale, state: ForwardState, layer: int):
+    batch, n_heads, s, _ = query.shape
+    n_kv = key.shape[1]
+    rep = n_heads // n_kv
+    device = query.device
+    offset = state.offset
+    prefix_k, prefix_v = state.prefix[layer]
+    image = state.image_positions.to(device)
+    is_image = torch.zeros(offset, dtype=torch.bool, device=device)
+    is_image[image] = True
+    other = (~is_image).nonzero().squeeze(-1)
+    q_pos = torch.arange(s, device=device) + offset
+    blocked = None
+    if state.batch is not None:
+        blocked = state.batch.blocked(layer, q_pos, torch.arange(offset + s, device=device))
+    ablated = state.batch.ablated_heads(layer) if state.batch is not None else None
+    swap = ablated is not None and state.baseline_kind != "none"
+    folded_q = _fold(query, n_kv)
+
+    def shared_block(keys, values, columns):
+        allowed = None
+        if blocked is not None:
+            allowed = _fold_mask(~blocked[..., columns], n_kv)
+        out, lse = attend_with_lse(folded_q, keys, values, allowed, scale)
+        return _unfold(out, batch, n_heads, s), _unfold(lse, batch, n_heads, s)
+
+    blocks: list[tuple[torch.Tensor, torch.Tensor]] = []
+    image_blocks: list[int] = []
+    if len(other):
+        blocks.append(shared_block(prefix_k[:, :, other], prefix_v[:, :, other], other))
+    out_img, lse_img = shared_block(prefix_k[:, :, image], prefix_v[:, :, image], image)
+    if swap:
+        lse_img = lse_img.masked_fill(ablated[:, :, None], float("-inf"))
+    image_blocks.append(len(blocks))
+    blocks.append((out_img, lse_img))
+    if swap and state.baseline_kind != "knockout":
+        base = state.baseline[layer]
+        out_b, lse_b = shared_block(base.keys[None].to(query.dtype), base.values[None].to(query.dtype), image)
+        lse_b = lse_b.masked_fill(~ablated[:, :, None], float("-inf"))
+        image_blocks.append(len(blocks))
+        blocks.append((out_b, lse_b))
+    # The suffix block: each row's own keys, causal.
+    allowed = _causal_allowed(mask, batch, s, s, offset, device)[..., -s:]
+    if blocked is not None:
+        allowed = allowed & ~blocked[..., offset:]
+    suf_k, suf_v = repeat_kv(key, rep), repeat_kv(value, rep)
+    blocks.append(attend_with_lse(query, suf_k, suf_v, allowed.expand(batch, n_heads, s, s), scale))
+
+    lses = torch.stack([lse for _, lse in blocks])  # (n_blocks, B, H, S)
+    top = lses.max(0).values
+    weights = torch.exp(lses - top)  # −∞ blocks get weight 0
+    total = weights.sum(0)
+    out = sum(w[..., None].to(o.dtype) * o for (o, _), w in zip(blocks, weights)) / total[..., None].to(query.dtype)
+    if state.capture_attention:
+        state.image_attention[layer] = (weights[image_blocks].sum(0) / total)[:, :, -1]
+    return out.transpose(1, 2).contiguous(), None

@@ -1,0 +1,296 @@
+"""The intervention engine: prepare a prompt once (clean run, prefix cache), then run many rows.
+
+Where state lives: a :class:`PreparedPrompt` holds one image's clean logits, its recorded keys and
+values (per layer, post-RoPE, ``[1, kv_head, position, head_dim]``) and the suffix's token ids and
+position ids. It lives as long as the caller keeps it. The model itself is only changed inside
+:func:`~headflow.intervene.attention.attention_scope` for the duration of one call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Iterator, Literal, Sequence
+
+import torch
+from PIL import Image
+
+from ..errors import HeadflowError
+from ..models.groups import TokenGroups
+from ..models.loading import LoadedModel
+from .attention import STATE_KWARG, ForwardState, LayerBaseline, attention_scope
+from .spec import CompiledBatch, Intervention, compile_rows
+
+BASELINE_KINDS = ("mean", "zero", "blank", "resample", "knockout", "custom")
+PathChoice = Literal["auto", "prefix", "full"]
+
+
+@dataclass
+class PreparedPrompt:
+    """One image + question, run once cleanly.
+
+    Attributes
+    ----------
+    groups : TokenGroups
+    clean_logits : Float[Tensor, "vocab"]
+        Final-position logits of the clean run.
+    keys, values : list of Float[Tensor, "1 kv_head position head_dim"]
+        Recorded per layer over the whole prompt.
+    image_attention : Float[Tensor, "layer head"]
+        Mass of the final token's query on image positions in the clean run.
+    """
+
+    groups: TokenGroups
+    inputs: dict[str, torch.Tensor]
+    clean_logits: torch.Tensor
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    embeds: torch.Tensor
+    position_ids: torch.Tensor | None
+    image_attention: torch.Tensor
+
+    @property
+    def split(self) -> int:
+        """Prefix length: the first position whose query an ablation touches."""
+        return self.groups.text_start
+
+    @property
+    def n_image_tokens(self) -> int:
+        return len(self.groups.image)
+
+    def image_kv(self) -> list[LayerBaseline]:
+        """This prompt's own keys/values at its image positions (the identity baseline)."""
+        image = torch.tensor(self.groups.image)
+        return [LayerBaseline(k[0][:, image], v[0][:, image]) for k, v in zip(self.keys, self.values)]
+
+
+@dataclass
+class Baseline:
+    """Replacement keys/values for ablated heads at image positions.
+
+    ``kind`` is one of ``mean``, ``zero``, ``blank``, ``resample``, ``knockout`` or ``custom``;
+    ``layers`` holds per-layer ``[kv_head, image_token, head_dim]`` tensors (None for knockout).
+    A baseline whose token count differs from a prompt's (any-resolution models) is used as the
+    per-head mean over positions.
+    """
+
+    kind: str
+    layers: list[LayerBaseline] | None
+
+    def for_prompt(self, prompt: PreparedPrompt) -> list[LayerBaseline] | None:
+        if self.layers is None:
+            return None
+        n = prompt.n_image_tokens
+        if self.layers[0].keys.shape[1] == n:
+            return self.layers
+        return [LayerBaseline(b.keys.mean(1, keepdim=True).expand(-1, n, -1),
+                              b.values.mean(1, keepdim=True).expand(-1, n, -1)) for b in self.layers]
+
+    @classmethod
+    def knockout(cls) -> "Baseline":
+        return cls("knockout", None)
+
+    @classmethod
+    def zero(cls, prompt: PreparedPrompt) -> "Baseline":
+        own = prompt.image_kv()
+        return cls("zero", [LayerBaseline(torch.zeros_like(b.keys), torch.zeros_like(b.values)) for b in own])
+
+    @classmethod
+    def of_prompt(cls, prompt: PreparedPrompt, kind: str = "custom") -> "Baseline":
+        """Keys/values of another prepared prompt (``blank``, ``resample``) or of itself (identity)."""
+        return cls(kind, prompt.image_kv())
+
+    @classmethod
+    def mean(cls, prompts: Sequence[PreparedPrompt]) -> "Baseline":
+        """Mean over prompts, per layer, KV head and image position (per-head mean if counts vary)."""
+        if not prompts:
+            raise HeadflowError("A mean baseline needs at least one prepared prompt.")
+        per_prompt = [p.image_kv() for p in prompts]
+        counts = {p.n_image_tokens for p in prompts}
+        layers = []
+        for layer in range(len(per_prompt[0])):
+            ks = [pp[layer].keys for pp in per_prompt]
+            vs = [pp[layer].values for pp in per_prompt]
+            if len(counts) > 1:
+                ks = [k.mean(1, keepdim=True) for k in ks]
+                vs = [v.mean(1, keepdim=True) for v in vs]
+            layers.append(LayerBaseline(torch.stack(ks).mean(0), torch.stack(vs).mean(0)))
+        return cls("mean", layers)
+
+
+@dataclass
+class RunOutput:
+    """Final-position logits ``[row, vocab]`` and, if captured, image attention ``[row, layer, head]``."""
+
+    logits: torch.Tensor
+    image_attention: torch.Tensor | None
+    path: str
+
+
+class InterventionEngine:
+    """Run batches of head ablations and attention knockouts inside the model's own attention.
+
+    Parameters
+    ----------
+    model : LoadedModel
+    batch_size : int
+        Rows per forward pass.
+
+    Examples
+    --------
+    >>> from headflow import load_model
+    >>> from headflow.intervene import InterventionEngine, Intervention, Baseline
+    >>> lm = load_model("tiny:llava")
+    >>> engine = InterventionEngine(lm)
+    >>> prompt = engine.prepare(Image.new("RGB", (32, 32), "red"), "What is the main object in the image?")
+    >>> out = engine.run(prompt, [Intervention()], baseline=Baseline.knockout())
+    >>> bool(torch.allclose(out.logits[0], prompt.clean_logits, atol=1e-4))
+    True
+    """
+
+    def __init__(self, model: LoadedModel, *, batch_size: int = 64) -> None:
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise HeadflowError(f"The 'batch_size' parameter of InterventionEngine must be an int in [1, inf). "
+                                f"Got {batch_size!r} instead.")
+        self.lm = model
+        self.batch_size = batch_size
+
+    @contextlib.contextmanager
+    def _scope(self) -> Iterator[None]:
+        with attention_scope(self.lm.model, self.lm.adapter.text_config_key), torch.no_grad():
+            yield
+
+    # -- clean run -------------------------------------------------------------------------
+    def prepare(self, image: Image.Image | Sequence[Image.Image], question: str) -> PreparedPrompt:
+        """Encode, run the clean prompt once, and record keys/values, embeddings and position ids."""
+        inputs, groups = self.lm.encode(image, question)
+        state = ForwardState(mode="full", offset=0, length=groups.length,
+                             image_positions=torch.tensor(groups.image), text_start=groups.text_start,
+                             record={}, capture_attention=True)
+        captured: dict[str, torch.Tensor | None] = {}
+
+        def grab(_module, args, kwargs):
+            captured["embeds"] = kwargs.get("inputs_embeds")
+            captured["position_ids"] = kwargs.get("position_ids")
+
+        handle = self.lm.adapter.language_model().register_forward_pre_hook(grab, with_kwargs=True)
+        try:
+            with self._scope():
+                out = self.lm.model(**inputs, use_cache=False, **{STATE_KWARG: state})
+        finally:
+            handle.remove()
+        if captured.get("embeds") is None:
+            raise HeadflowError(f"{type(self.lm.model).__name__} did not pass inputs_embeds to its language model; "
+                                "its family adapter must override how the prompt is run.")
+        n_layers = self.lm.n_layers
+        if len(state.record) != n_layers:
+            raise HeadflowError(f"headflow's attention saw {len(state.record)} of {n_layers} language-model layers; "
+                                "the model does not dispatch attention through AttentionInterface.")
+        attention = torch.stack([state.image_attention[layer][0] for layer in range(n_layers)])
+        return PreparedPrompt(
+            groups=groups, inputs=inputs, clean_logits=out.logits[0, -1].float(),
+            keys=[state.record[layer][0] for layer in range(n_layers)],
+            values=[state.record[layer][1] for layer in range(n_layers)],
+            embeds=captured["embeds"], position_ids=captured["position_ids"], image_attention=attention.float())
+
+    # -- interventions ---------------------------------------------------------------------
+    def compile(self, prompt: PreparedPrompt, rows: Sequence[Intervention]) -> CompiledBatch:
+        return compile_rows(rows, prompt.groups, self.lm.n_layers, self.lm.n_heads)
+
+    def run(
+        self,
+        prompt: PreparedPrompt,
+        rows: Sequence[Intervention],
+        *,
+        baseline: Baseline | None = None,
+        path: PathChoice = "auto",
+        capture_attention: bool = False,
+    ) -> RunOutput:
+        """Final-position logits for each row.
+
+        ``path="auto"`` reuses the prefix cache (system + image, computed once in :meth:`prepare`)
+        when no row intervenes on a query before the text after the image, and falls back to the
+        full prompt otherwise. ``"prefix"`` and ``"full"`` force one path (``"prefix"`` raises if
+        it cannot apply).
+        """
+        if path not in ("auto", "prefix", "full"):
+            raise HeadflowError(f"The 'path' parameter of run must be one of auto, prefix, full. Got {path!r} instead.")
+        compiled = self.compile(prompt, rows)
+        if compiled.ablate is not None and baseline is None:
+            raise HeadflowError("Rows ablate heads but no baseline was given; pass baseline=Baseline.mean(prompts) "
+                                "or Baseline.knockout().")
+        use_prefix = compiled.first_query >= prompt.split and self._prefix_allowed(prompt)
+        if path == "prefix" and not use_prefix:
+            raise HeadflowError("The prefix path cannot serve this batch: a row intervenes on a query at or before the "
+                                "image. Use path='auto' or 'full'.")
+        if path == "full":
+            use_prefix = False
+        logits, attention = [], []
+        for start in range(0, len(rows), self.batch_size):
+            chunk = _slice_batch(compiled, start, start + self.batch_size)
+            out, att = (self._run_prefix if use_prefix else self._run_full)(prompt, chunk, baseline, capture_attention)
+            logits.append(out)
+            attention.append(att)
+        return RunOutput(torch.cat(logits), torch.cat(attention) if capture_attention else None,
+                         "prefix" if use_prefix else "full")
+
+    def _prefix_allowed(self, prompt: PreparedPrompt) -> bool:
+        window = getattr(self.lm.text_config, "sliding_window", None)
+        use_window = getattr(self.lm.text_config, "use_sliding_window", True)
+        return not (window and use_window and window < prompt.groups.length)
+
+    def _state(self, prompt: PreparedPrompt, chunk: CompiledBatch, baseline: Baseline | None, mode: str,
+               capture: bool) -> ForwardState:
+        device = self.lm.device
+        layers = baseline.for_prompt(prompt) if baseline is not None else None
+        if layers is not None:
+            layers = [LayerBaseline(b.keys.to(device), b.values.to(device)) for b in layers]
+        state = ForwardState(
+            mode=mode, offset=prompt.split if mode == "suffix" else 0, length=prompt.groups.length,
+            image_positions=torch.tensor(prompt.groups.image, device=device), text_start=prompt.groups.text_start,
+            batch=chunk.to(device), baseline_kind=baseline.kind if baseline is not None else "none",
+            baseline=layers, capture_attention=capture)
+        if mode == "suffix":
+            split = prompt.split
+            state.prefix = [(k[:, :, :split], v[:, :, :split]) for k, v in zip(prompt.keys, prompt.values)]
+        return state
+
+    def _forward(self, state: ForwardState, **model_inputs) -> tuple[torch.Tensor, torch.Tensor | None]:
+        with self._scope():
+            out = self.lm.model(**model_inputs, use_cache=False, logits_to_keep=1, **{STATE_KWARG: state})
+        attention = None
+        if state.capture_attention:
+            attention = torch.stack([state.image_attention[layer] for layer in range(self.lm.n_layers)], dim=1)
+        return out.logits[:, -1].float(), attention
+
+    def _run_full(self, prompt, chunk, baseline, capture):
+        state = self._state(prompt, chunk, baseline, "full", capture)
+        rows = chunk.size
+        embeds = prompt.embeds.expand(rows, -1, -1)
+        position_ids = _expand_positions(prompt.position_ids, rows, 0, prompt.groups.length, embeds.device)
+        return self._forward(state, inputs_embeds=embeds, position_ids=position_ids)
+
+    def _run_prefix(self, prompt, chunk, baseline, capture):
+        state = self._state(prompt, chunk, baseline, "suffix", capture)
+        rows, split = chunk.size, prompt.split
+        embeds = prompt.embeds[:, split:].expand(rows, -1, -1)
+        position_ids = _expand_positions(prompt.position_ids, rows, split, prompt.groups.length, embeds.device)
+        return self._forward(state, inputs_embeds=embeds, position_ids=position_ids)
+
+
+def _expand_positions(position_ids: torch.Tensor | None, rows: int, start: int, stop: int,
+                      device: torch.device) -> torch.Tensor:
+    """Position ids of positions ``[start, stop)`` for ``rows`` rows (1-D or multi-axis M-RoPE)."""
+    if position_ids is None:
+        return torch.arange(start, stop, device=device)[None].expand(rows, -1)
+    sliced = position_ids[..., start:stop]
+    if sliced.ndim == 2:
+        return sliced.expand(rows, -1)
+    return sliced.expand(sliced.shape[0], rows, -1)
+
+
+def _slice_batch(batch: CompiledBatch, start: int, stop: int) -> CompiledBatch:
+    cut = lambda t: None if t is None else t[start:stop]  # noqa: E731
+    size = min(stop, batch.size) - start
+    return CompiledBatch(size, cut(batch.ablate), cut(batch.knock_heads), cut(batch.knock_query), cut(batch.knock_key),
+                         batch.first_query)

@@ -1,0 +1,8 @@
+"""Loading, family adapters and token groups."""
+
+from .adapter import ADAPTERS, FamilyAdapter, adapter_for, register_adapter
+from .groups import GROUP_NAMES, TokenGroups
+from .loading import LoadedModel, load_model
+
+__all__ = ["ADAPTERS", "FamilyAdapter", "GROUP_NAMES", "LoadedModel", "TokenGroups", "adapter_for", "load_model",
+           "register_adapter"]

@@ -1,0 +1,17 @@
+"""Qwen2-VL and Qwen2.5-VL: dynamic-resolution vision tower, merged patches, M-RoPE position ids."""
+
+from ..adapter import FamilyAdapter, register_adapter
+
+
+@register_adapter
+class Qwen2VLAdapter(FamilyAdapter):
+    name = "qwen2_vl"
+    model_types = ("qwen2_vl",)
+    mrope = True
+
+
+@register_adapter
+class Qwen25VLAdapter(FamilyAdapter):
+    name = "qwen2_5_vl"
+    model_types = ("qwen2_5_vl",)
+    mrope = True
