@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -60,6 +61,94 @@ def inspect(model: str = typer.Option("default", "--model")) -> None:
     except HeadflowError as exc:
         _fail(str(exc))
     typer.echo(json.dumps({"model": lm.describe(), "groups": groups.describe()}, indent=2))
+
+
+def _load_data(spec: str, n: int | None, seed: int):
+    from .data import load_dataset
+
+    try:
+        return load_dataset(spec, n=n, seed=seed)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def attribute(
+    model: str = typer.Option("default", "--model", help="default | tiny:<family> | local path | hub id"),
+    data: str = typer.Option("default", "--data", help="default | folder:PATH"),
+    out: Path = typer.Option(..., "--out", help="Run directory (created; re-running resumes)."),
+    images: Optional[int] = typer.Option(None, "--images", help="Number of images (default: the dataset's)."),
+    masks: Optional[int] = typer.Option(None, "--masks", help="Training masks n (default max(512, 4N))."),
+    ablation_prob: float = typer.Option(0.1, "--ablation-prob", help="Bernoulli probability alpha."),
+    baseline: str = typer.Option("mean", "--baseline", help="mean | zero | blank | resample | knockout"),
+    target: str = typer.Option("logit", "--target", help="logit | logprob | margin | prob"),
+    fit: str = typer.Option("ols", "--fit", help="ols | ridge | lasso"),
+    n_val: int = typer.Option(256, "--val-masks", help="Held-out masks for the LDS."),
+    seed: int = typer.Option(0, "--seed"),
+    data_seed: int = typer.Option(0, "--data-seed"),
+    keep_wrong: bool = typer.Option(False, "--keep-wrong", help="Keep images the clean model answers wrongly."),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    device: str = typer.Option("cpu", "--device"),
+) -> None:
+    """Head attribution: random head ablations -> linear fit -> per-head attribution (resumable)."""
+    from .attribution import HeadAttribution
+    from .errors import HeadflowError
+    from .models import load_model
+
+    try:
+        lm = load_model(model, device=device)
+        dataset = _load_data(data, images, data_seed)
+        result = HeadAttribution(lm, n_masks=masks, ablation_prob=ablation_prob, baseline=baseline, target=target,
+                                 fit=fit, n_val=n_val, seed=seed, keep_wrong=keep_wrong,
+                                 batch_size=batch_size).run(dataset, out, data_spec=data, data_seed=data_seed)
+        result.plot()
+    except HeadflowError as exc:
+        _fail(str(exc))
+    s = result.summary
+    typer.echo(f"{s['n_images']} images x {s['n_masks']} masks, clean accuracy {s['clean_accuracy']:.3f}, "
+               f"LDS median Pearson {s['lds_pearson_median']:.3f} / Spearman {s['lds_spearman_median']:.3f}")
+    typer.echo("top heads (layer, head, attribution): " +
+               ", ".join(f"({l},{h},{v:.3f})" for l, h, v in s["top_heads"][:5]))
+    typer.echo(f"wrote {out}")
+
+
+@app.command()
+def validate(
+    run_dir: Path = typer.Argument(..., help="An attribution run directory."),
+    model: Optional[str] = typer.Option(None, "--model", help="Defaults to the run's model."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random ranking."),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    device: str = typer.Option("cpu", "--device"),
+) -> None:
+    """Rankings (attribution, single-head, attention weight, random) and completeness/faithfulness curves."""
+    from .attribution import Validation
+    from .errors import HeadflowError
+    from .models import load_model
+
+    try:
+        lm = load_model(model, device=device) if model else None
+        if lm is None:
+            from .store import read_json
+
+            if not (run_dir / "config.json").exists():
+                _fail(f"{run_dir} is not an attribution run directory (no config.json).")
+            lm = load_model(read_json(run_dir / "config.json")["spec"]["model"], device=device)
+        result = Validation(lm, seed=seed, batch_size=batch_size).run(run_dir)
+    except HeadflowError as exc:
+        _fail(str(exc))
+    for name, r in result.data["rankings"].items():
+        typer.echo(f"  {name:<22} k80 completeness {str(r['k80_completeness']):>5}  k80 faithfulness "
+                   f"{str(r['k80_faithfulness']):>5}  AUC {r['auc_completeness']:.3f} / {r['auc_faithfulness']:.3f}")
+    typer.echo(f"C1 holds: {result.data['c1']['holds']}; wrote {run_dir / 'validation.json'}")
+
+
+def _mount_subcommands() -> None:
+    from .data.cli import data_app
+
+    app.add_typer(data_app, name="data")
+
+
+_mount_subcommands()
 
 
 def main() -> None:  # pragma: no cover

@@ -38,6 +38,8 @@ class PreparedPrompt:
         Recorded per layer over the whole prompt.
     image_attention : Float[Tensor, "layer head"]
         Mass of the final token's query on image positions in the clean run.
+    final_hidden : Float[Tensor, "hidden"]
+        The language model's last hidden state at the final position (clean run).
     """
 
     groups: TokenGroups
@@ -48,6 +50,7 @@ class PreparedPrompt:
     embeds: torch.Tensor
     position_ids: torch.Tensor | None
     image_attention: torch.Tensor
+    final_hidden: torch.Tensor
 
     @property
     def split(self) -> int:
@@ -176,7 +179,7 @@ class InterventionEngine:
         handle = self.lm.adapter.language_model().register_forward_pre_hook(grab, with_kwargs=True)
         try:
             with self._scope():
-                out = self.lm.model(**inputs, use_cache=False, **{STATE_KWARG: state})
+                out = self.lm.model(**inputs, use_cache=False, output_hidden_states=True, **{STATE_KWARG: state})
         finally:
             handle.remove()
         if captured.get("embeds") is None:
@@ -191,7 +194,8 @@ class InterventionEngine:
             groups=groups, inputs=inputs, clean_logits=out.logits[0, -1].float(),
             keys=[state.record[layer][0] for layer in range(n_layers)],
             values=[state.record[layer][1] for layer in range(n_layers)],
-            embeds=captured["embeds"], position_ids=captured["position_ids"], image_attention=attention.float())
+            embeds=captured["embeds"], position_ids=captured["position_ids"], image_attention=attention.float(),
+            final_hidden=out.hidden_states[-1][0, -1].float())
 
     # -- interventions ---------------------------------------------------------------------
     def compile(self, prompt: PreparedPrompt, rows: Sequence[Intervention]) -> CompiledBatch:

@@ -4,11 +4,13 @@ Every family is built entirely locally (no hub access): a word-level tokenizer,
 the family's native (PIL-backend) image processor and processor class, and a
 randomly initialised ``*ForConditionalGeneration`` model with a few layers.
 
->>> model, processor = build_tiny("llava")
->>> msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is shown ?"}]}]
->>> prompt = processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
->>> inputs = processor(text=prompt, images=[image], return_tensors="pt")
->>> logits = model(**inputs).logits
+Usage::
+
+    model, processor = build_tiny("llava")
+    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is shown ?"}]}]
+    prompt = processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    inputs = processor(text=prompt, images=[pil_image], return_tensors="pt")
+    logits = model(**inputs).logits
 
 See ``FAMILIES.md`` next to this file for per-family facts (image token id,
 attention-interface keys, position ids, module paths, patch geometry).
@@ -385,12 +387,14 @@ _NO_VIDEO_PROCESSORS: dict[str, type] = {}
 def _image_only_processor_cls(base_cls: type) -> type:
     """``base_cls`` without the ``video_processor`` sub-processor.
 
-    Qwen2VLProcessor / Qwen2_5_VLProcessor require a video processor, but in
-    transformers 5.x every video processor needs torchvision (and a ``None`` video
-    processor can neither be constructed nor saved).  Without torchvision we use this
-    image-only subclass; it is registered in ``PROCESSOR_MAPPING`` under a private
-    key so that ``AutoProcessor.from_pretrained`` resolves the saved
-    ``processor_class`` name -- in any process that has imported this module.
+    Qwen2VLProcessor / Qwen2_5_VLProcessor / InternVLProcessor require a video
+    processor, but in transformers 5.x every video processor needs torchvision (and a
+    ``None`` video processor can neither be constructed nor saved).  Without
+    torchvision we use this image-only subclass (named e.g. ``Qwen2VLProcessorNoVideo``);
+    it is registered in ``PROCESSOR_MAPPING`` under a private string key so that
+    ``AutoProcessor.from_pretrained`` resolves the saved ``processor_class`` name --
+    in any process that has imported this module (a fresh process that has not
+    falls back to the stock class, which then needs torchvision).
     """
     name = f"{base_cls.__name__}NoVideo"
     if name in _NO_VIDEO_PROCESSORS:

@@ -1,0 +1,126 @@
+"""Tiny random-weight VLMs (headflow.models.tiny): forward, image-token accounting, save/load."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+try:
+    import headflow.models.tiny  # noqa: F401
+except ImportError:  # running from a checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from headflow.models.tiny import TINY_FAMILIES, build_tiny, build_word_tokenizer
+
+QUESTION = "What is the main object in the image? Answer with one word."
+MESSAGES = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
+_NON_VISION_KEYS = {"input_ids", "attention_mask", "mm_token_type_ids"}
+
+
+def _image(h: int = 40, w: int = 60) -> Image.Image:
+    return Image.fromarray((np.random.RandomState(0).rand(h, w, 3) * 255).astype("uint8"))
+
+
+def _inputs(processor, image):
+    prompt = processor.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=False)
+    return processor(text=prompt, images=[image], return_tensors="pt")
+
+
+def _num_image_features(model, inputs) -> int:
+    vision_inputs = {k: v for k, v in inputs.items() if k not in _NON_VISION_KEYS}
+    with torch.no_grad():
+        out = model.model.get_image_features(**vision_inputs)
+    feats = out.pooler_output
+    feats = feats if isinstance(feats, (list, tuple)) else [feats]
+    hidden = model.config.text_config.hidden_size
+    return sum(f.numel() // hidden for f in feats)
+
+
+@pytest.fixture(scope="module", params=TINY_FAMILIES)
+def tiny(request):
+    model, processor = build_tiny(request.param)
+    return request.param, model, processor
+
+
+def test_forward_and_image_tokens(tiny):
+    family, model, processor = tiny
+    assert not model.training and model.dtype == torch.float32
+    inputs = _inputs(processor, _image())
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    vocab = model.config.text_config.vocab_size
+    assert vocab == len(processor.tokenizer)
+    assert logits.shape == (1, inputs["input_ids"].shape[1], vocab)
+    assert torch.isfinite(logits).all()
+    n_tokens = int((inputs["input_ids"] == processor.image_token_id).sum())
+    assert processor.image_token_id == model.config.image_token_id
+    assert n_tokens > 0 and n_tokens == _num_image_features(model, inputs)
+
+
+def test_save_load_roundtrip(tiny, tmp_path):
+    family, model, processor = tiny
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    model2 = AutoModelForImageTextToText.from_pretrained(tmp_path).eval()
+    processor2 = AutoProcessor.from_pretrained(tmp_path)
+    assert type(model2) is type(model) and type(processor2) is type(processor)
+    image = _image()
+    a, b = _inputs(processor, image), _inputs(processor2, image)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with torch.no_grad():
+        assert torch.equal(model(**a).logits, model2(**b).logits)
+
+
+def test_chat_templates():
+    _, llava = build_tiny("llava")
+    assert (
+        llava.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=False)
+        == f"USER: <image>\n{QUESTION} ASSISTANT:"
+    )
+    _, nxt = build_tiny("llava_next")
+    assert (
+        nxt.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=False)
+        == f"[INST] <image>\n{QUESTION} [/INST]"
+    )
+    _, qwen = build_tiny("qwen2_vl")
+    assert qwen.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=False).endswith(
+        f"<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{QUESTION}<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+
+
+def test_llava_next_anyres_token_count_depends_on_aspect_ratio():
+    model, processor = build_tiny("llava_next")
+    counts = {
+        (h, w): int((_inputs(processor, _image(h, w))["input_ids"] == processor.image_token_id).sum())
+        for h, w in [(32, 32), (40, 60), (60, 40)]
+    }
+    assert len(set(counts.values())) == 3, counts
+
+
+def test_word_tokenizer():
+    tok = build_word_tokenizer(["what", "is", "?", "circle", "[INST]"], ["<x>"], image_token="<image>")
+    ids = tok("[INST] <image>\nwhat is circle?", add_special_tokens=False)["input_ids"]
+    assert tok.convert_ids_to_tokens(ids) == ["[INST]", "<image>", "what", "is", "circle", "?"]
+    assert tok.image_token == "<image>" and tok.image_token_id == tok.convert_tokens_to_ids("<image>")
+    assert tok.convert_ids_to_tokens(tok("zebra")["input_ids"]) == ["<unk>"]
+
+
+def test_seed_determinism_and_unknown_family():
+    a, _ = build_tiny("llava", seed=3)
+    b, _ = build_tiny("llava", seed=3)
+    c, _ = build_tiny("llava", seed=4)
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(v, sb[k]) for k, v in sa.items())
+    assert any(not torch.equal(v, sc[k]) for k, v in sa.items())
+    with pytest.raises(ValueError, match="Unknown tiny family 'x'. Supported: llava, llava_next"):
+        build_tiny("x")
