@@ -144,8 +144,12 @@ def validate(
 
 def _mount_subcommands() -> None:
     from .data.cli import data_app
+    from .flow.cli import flow_command
+    from .semantics.cli import semantics_command
 
     app.add_typer(data_app, name="data")
+    app.command("flow")(flow_command)
+    app.command("semantics")(semantics_command)
 
 
 _mount_subcommands()

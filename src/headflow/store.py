@@ -26,6 +26,7 @@ def _atomic(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp creates owner-only files
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

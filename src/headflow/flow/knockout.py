@@ -1,0 +1,435 @@
+"""Token-level information flow by attention knockout (F9) with object/background tokens (F10).
+
+Method (Geva et al. 2023, as used in arXiv 2509.17588): for a source token group ``S``, a target group
+``T`` and a window of ``w`` consecutive layers ``[l, l + w)``, queries at ``T`` may not attend keys at
+``S`` (score −∞) in those layers, for all heads or a given head subset. The effect on the answer is
+``(p_ko − p_clean) / p_clean`` (relative change of the answer probability) and ``logit_ko − logit_clean``,
+a curve over the window start ``l``. All windows × pairs (and the object/background and per-token rows)
+of one image are rows of one :meth:`InterventionEngine.run` call, so the image prefix is computed once.
+
+Where state lives: :class:`TokenFlow` only stores parameters; :meth:`TokenFlow.run` returns a frozen
+:class:`FlowResult` that holds everything it computed and writes/reads a run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import HeadflowError, param_error
+from ..intervene import HeadRef, Intervention, InterventionEngine
+from ..intervene.spec import ablation_matrix
+from ..models.geometry import token_coverage, token_rects
+from ..models.groups import GROUP_NAMES
+from . import objects as obj
+from .answers import answer_token
+from .stats import bootstrap_indices, curve_summary, paired_later_test, weighted_mean_layer
+
+DEFAULT_PAIRS: tuple[tuple[str, str], ...] = (
+    ("question", "role"), ("question", "final"), ("image", "question"),
+    ("image", "role"), ("image", "final"), ("role", "final"),
+)
+DEFAULT_QUESTION = "What is the main object in the image? Answer in one word."
+C3_EARLY = (("question", "role"), ("question", "final"))
+C3_LATE = (("image", "role"), ("image", "final"))
+
+
+def pair_name(pair: tuple[str, str]) -> str:
+    return f"{pair[0]}->{pair[1]}"
+
+
+def parse_pairs(spec: str | Sequence) -> tuple[tuple[str, str], ...]:
+    """``"question:role,image:final"`` or a sequence of ``(source, target)`` → validated pairs."""
+    items = [p.strip() for p in spec.split(",") if p.strip()] if isinstance(spec, str) else list(spec)
+    pairs = []
+    for item in items:
+        parts = item.replace("->", ":").split(":") if isinstance(item, str) else list(item)
+        if len(parts) != 2 or any(p not in GROUP_NAMES for p in parts):
+            raise HeadflowError(f"A flow pair must be 'source:target' with token groups from "
+                                f"{', '.join(GROUP_NAMES)}. Got {item!r} instead.")
+        pairs.append((str(parts[0]), str(parts[1])))
+    if not pairs:
+        raise HeadflowError("The 'pairs' parameter of TokenFlow must name at least one pair, e.g. 'image:final'.")
+    return tuple(dict.fromkeys(pairs))
+
+
+# ----------------------------------------------------------------------------------------------
+# result
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write to a temporary file next to ``path``, then ``os.replace`` it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    _atomic_write(path, lambda p: p.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n"))
+
+
+@dataclass(frozen=True)
+class FlowResult:
+    """What :class:`TokenFlow` computed.
+
+    Attributes
+    ----------
+    summary : dict
+        The content of ``flow.json``: per pair the mean curve (length ``L − w + 1``), peak and
+        effect-weighted mean layer with bootstrap intervals; the C3 test; object/background effects and
+        the C4 verdict; params, resolved params and provenance.
+    windows : DataFrame
+        Tidy ``image_id, pair, source, target, window_start, effect_prob, effect_logit``.
+    objects : DataFrame
+        Tidy ``image_id, condition, effect_prob, effect_logit, n_tokens`` (random draws averaged).
+    token_maps : dict
+        ``image_id → {"effect_prob": Float[ndarray, "image_token"], "coverage": Float[ndarray, "image_token"],
+        "rects": Float[ndarray, "image_token 4"], "image": UInt8[ndarray, "height width 3"]}``.
+    """
+
+    summary: dict[str, Any]
+    windows: pd.DataFrame
+    objects: pd.DataFrame
+    token_maps: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+
+    FILES = ("flow.json", "flow_windows.parquet", "flow_objects.parquet", "token_maps.npz")
+
+    def save(self, out: str | Path) -> Path:
+        """Write ``flow.json``, ``flow_windows.parquet``, ``flow_objects.parquet`` and ``token_maps.npz``
+        (each atomically) into ``out``."""
+        out = Path(out)
+        _atomic_write(out / "flow_windows.parquet", lambda p: self.windows.to_parquet(p, index=False))
+        _atomic_write(out / "flow_objects.parquet", lambda p: self.objects.to_parquet(p, index=False))
+        arrays = {f"{i}/{key}": value for i, m in enumerate(self.token_maps.values()) for key, value in m.items()}
+        arrays["ids"] = np.array(list(self.token_maps), dtype=str)
+
+        def write_npz(p: Path) -> None:
+            with open(p, "wb") as fh:
+                np.savez_compressed(fh, **arrays)
+
+        _atomic_write(out / "token_maps.npz", write_npz)
+        _write_json(out / "flow.json", self.summary)  # last: its presence marks a complete run
+        return out
+
+    @classmethod
+    def load(cls, out: str | Path) -> "FlowResult":
+        out = Path(out)
+        if not (out / "flow.json").exists():
+            raise HeadflowError(f"{out} holds no flow.json; run `headflow flow --out {out}` first.")
+        summary = json.loads((out / "flow.json").read_text())
+        windows = pd.read_parquet(out / "flow_windows.parquet")
+        objects = pd.read_parquet(out / "flow_objects.parquet") if (out / "flow_objects.parquet").exists() \
+            else pd.DataFrame()
+        maps: dict[str, dict[str, np.ndarray]] = {}
+        if (out / "token_maps.npz").exists():
+            with np.load(out / "token_maps.npz") as data:
+                for i, image_id in enumerate(data["ids"].tolist()):
+                    maps[image_id] = {k.split("/", 1)[1]: data[k] for k in data.files if k.startswith(f"{i}/")}
+        return cls(summary, windows, objects, maps)
+
+    def plot(self, out: str | Path) -> list[Path]:
+        """Write the figures (PNG + SVG) into ``out/figures``; returns their paths."""
+        from .plots import save_figures
+
+        return save_figures(self, Path(out) / "figures")
+
+    @property
+    def curves(self) -> dict[str, np.ndarray]:
+        """Mean relative-probability effect per pair, ``Float[ndarray, "window"]`` (NaN for missing)."""
+        return {name: np.array([np.nan if v is None else v for v in p["curve"]])
+                for name, p in self.summary["pairs"].items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# method
+
+
+class TokenFlow:
+    """Attention-knockout flow between token groups, per window of layers, with bootstrap summaries.
+
+    Parameters
+    ----------
+    model : LoadedModel
+        From :func:`headflow.load_model`.
+    window : int, optional
+        Layers per knockout window; default ``max(1, round(L / 6))``.
+    pairs : sequence of (source, target) or str
+        Token-group pairs; default :data:`DEFAULT_PAIRS`. ``"question:role,image:final"`` also works.
+    heads : bool Tensor ``[layer, head]`` or iterable of ``(layer, head)`` / :class:`HeadRef`, optional
+        Knock out these heads only (default: all heads).
+    question : str
+        The question asked about every image.
+    n_bootstrap : int
+        Bootstrap resamples over images for all intervals.
+    seed : int
+        Seeds the bootstrap and the random token sets.
+    keep_wrong : bool
+        Keep images the clean model answers wrongly (dropped by default).
+    batch_size : int
+        Rows per forward pass.
+    objects : "auto", True or False
+        Object/background analysis (F10): ``"auto"`` runs it where examples carry masks and the family
+        has patch geometry; ``True`` requires it.
+    object_layers : sequence of int, optional
+        Layers of the object/background and per-token knockouts (default: all).
+    n_random : int
+        Random token sets of the same sizes per image.
+    n_maps : int
+        Images (the first kept ones with masks) that get a per-token effect map.
+    threshold : float
+        Object coverage threshold for object tokens.
+    progress : bool
+        Show a progress bar over images.
+
+    Examples
+    --------
+    >>> from headflow import load_model
+    >>> from headflow.data import load_dataset
+    >>> flow = TokenFlow(load_model("tiny:llava"), keep_wrong=True, n_bootstrap=50, n_maps=0, progress=False)
+    >>> result = flow.run(load_dataset("default", n=2))
+    >>> len(result.summary["pairs"]["image->final"]["curve"])  # L - w + 1 window starts
+    2
+    """
+
+    needs_grad = False
+    supports_prefix_kv = True
+
+    def __init__(self, model, *, window: int | None = None, pairs=DEFAULT_PAIRS, heads=None,
+                 question: str = DEFAULT_QUESTION, n_bootstrap: int = 1000, seed: int = 0, keep_wrong: bool = False,
+                 batch_size: int = 64, objects: bool | str = "auto", object_layers: Sequence[int] | None = None,
+                 n_random: int = 8, n_maps: int = 4, threshold: float = 0.5, progress: bool = True) -> None:
+        self.model = model
+        self.window = window
+        self.pairs = pairs
+        self.heads = heads
+        self.question = question
+        self.n_bootstrap = n_bootstrap
+        self.seed = seed
+        self.keep_wrong = keep_wrong
+        self.batch_size = batch_size
+        self.objects = objects
+        self.object_layers = object_layers
+        self.n_random = n_random
+        self.n_maps = n_maps
+        self.threshold = threshold
+        self.progress = progress
+
+    # one declarative table of constraints, checked at the top of run()
+    _CONSTRAINTS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+        "window": ("None or an int in [1, n_layers]", lambda v: v is None or (isinstance(v, int) and v >= 1)),
+        "n_bootstrap": ("an int in [1, inf)", lambda v: isinstance(v, int) and v >= 1),
+        "seed": ("an int", lambda v: isinstance(v, int)),
+        "keep_wrong": ("a bool", lambda v: isinstance(v, bool)),
+        "batch_size": ("an int in [1, inf)", lambda v: isinstance(v, int) and v >= 1),
+        "objects": ("'auto', True or False", lambda v: v in ("auto", True, False)),
+        "n_random": ("an int in [0, inf)", lambda v: isinstance(v, int) and v >= 0),
+        "n_maps": ("an int in [0, inf)", lambda v: isinstance(v, int) and v >= 0),
+        "threshold": ("a float in (0, 1]", lambda v: isinstance(v, (int, float)) and 0 < v <= 1),
+        "question": ("a non-empty str", lambda v: isinstance(v, str) and bool(v.strip())),
+    }
+
+    def get_params(self) -> dict[str, Any]:
+        heads = self.heads
+        if torch.is_tensor(heads) or isinstance(heads, np.ndarray):
+            heads = [[int(l), int(h)] for l, h in np.argwhere(np.asarray(heads))]
+        elif heads is not None:
+            heads = [[int(r.layer), int(r.head)] if isinstance(r, HeadRef) else [int(r[0]), int(r[1])] for r in heads]
+        return {"window": self.window, "pairs": [list(p) for p in parse_pairs(self.pairs)], "heads": heads,
+                "question": self.question, "n_bootstrap": self.n_bootstrap, "seed": self.seed,
+                "keep_wrong": self.keep_wrong, "batch_size": self.batch_size, "objects": self.objects,
+                "object_layers": None if self.object_layers is None else [int(x) for x in self.object_layers],
+                "n_random": self.n_random, "n_maps": self.n_maps, "threshold": float(self.threshold)}
+
+    def _validate(self) -> None:
+        for name, (expected, ok) in self._CONSTRAINTS.items():
+            value = getattr(self, name)
+            if not ok(value):
+                raise param_error(name, "TokenFlow", expected, value)
+        n_layers = self.model.n_layers
+        if self.window is not None and self.window > n_layers:
+            raise param_error("window", "TokenFlow", f"None or an int in [1, {n_layers}]", self.window)
+        if self.object_layers is not None and not all(0 <= int(x) < n_layers for x in self.object_layers):
+            raise param_error("object_layers", "TokenFlow", f"None or layers in [0, {n_layers})",
+                              list(self.object_layers))
+
+    # -- public -----------------------------------------------------------------------------
+    def run(self, dataset: Sequence, *, out: str | Path | None = None) -> FlowResult:
+        """Run the knockouts on every image of ``dataset`` (a sequence of :class:`headflow.data.Example`);
+        save into ``out`` if given (``flow.json`` and friends, figures under ``out/figures``)."""
+        from ..models.loading import LoadedModel
+
+        if not isinstance(self.model, LoadedModel):
+            raise HeadflowError("TokenFlow needs a loaded model: TokenFlow(headflow.load_model(spec), ...).")
+        self._validate()
+        lm = self.model
+        n_layers = lm.n_layers
+        window = self.window if self.window is not None else max(1, round(n_layers / 6))
+        heads = None if self.heads is None else ablation_matrix(self.heads, n_layers, lm.n_heads)
+        resolved = {"window_": window, "pairs_": [list(p) for p in parse_pairs(self.pairs)],
+                    "window_starts_": list(range(n_layers - window + 1)),
+                    "object_layers_": list(range(n_layers)) if self.object_layers is None else
+                    [int(x) for x in self.object_layers],
+                    "n_heads_knocked_": int(heads.sum()) if heads is not None else n_layers * lm.n_heads}
+        result = self._run(dataset, window=window, heads=heads, resolved=resolved)
+        if out is not None:
+            result.save(out)
+            result.plot(out)
+        return result
+
+    # -- private ----------------------------------------------------------------------------
+    def _run(self, dataset: Sequence, *, window: int, heads: torch.Tensor | None, resolved: dict) -> FlowResult:
+        lm = self.model
+        engine = InterventionEngine(lm, batch_size=self.batch_size)
+        tokenizer = getattr(lm.processor, "tokenizer", lm.processor)
+        pairs = parse_pairs(self.pairs)
+        starts = resolved["window_starts_"]
+        object_layers = resolved["object_layers_"]
+        window_rows = [Intervention(knockouts=obj.knockouts(src, tgt, range(s, s + window), heads))
+                       for src, tgt in pairs for s in starts]
+        window_keys = [(src, tgt, s) for src, tgt in pairs for s in starts]
+        records, object_records, maps = [], [], {}
+        kept, dropped, skipped_objects = [], [], []
+        geometry_error: str | None = None
+        for index, ex in enumerate(tqdm(dataset, desc="flow", unit="image", disable=not self.progress)):
+            prompt = engine.prepare(ex.image, self.question)
+            answer = answer_token(tokenizer, ex.label, prompt.clean_logits)
+            if int(prompt.clean_logits.argmax()) != answer and not self.keep_wrong:
+                dropped.append(ex.id)
+                continue
+            kept.append(ex.id)
+            rows, labels = list(window_rows), [None] * len(window_rows)
+            coverage = rects = None
+            want_objects = self.objects is not False and getattr(ex, "mask", None) is not None
+            if self.objects is True and getattr(ex, "mask", None) is None:
+                raise HeadflowError(f"objects=True needs object masks, but example {ex.id!r} has none. "
+                                    "Use objects='auto' or a dataset with masks.")
+            if want_objects and geometry_error is None:
+                try:
+                    rects = token_rects(lm, ex.image.size, prompt.inputs)
+                    coverage = token_coverage(lm, ex.image, ex.mask, prompt.inputs)
+                except HeadflowError as exc:
+                    if self.objects is True:
+                        raise
+                    geometry_error = str(exc)
+            counts: dict[str, int] = {}
+            if coverage is not None:
+                rng = np.random.default_rng([self.seed, index])
+                o_rows, o_labels, counts = obj.object_rows(prompt.groups, coverage, layers=object_layers, heads=heads,
+                                                           n_random=self.n_random, rng=rng, threshold=self.threshold)
+                rows += o_rows
+                labels += o_labels
+                if not o_rows:
+                    skipped_objects.append(ex.id)
+                if len(maps) < self.n_maps:
+                    t_rows, t_labels = obj.token_rows(prompt.groups, layers=object_layers, heads=heads)
+                    rows += t_rows
+                    labels += t_labels
+            logits = engine.run(prompt, rows).logits
+            lp = torch.log_softmax(logits.double(), -1)[:, answer]
+            lp_clean = torch.log_softmax(prompt.clean_logits.double(), -1)[answer]
+            effect_prob = (torch.exp(lp - lp_clean) - 1).numpy()
+            effect_logit = (logits[:, answer].double() - prompt.clean_logits[answer].double()).numpy()
+            for r, (src, tgt, s) in enumerate(window_keys):
+                records.append((ex.id, pair_name((src, tgt)), src, tgt, s, effect_prob[r], effect_logit[r]))
+            if coverage is None:
+                continue
+            n = len(window_keys)
+            label_arr = np.array([obj.condition_of(x) for x in labels[n:]], dtype=object)
+            ep, el = effect_prob[n:], effect_logit[n:]
+            for condition in obj.CONDITIONS:
+                sel = label_arr == condition
+                if sel.any():
+                    size_key = "n_object" if condition.endswith("object") else "n_background"
+                    object_records.append((ex.id, condition, float(ep[sel].mean()), float(el[sel].mean()),
+                                           counts[size_key]))
+            token = label_arr == "token"
+            if token.any():
+                maps[ex.id] = {"effect_prob": ep[token].astype(np.float64), "effect_logit": el[token].astype(np.float64),
+                               "coverage": coverage, "rects": rects,
+                               "image": np.asarray(ex.image.convert("RGB"), dtype=np.uint8)}
+        windows = pd.DataFrame(records, columns=["image_id", "pair", "source", "target", "window_start",
+                                                 "effect_prob", "effect_logit"])
+        objects = pd.DataFrame(object_records, columns=["image_id", "condition", "effect_prob", "effect_logit",
+                                                        "n_tokens"])
+        summary = self._summarize(windows, objects, kept, pairs, starts)
+        summary["images"] = {"n_total": len(kept) + len(dropped), "n_kept": len(kept), "kept": kept,
+                             "dropped_wrong": dropped, "no_object_or_background_tokens": skipped_objects}
+        if geometry_error is not None:
+            summary["objects_skipped_reason"] = geometry_error
+        summary["params"] = self.get_params()
+        summary["resolved"] = resolved
+        summary["provenance"] = _provenance(lm, dataset)
+        return FlowResult(summary, windows, objects, maps)
+
+    def _summarize(self, windows: pd.DataFrame, objects: pd.DataFrame, kept: list[str],
+                   pairs: Sequence[tuple[str, str]], starts: list[int]) -> dict[str, Any]:
+        if not kept:
+            raise HeadflowError("No image is left to analyse: the clean model answered every image wrongly. "
+                                "Pass keep_wrong=True (--keep-wrong) to keep them.")
+        idx = bootstrap_indices(len(kept), self.n_bootstrap, self.seed)
+        starts_arr = np.asarray(starts)
+        order = {image_id: i for i, image_id in enumerate(kept)}
+        per_pair: dict[str, dict[str, np.ndarray]] = {}
+        out_pairs = {}
+        for pair in pairs:
+            name = pair_name(pair)
+            sub = windows[windows["pair"] == name]
+            per_pair[name] = {}
+            for metric in ("effect_prob", "effect_logit"):
+                table = np.full((len(kept), len(starts)), np.nan)
+                table[[order[i] for i in sub["image_id"]], sub["window_start"].to_numpy()] = sub[metric].to_numpy()
+                per_pair[name][metric] = table
+            out_pairs[name] = {"source": pair[0], "target": pair[1],
+                               **curve_summary(per_pair[name]["effect_prob"], starts_arr, idx),
+                               "logit": curve_summary(per_pair[name]["effect_logit"], starts_arr, idx)}
+        summary: dict[str, Any] = {"method": "TokenFlow", "paper": "arXiv:2509.17588",
+                                   "effect": "relative change of the answer probability (p_ko - p_clean) / p_clean",
+                                   "pairs": out_pairs}
+        early = [pair_name(p) for p in C3_EARLY if pair_name(p) in per_pair]
+        late = [pair_name(p) for p in C3_LATE if pair_name(p) in per_pair]
+        if early and late:
+            def layer_of(names: list[str]) -> np.ndarray:  # per image: weighted mean layer of the mean curve
+                curves = np.stack([per_pair[n]["effect_prob"] for n in names]).mean(0)
+                return weighted_mean_layer(curves, starts_arr)
+
+            late_layer, early_layer = layer_of(late), layer_of(early)
+            summary["c3"] = {
+                "claim": "C3: question->{role, final} knockouts hurt at earlier layers than image->{role, final}",
+                "statistic": "per image: effect-weighted mean layer (image pairs) minus (question pairs)",
+                "question_pairs": early, "image_pairs": late,
+                **paired_later_test(late_layer, early_layer, idx)}
+        else:
+            summary["c3"] = {"verdict": "not tested", "reason": "needs question->role/final and image->role/final pairs"}
+        objects_summary = obj.summarize_objects(objects, kept, idx)
+        summary["objects"] = objects_summary
+        summary["c4"] = objects_summary.pop("c4") if objects_summary else {"verdict": "not tested",
+                                                                           "reason": "no masks or no patch geometry"}
+        return summary
+
+
+def _provenance(lm, dataset) -> dict[str, Any]:
+    import platform
+
+    import transformers
+
+    from .. import __version__
+
+    return {"model": lm.describe(), "dataset": getattr(dataset, "name", type(dataset).__name__),
+            "versions": {"headflow": __version__, "torch": torch.__version__,
+                         "transformers": transformers.__version__, "numpy": np.__version__,
+                         "python": platform.python_version()}}

@@ -1,0 +1,31 @@
+"""Semantic content vs appearance (METHOD.md F8, claim C2 of arXiv 2509.17588).
+
+Is the choice of heads governed by what the image shows (its class) or by how it looks (style,
+palette, ...)? :class:`SemanticAnalysis` compares per-image head-attribution vectors pair by pair,
+runs permutation tests and linear probes, and returns a frozen :class:`SemanticResult`.
+
+>>> from headflow.semantics import SemanticAnalysis
+>>> SemanticAnalysis(similarity="jaccard:10")
+SemanticAnalysis(similarity='jaccard:10', factors=None, n_permutations=1000, top_k=20, seed=0, cv_folds=5, alpha=0.05)
+
+The command line (``headflow semantics RUN_DIR``) lives in :mod:`headflow.semantics.cli`.
+"""
+
+from __future__ import annotations
+
+from .analysis import SemanticAnalysis, read_run_dir
+from .result import FactorSummary, SemanticResult
+from .similarity import SimilaritySpec, parse_similarity, similarity_matrix
+from .stats import PermutationTest, ProbeScore
+
+__all__ = [
+    "FactorSummary",
+    "PermutationTest",
+    "ProbeScore",
+    "SemanticAnalysis",
+    "SemanticResult",
+    "SimilaritySpec",
+    "parse_similarity",
+    "read_run_dir",
+    "similarity_matrix",
+]

@@ -1,0 +1,391 @@
+"""``SemanticAnalysis``: is the choice of heads governed by what the image shows or by how it looks?
+
+METHOD.md F8 / claim C2 of arXiv 2509.17588. Per-image head-attribution vectors are compared pair by
+pair; if same-class pairs (that differ in appearance) are clearly more similar than different-class
+pairs that share an appearance factor, head selection follows semantic content (verdict ``"class"``).
+
+The analysis object only stores its parameters; all state lives in the returned
+:class:`~headflow.semantics.SemanticResult`. Nothing here touches a model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from ..errors import HeadflowError, param_error
+from .result import FactorSummary, SemanticResult
+from .similarity import SIMILARITY_CHOICES, SimilaritySpec, parse_similarity, similarity_matrix
+from .stats import (
+    class_head_sets,
+    design_pair_means,
+    encode,
+    permutation_tests,
+    probe,
+    topk_jaccard,
+    verdict,
+)
+
+__all__ = ["SemanticAnalysis", "read_run_dir"]
+
+OWNER = "SemanticAnalysis"
+RESERVED_REPRESENTATIONS = ("attribution", "chance")
+
+
+def _is_int(v: object, low: int) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= low
+
+
+def _is_factor_list(v: object) -> bool:
+    if v is None:
+        return True
+    return (isinstance(v, (list, tuple)) and len(v) > 0 and all(isinstance(x, str) and x for x in v)
+            and len(set(v)) == len(v))
+
+
+#: Declarative parameter constraints: name -> (check, what the value must be).
+CONSTRAINTS: dict[str, tuple[Callable[[object], bool], str]] = {
+    "similarity": (lambda v: parse_similarity(v) is not None, f"one of {SIMILARITY_CHOICES}"),
+    "factors": (_is_factor_list, "None or a non-empty list of distinct factor names"),
+    "n_permutations": (lambda v: _is_int(v, 1), "an int in [1, inf)"),
+    "top_k": (lambda v: _is_int(v, 1), "an int in [1, inf)"),
+    "seed": (lambda v: _is_int(v, 0), "an int in [0, inf)"),
+    "cv_folds": (lambda v: _is_int(v, 2), "an int in [2, inf)"),
+    "alpha": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1,
+              "a float in (0, 1)"),
+}
+
+
+class SemanticAnalysis:
+    """Class vs appearance analysis of per-image head attributions (METHOD.md F8, claim C2).
+
+    Parameters
+    ----------
+    similarity : str, default "cosine"
+        ``"cosine"`` (cosine of head-standardised vectors), ``"spearman"`` or ``"jaccard:K"``
+        (Jaccard index of top-``K`` head sets; ``K`` clipped to the number of heads).
+    factors : list of str or None, default None
+        Appearance factors to test; ``None`` uses every factor in the data that varies within
+        classes (others are skipped and listed in ``resolved["skipped_factors"]``).
+    n_permutations : int, default 1000
+        Permutations per test (the smallest reachable p-value is ``1 / (n_permutations + 1)``).
+    top_k : int, default 20
+        Size of the top-k head sets (clipped to the number of heads).
+    seed : int, default 0
+        Seeds the permutations, the probe folds and the t-SNE figure.
+    cv_folds : int, default 5
+        Stratified folds for the linear probes (lowered to the smallest class size).
+    alpha : float, default 0.05
+        Significance level of the verdict.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> labels = [f"c{i % 4}" for i in range(48)]
+    >>> styles = [f"s{(i // 4) % 3}" for i in range(48)]
+    >>> centres = rng.normal(size=(4, 3, 4))
+    >>> a = np.stack([centres[i % 4] for i in range(48)]) + 0.3 * rng.normal(size=(48, 3, 4))
+    >>> result = SemanticAnalysis(n_permutations=99).fit(a, labels, {"style": styles})
+    >>> result.verdict
+    'class'
+    """
+
+    def __init__(self, *, similarity: str = "cosine", factors: Sequence[str] | None = None,
+                 n_permutations: int = 1000, top_k: int = 20, seed: int = 0, cv_folds: int = 5,
+                 alpha: float = 0.05) -> None:
+        self.similarity = similarity
+        self.factors = factors
+        self.n_permutations = n_permutations
+        self.top_k = top_k
+        self.seed = seed
+        self.cv_folds = cv_folds
+        self.alpha = alpha
+
+    def get_params(self) -> dict[str, Any]:
+        """The requested parameters (JSON-safe)."""
+        return {"similarity": self.similarity, "factors": None if self.factors is None else list(self.factors),
+                "n_permutations": self.n_permutations, "top_k": self.top_k, "seed": self.seed,
+                "cv_folds": self.cv_folds, "alpha": self.alpha}
+
+    def __repr__(self) -> str:
+        return f"{OWNER}({', '.join(f'{k}={v!r}' for k, v in self.get_params().items())})"
+
+    def _check_params(self) -> SimilaritySpec:
+        for name, (ok, expected) in CONSTRAINTS.items():
+            value = getattr(self, name)
+            if not ok(value):
+                raise param_error(name, OWNER, expected, value)
+        spec = parse_similarity(self.similarity)
+        if spec is None:  # unreachable after CONSTRAINTS; kept so the type is narrowed without assert
+            raise param_error("similarity", OWNER, f"one of {SIMILARITY_CHOICES}", self.similarity)
+        return spec
+
+    # ------------------------------------------------------------------ public
+    def fit(self, attributions: ArrayLike, labels: Sequence[object], factors_table: Mapping[str, Sequence[object]],
+            controls: Mapping[str, ArrayLike] | None = None) -> SemanticResult:
+        """Analyse attribution vectors against class labels and appearance factors.
+
+        Parameters
+        ----------
+        attributions : array of shape (n_images, n_layers, n_heads)
+            Per-image head attributions (finite floats).
+        labels : sequence of length n_images
+            Class of each image.
+        factors_table : mapping factor name -> sequence of length n_images
+            Appearance factors of each image (e.g. ``{"style": [...], "palette": [...]}``).
+        controls : mapping name -> array of shape (n_images, d), optional
+            Control representations (e.g. ``final_hidden``, ``pixels``) that get the same probes.
+
+        Returns
+        -------
+        SemanticResult
+
+        Raises
+        ------
+        HeadflowError
+            For a bad parameter, mismatched lengths, missing or non-finite values, a single class,
+            or no factor that can be compared with class.
+        """
+        spec = self._check_params()
+        a, lab, table, ctrl = _check_inputs(attributions, labels, factors_table, controls)
+        return self._fit(spec, a, lab, table, ctrl, source=None)
+
+    def run(self, run_dir: str | Path) -> SemanticResult:
+        """Analyse a run directory and write ``semantics.json`` and ``figures/`` into it.
+
+        Reads ``attributions.npy`` (rows = rows of ``images.parquet`` whose ``used`` is True),
+        ``label`` and ``factor_<name>`` columns, and the optional controls ``final_hidden.npy``
+        and ``pixels.npy``.
+
+        Parameters
+        ----------
+        run_dir : str or Path
+
+        Returns
+        -------
+        SemanticResult
+
+        Raises
+        ------
+        HeadflowError
+            If a required file or column is missing or the arrays do not match ``images.parquet``.
+        """
+        spec = self._check_params()
+        run_dir = Path(run_dir)
+        attributions, labels, table, controls = read_run_dir(run_dir)
+        a, lab, tab, ctrl = _check_inputs(attributions, labels, table, controls)
+        result = self._fit(spec, a, lab, tab, ctrl, source=str(run_dir))
+        result.save(run_dir)
+        result.plot(run_dir / "figures")
+        return result
+
+    # ----------------------------------------------------------------- private
+    def _resolve_factors(self, table: dict[str, list[str]], class_codes: NDArray[np.int64]
+                         ) -> tuple[list[str], dict[str, str]]:
+        if self.factors is not None:
+            missing = [f for f in self.factors if f not in table]
+            if missing:
+                raise param_error("factors", OWNER, f"names of factors in the data ({', '.join(table) or 'none'})",
+                                  list(self.factors))
+        requested = list(self.factors) if self.factors is not None else list(table)
+        chosen, skipped = [], {}
+        for name in requested:
+            reason = _factor_problem(class_codes, encode(table[name])[0])
+            if reason is None:
+                chosen.append(name)
+            elif self.factors is not None:
+                raise HeadflowError(f"Factor {name!r} cannot be compared with class: {reason}. "
+                                    "Drop it from --factors.")
+            else:
+                skipped[name] = reason
+        if not chosen:
+            detail = "; ".join(f"{k}: {v}" for k, v in skipped.items()) or "no factors given"
+            raise HeadflowError(f"No appearance factor can be compared with class ({detail}).")
+        return chosen, skipped
+
+    def _fit(self, spec: SimilaritySpec, a: NDArray[np.float64], labels: list[str], table: dict[str, list[str]],
+             controls: dict[str, NDArray[np.float64]], source: str | None) -> SemanticResult:
+        n, n_layers, n_heads = a.shape
+        vectors = a.reshape(n, -1)
+        n_total = vectors.shape[1]
+        class_codes, classes = encode(labels)
+        factors, skipped = self._resolve_factors(table, class_codes)
+        overall = "style" if "style" in factors else factors[0]
+        codes = {f: encode(table[f])[0] for f in factors}
+
+        resolved_spec = SimilaritySpec(spec.kind, None if spec.k is None else min(spec.k, n_total))
+        sim = similarity_matrix(vectors, resolved_spec)
+        tests = permutation_tests(sim, class_codes, codes, self.n_permutations, self.seed)
+        per_factor = {}
+        for f in factors:
+            pm = design_pair_means(sim, class_codes, codes[f])
+            per_factor[f] = FactorSummary(levels=encode(table[f])[1], mean=pm.mean, n_pairs=pm.n_pairs,
+                                          tests=tests[f], verdict=verdict(tests[f]["class_vs_appearance"], self.alpha))
+
+        representations = {"attribution": vectors, **controls}
+        targets = {"class": labels, **{f: table[f] for f in factors}}
+        probes = {t: {r: probe(x, y, self.cv_folds, self.seed) for r, x in representations.items()}
+                  for t, y in targets.items()}
+
+        top_k = min(self.top_k, n_total)
+        jac = topk_jaccard(vectors, top_k, {"class": class_codes, "appearance": codes[overall]})
+        class_maps = np.stack([a[class_codes == c].mean(axis=0) for c in range(len(classes))])
+        shared, specific = class_head_sets(class_maps, classes, top_k)
+
+        head = per_factor[overall]
+        return SemanticResult(
+            n_images=n, n_layers=n_layers, n_heads=n_heads, classes=classes, labels=tuple(labels),
+            factor_values={f: tuple(table[f]) for f in factors}, overall_factor=overall,
+            within_class_similarity=head.mean["within_class"],
+            within_appearance_similarity=head.mean["within_appearance"],
+            between_similarity=head.mean["between"],
+            p_class_vs_appearance=head.tests["class_vs_appearance"].p_value, verdict=head.verdict,
+            per_factor=per_factor, probes=probes, topk_jaccard=jac, shared_heads=shared,
+            class_specific_heads=specific, parameters=self.get_params(),
+            resolved={"similarity_": str(resolved_spec), "factors_": factors, "skipped_factors": skipped,
+                      "overall_factor": overall, "top_k_": top_k, "controls": list(controls)},
+            provenance=_provenance(source),
+            similarity=sim, vectors=vectors.astype(np.float32), class_maps=class_maps,
+        )
+
+
+# ---------------------------------------------------------------------- inputs
+def _factor_problem(class_codes: NDArray[np.int64], factor_codes: NDArray[np.int64]) -> str | None:
+    """Why a factor cannot be compared with class, or ``None`` if it can."""
+    if len(np.unique(factor_codes)) < 2:
+        return "it has a single value"
+    pm_counts = {
+        "same class, different value": np.any((class_codes[:, None] == class_codes[None, :])
+                                              & (factor_codes[:, None] != factor_codes[None, :])),
+        "different class, same value": np.any((class_codes[:, None] != class_codes[None, :])
+                                              & (factor_codes[:, None] == factor_codes[None, :])),
+    }
+    empty = [k for k, present in pm_counts.items() if not present]
+    if empty:
+        return f"no image pairs are ({empty[0]}); it is confounded with class"
+    return None
+
+
+def _as_strings(values: Sequence[object], what: str, n: int) -> list[str]:
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
+        raise param_error(what, f"{OWNER}.fit", f"a sequence with one value per image ({n})", type(values).__name__)
+    if len(values) != n:
+        raise param_error(what, f"{OWNER}.fit", f"a sequence with one value per image ({n} values)",
+                          f"{len(values)} values")
+    out = []
+    for i, v in enumerate(values):
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            raise HeadflowError(f"The {what!r} parameter of {OWNER}.fit has a missing value at image {i}. "
+                                "Fill it in or drop the image.")
+        out.append(str(v))
+    return out
+
+
+def _check_inputs(attributions: ArrayLike, labels: Sequence[object], factors_table: Mapping[str, Sequence[object]],
+                  controls: Mapping[str, ArrayLike] | None
+                  ) -> tuple[NDArray[np.float64], list[str], dict[str, list[str]], dict[str, NDArray[np.float64]]]:
+    owner = f"{OWNER}.fit"
+    a = np.asarray(attributions)
+    if a.ndim != 3 or not np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.complexfloating):
+        raise param_error("attributions", owner, "a real array of shape (n_images, n_layers, n_heads)",
+                          f"{a.dtype} array of shape {a.shape}")
+    a = a.astype(np.float64)
+    n = a.shape[0]
+    if n < 4 or a.shape[1] * a.shape[2] < 2:
+        raise param_error("attributions", owner, "an array with at least 4 images and 2 heads",
+                          f"shape {a.shape}")
+    if not np.all(np.isfinite(a)):
+        bad = np.flatnonzero(~np.isfinite(a).reshape(n, -1).all(axis=1))
+        raise HeadflowError(f"The 'attributions' parameter of {owner} has non-finite values in images "
+                            f"{bad[:10].tolist()}. Finish or drop those rows.")
+    labels_ = _as_strings(labels, "labels", n)
+    if len(set(labels_)) < 2:
+        raise param_error("labels", owner, "class names with at least 2 distinct classes", sorted(set(labels_)))
+    if not isinstance(factors_table, Mapping) or not factors_table:
+        raise param_error("factors_table", owner, "a non-empty dict of factor name -> one value per image",
+                          factors_table if not isinstance(factors_table, Mapping) else {})
+    table = {str(k): _as_strings(v, f"factors_table[{k!r}]", n) for k, v in factors_table.items()}
+    ctrl: dict[str, NDArray[np.float64]] = {}
+    for name, x in (controls or {}).items():
+        if name in RESERVED_REPRESENTATIONS:
+            raise param_error("controls", owner, "named other than 'attribution' and 'chance'", name)
+        arr = np.asarray(x)
+        if arr.ndim < 2 or arr.shape[0] != n or not np.issubdtype(arr.dtype, np.number):
+            raise param_error("controls", owner, f"arrays of shape ({n}, d) (one row per image)",
+                              f"{name}: {arr.dtype} array of shape {arr.shape}")
+        arr = arr.reshape(n, -1).astype(np.float64)
+        if not np.all(np.isfinite(arr)):
+            raise HeadflowError(f"The 'controls' parameter of {owner} has non-finite values in {name!r}.")
+        ctrl[str(name)] = arr
+    return a, labels_, table, ctrl
+
+
+def read_run_dir(run_dir: Path) -> tuple[NDArray[np.float32], list[object], dict[str, list[object]],
+                                          dict[str, NDArray[np.floating]]]:
+    """Read attributions, labels, ``factor_<name>`` columns and optional controls from a run directory.
+
+    Returns
+    -------
+    attributions : ndarray of shape (n_used, n_layers, n_heads)
+    labels : list, length n_used
+    factors_table : dict[str, list]
+    controls : dict[str, ndarray of shape (n_used, d)]
+        ``final_hidden`` and ``pixels`` where present.
+    """
+    import pandas as pd
+
+    if not run_dir.is_dir():
+        raise HeadflowError(f"Run directory {run_dir} does not exist.")
+    for name in ("attributions.npy", "images.parquet"):
+        if not (run_dir / name).is_file():
+            raise HeadflowError(f"{run_dir} has no {name}; run the attribution step first.")
+    frame = pd.read_parquet(run_dir / "images.parquet")
+    missing = [c for c in ("used", "label") if c not in frame.columns]
+    if missing:
+        raise HeadflowError(f"{run_dir / 'images.parquet'} lacks column(s) {', '.join(missing)}; "
+                            f"it has {', '.join(map(str, frame.columns))}.")
+    used = frame[frame["used"].astype(bool)].reset_index(drop=True)
+    attributions = np.load(run_dir / "attributions.npy", mmap_mode="r")
+    if attributions.shape[0] != len(used):
+        raise HeadflowError(f"{run_dir / 'attributions.npy'} has {attributions.shape[0]} rows but images.parquet "
+                            f"marks {len(used)} rows used; the run directory is incomplete or mixed.")
+    factor_cols = [c for c in used.columns if str(c).startswith("factor_")]
+    if not factor_cols:
+        raise HeadflowError(f"{run_dir / 'images.parquet'} has no factor_<name> columns, so appearance "
+                            "cannot be compared with class.")
+    table = {str(c)[len("factor_"):]: used[c].tolist() for c in factor_cols}
+    controls: dict[str, NDArray[np.floating]] = {}
+    for name in ("final_hidden", "pixels"):
+        path = run_dir / f"{name}.npy"
+        if path.is_file():
+            arr = np.load(path)
+            if arr.shape[0] != len(used):
+                raise HeadflowError(f"{path} has {arr.shape[0]} rows but images.parquet marks {len(used)} rows "
+                                    "used; the run directory is incomplete or mixed.")
+            controls[name] = arr
+    return np.asarray(attributions), used["label"].tolist(), table, controls
+
+
+def _provenance(source: str | None) -> dict[str, Any]:
+    import scipy
+    import sklearn
+
+    from .. import __version__
+
+    prov: dict[str, Any] = {"method": "semantics", "paper": "arXiv:2509.17588", "headflow": __version__,
+                            "numpy": np.__version__, "scipy": scipy.__version__, "scikit_learn": sklearn.__version__,
+                            "source": source}
+    if source is not None:
+        config = Path(source) / "config.json"
+        if config.is_file():
+            try:
+                prov["run_spec_hash"] = json.loads(config.read_text()).get("spec_hash")
+            except (OSError, ValueError):
+                prov["run_spec_hash"] = None
+    return prov
