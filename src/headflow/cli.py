@@ -142,6 +142,68 @@ def validate(
     typer.echo(f"C1 holds: {result.data['c1']['holds']}; wrote {run_dir / 'validation.json'}")
 
 
+@app.command()
+def study(
+    model: str = typer.Option("default", "--model", help="default | tiny:<family> | local path | hub id"),
+    data: str = typer.Option("default", "--data", help="default | folder:PATH"),
+    out: Path = typer.Option(..., "--out", help="Study directory (re-running resumes)."),
+    quick: bool = typer.Option(False, "--quick", help="Small sizes (a few minutes on CPU)."),
+    images: Optional[int] = typer.Option(None, "--images", help="Images for attribution and semantics."),
+    masks: Optional[int] = typer.Option(None, "--masks", help="Attribution masks (default max(512, 4N))."),
+    seed: int = typer.Option(0, "--seed"),
+    keep_wrong: bool = typer.Option(False, "--keep-wrong"),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    device: str = typer.Option("cpu", "--device"),
+) -> None:
+    """The whole study: attribution, validation, token flow, semantics, HTML report."""
+    from dataclasses import replace
+
+    from .errors import HeadflowError
+    from .study import FULL, QUICK, run_study
+
+    plan = QUICK if quick else FULL
+    if images is not None:
+        plan = replace(plan, images=images)
+    if masks is not None:
+        plan = replace(plan, masks=masks)
+    try:
+        path = run_study(model, data, out, plan=plan, seed=seed, batch_size=batch_size, device=device,
+                         keep_wrong=keep_wrong, log=typer.echo)
+    except HeadflowError as exc:
+        _fail(str(exc))
+    typer.echo(f"report: {path}")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), "--out", help="Study directory."),
+    quick: bool = typer.Option(False, "--quick", help="Small sizes (about 3 minutes on 2 CPU cores)."),
+    device: str = typer.Option("cpu", "--device"),
+) -> None:
+    """The study on the embedded default model and data; prints the report path."""
+    from .errors import HeadflowError
+    from .study import FULL, QUICK, run_study
+
+    try:
+        path = run_study("default", "default", out, plan=QUICK if quick else FULL, device=device, log=typer.echo)
+    except HeadflowError as exc:
+        _fail(str(exc))
+    typer.echo(f"report: {path}")
+
+
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="A study or attribution run directory.")) -> None:
+    """Write RUN_DIR/report.html: a self-contained page with every figure and number of the run."""
+    from .errors import HeadflowError
+    from .report import write_report
+
+    try:
+        path = write_report(run_dir)
+    except HeadflowError as exc:
+        _fail(str(exc))
+    typer.echo(f"report: {path}")
+
+
 def _mount_subcommands() -> None:
     from .data.cli import data_app
     from .flow.cli import flow_command

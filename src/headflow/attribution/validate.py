@@ -83,11 +83,14 @@ class Validation:
     seed : int
         Seed of the random ranking.
     batch_size : int
+    max_images : int, optional
+        Validate on the first ``max_images`` used images only (default: all).
     """
 
     def __init__(self, model: LoadedModel | str | None = None, *, k_grid: list[int] | None = None, seed: int = 0,
-                 batch_size: int = 64) -> None:
+                 batch_size: int = 64, max_images: int | None = None) -> None:
         self.model, self.k_grid, self.seed, self.batch_size = model, k_grid, seed, batch_size
+        self.max_images = max_images
 
     def run(self, run_dir: str | Path, dataset=None) -> ValidationResult:
         run_dir = Path(run_dir)
@@ -103,7 +106,7 @@ class Validation:
         n = n_layers * n_heads
         grid = self.k_grid or default_k_grid(n)
         engine = InterventionEngine(lm, batch_size=self.batch_size)
-        used = result.images.index[result.images["used"]].tolist()
+        used = result.images.index[result.images["used"]].tolist()[: self.max_images]
         shared = _load_baseline(run_dir / "baseline.safetensors")
         helper = HeadAttribution(lm)
         eye = torch.eye(n, dtype=torch.bool)
@@ -125,14 +128,15 @@ class Validation:
         single_effect = y_clean[:, None] - y_single
         save_npy(run_dir / "single_head.npy", single_effect.reshape(-1, n_layers, n_heads).astype(np.float32))
 
-        attention = np.load(run_dir / "attention.npy").reshape(len(used), n)
+        attention = np.load(run_dir / "attention.npy").reshape(-1, n)[: len(used)]
         orders = {
             "attribution": np.argsort(-result.mean_attribution.ravel(), kind="stable"),
+            # (the ranking always uses the mean over all attributed images)
             "single_head": np.argsort(-single_effect.mean(0), kind="stable"),
             "attention": np.argsort(-attention.mean(0), kind="stable"),
             "random": np.random.default_rng(self.seed).permutation(n),
         }
-        per_image = result.attributions.reshape(len(used), n)
+        per_image = result.attributions.reshape(-1, n)[: len(used)]
 
         # pass B: curves
         n_cols = len(RANKINGS) * len(grid) * 2

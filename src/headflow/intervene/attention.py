@@ -244,6 +244,35 @@ def _fold_mask(allowed: torch.Tensor, n_kv: int) -> torch.Tensor:
     return _fold(allowed, n_kv)
 
 
+def _ablated_only_block(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, ablated: torch.Tensor,
+                        scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention of the ablated (row, head) pairs only over the shared baseline block.
+
+    Per KV group the ablated pairs' queries are gathered (padded to the largest group), attended
+    against the shared baseline keys in one call, and scattered back; other pairs get log-sum-exp
+    −∞. With ablation probability α this costs about α of attending every query.
+    """
+    batch, n_heads, s, d = query.shape
+    n_kv = keys.shape[1]
+    rep = n_heads // n_kv
+    selected = ablated.view(batch, n_kv, rep).transpose(0, 1).reshape(n_kv, batch * rep)
+    counts = selected.sum(1)
+    width = int(counts.max())
+    order = torch.argsort((~selected).to(torch.uint8), dim=1, stable=True)[:, :width]  # ablated first
+    grouped = query.view(batch, n_kv, rep, s, d).transpose(0, 1).reshape(n_kv, batch * rep, s, d)
+    gathered = torch.gather(grouped, 1, order[:, :, None, None].expand(n_kv, width, s, d))
+    out, lse = attend_with_lse(gathered.reshape(1, n_kv, width * s, d), keys, values, None, scale)
+    dv = out.shape[-1]
+    valid = torch.arange(width, device=query.device)[None, :] < counts[:, None]
+    lse = lse.view(n_kv, width, s).masked_fill(~valid[..., None], float("-inf"))
+    full_out = torch.zeros(n_kv, batch * rep, s, dv, dtype=out.dtype, device=out.device)
+    full_lse = torch.full((n_kv, batch * rep, s), float("-inf"), device=out.device)
+    full_out.scatter_(1, order[:, :, None, None].expand(n_kv, width, s, dv), out.view(n_kv, width, s, dv))
+    full_lse.scatter_(1, order[:, :, None].expand(n_kv, width, s), lse)
+    out_bh = full_out.view(n_kv, batch, rep, s, dv).transpose(0, 1).reshape(batch, n_heads, s, dv)
+    return out_bh, full_lse.view(n_kv, batch, rep, s).transpose(0, 1).reshape(batch, n_heads, s)
+
+
 def _suffix_attention(query, key, value, mask, scale, state: ForwardState, layer: int):
     batch, n_heads, s, _ = query.shape
     n_kv = key.shape[1]
@@ -272,25 +301,44 @@ def _suffix_attention(query, key, value, mask, scale, state: ForwardState, layer
 
     blocks: list[tuple[torch.Tensor, torch.Tensor]] = []
     image_blocks: list[int] = []
-    if len(other):
-        blocks.append(shared_block(prefix_k[:, :, other], prefix_v[:, :, other], other))
-    out_img, lse_img = shared_block(prefix_k[:, :, image], prefix_v[:, :, image], image)
-    if swap:
-        lse_img = lse_img.masked_fill(ablated[:, :, None], float("-inf"))
-    image_blocks.append(len(blocks))
-    blocks.append((out_img, lse_img))
-    if swap and state.baseline_kind != "knockout":
-        base = state.baseline[layer]
-        out_b, lse_b = shared_block(base.keys[None].to(query.dtype), base.values[None].to(query.dtype), image)
-        lse_b = lse_b.masked_fill(~ablated[:, :, None], float("-inf"))
+    if blocked is None and not state.capture_attention:
+        # Fast path: every pair reads the whole shared prefix in one block; ablated pairs (a fraction
+        # α of them) are recomputed over [non-image prefix ∪ baseline] and their first block dropped.
+        out_p, lse_p = shared_block(prefix_k, prefix_v, None)
+        if swap:
+            lse_p = lse_p.masked_fill(ablated[:, :, None], float("-inf"))
+            keys, values = prefix_k[:, :, other], prefix_v[:, :, other]
+            if state.baseline_kind != "knockout":
+                base = state.baseline[layer]
+                keys = torch.cat([keys, base.keys[None].to(query.dtype)], dim=2)
+                values = torch.cat([values, base.values[None].to(query.dtype)], dim=2)
+            if keys.shape[2]:
+                blocks.append(_ablated_only_block(query, keys, values, ablated, scale))
+        blocks.append((out_p, lse_p))
+    else:
+        if len(other):
+            blocks.append(shared_block(prefix_k[:, :, other], prefix_v[:, :, other], other))
+        out_img, lse_img = shared_block(prefix_k[:, :, image], prefix_v[:, :, image], image)
+        if swap:
+            lse_img = lse_img.masked_fill(ablated[:, :, None], float("-inf"))
         image_blocks.append(len(blocks))
-        blocks.append((out_b, lse_b))
-    # The suffix block: each row's own keys, causal.
-    allowed = _causal_allowed(mask, batch, s, s, offset, device)[..., -s:]
+        blocks.append((out_img, lse_img))
+        if swap and state.baseline_kind != "knockout":
+            base = state.baseline[layer]
+            base_k, base_v = base.keys[None].to(query.dtype), base.values[None].to(query.dtype)
+            if blocked is None:
+                out_b, lse_b = _ablated_only_block(query, base_k, base_v, ablated, scale)
+            else:
+                out_b, lse_b = shared_block(base_k, base_v, image)
+                lse_b = lse_b.masked_fill(~ablated[:, :, None], float("-inf"))
+            image_blocks.append(len(blocks))
+            blocks.append((out_b, lse_b))
+    # The suffix block: each row's own keys, causal (one mask shared by all rows unless knocked out).
+    allowed = _causal_allowed(mask, batch, s, s, offset, device)[:1, :, :, -s:]
     if blocked is not None:
-        allowed = allowed & ~blocked[..., offset:]
+        allowed = (allowed & ~blocked[..., offset:]).expand(batch, n_heads, s, s)
     suf_k, suf_v = repeat_kv(key, rep), repeat_kv(value, rep)
-    blocks.append(attend_with_lse(query, suf_k, suf_v, allowed.expand(batch, n_heads, s, s), scale))
+    blocks.append(attend_with_lse(query, suf_k, suf_v, allowed, scale))
 
     lses = torch.stack([lse for _, lse in blocks])  # (n_blocks, B, H, S)
     top = lses.max(0).values

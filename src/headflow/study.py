@@ -1,0 +1,88 @@
+"""The whole study in one call: attribution → validation → token flow → semantics → report.
+
+``headflow study`` runs it on any model and dataset; ``headflow demo`` is the same on the embedded
+default model and data. One run directory holds everything: the attribution run at its root
+(``summary.json``, ``validation.json``, ``semantics.json``), the flow run in ``flow/``, figures in
+``figures/`` and ``flow/figures/``, and ``report.html``. Each step resumes or is skipped when its
+output already exists.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+from .errors import HeadflowError
+from .store import write_json
+
+
+@dataclass(frozen=True)
+class StudyPlan:
+    """Sizes of each step (images, masks, permutations)."""
+
+    images: int
+    masks: int | None
+    val_masks: int
+    validate_images: int
+    flow_images: int
+    flow_maps: int
+    permutations: int
+    bootstrap: int
+
+
+#: ≥ 8 images per (class, style) cell of the default data (16 classes × 3 styles × 8)
+FULL = StudyPlan(images=384, masks=None, val_masks=256, validate_images=96, flow_images=96, flow_maps=4,
+                 permutations=1000, bootstrap=1000)
+QUICK = StudyPlan(images=48, masks=96, val_masks=48, validate_images=12, flow_images=12, flow_maps=2,
+                  permutations=200, bootstrap=200)
+
+
+def run_study(model: str, data: str, out: str | Path, *, plan: StudyPlan = FULL, seed: int = 0, data_seed: int = 0,
+              batch_size: int = 64, device: str = "cpu", keep_wrong: bool = False,
+              log: Callable[[str], None] = print) -> Path:
+    """Run every analysis into ``out`` and write ``out/report.html``; returns the report path."""
+    from .attribution import HeadAttribution, Validation
+    from .data import load_dataset
+    from .flow import TokenFlow
+    from .models import load_model
+    from .semantics import SemanticAnalysis
+
+    out = Path(out)
+    started = time.time()
+    steps = ["attribution", "validation", "flow", "semantics", "report"]
+    timings: dict[str, float] = {}
+
+    def step(name: str) -> None:
+        timings[name] = time.time()
+        log(f"[{steps.index(name) + 1}/{len(steps)}] {name} ... (elapsed {time.time() - started:.0f}s)")
+
+    lm = load_model(model, device=device)
+    try:
+        dataset = load_dataset(data, n=plan.images, seed=data_seed)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        raise HeadflowError(str(exc)) from None
+    step("attribution")
+    result = HeadAttribution(lm, n_masks=plan.masks, n_val=plan.val_masks, seed=seed, keep_wrong=keep_wrong,
+                             batch_size=batch_size).run(dataset, out, data_spec=data, data_seed=data_seed)
+    result.plot()
+    step("validation")
+    if not (out / "validation.json").exists():
+        Validation(lm, seed=seed, batch_size=batch_size, max_images=plan.validate_images).run(out, dataset=dataset)
+    step("flow")
+    if not (out / "flow" / "flow.json").exists():
+        flow_data = [dataset[i] for i in range(min(plan.flow_images, len(dataset)))]
+        TokenFlow(lm, n_bootstrap=plan.bootstrap, seed=seed, keep_wrong=keep_wrong, n_maps=plan.flow_maps,
+                  batch_size=batch_size).run(flow_data, out=out / "flow")
+    step("semantics")
+    if not (out / "semantics.json").exists():
+        SemanticAnalysis(n_permutations=plan.permutations, seed=seed).run(out)
+    step("report")
+    write_json(out / "study.json", {"model": model, "data": data, "plan": asdict(plan), "seed": seed,
+                                    "seconds": round(time.time() - started, 1)})
+    from .report import write_report
+
+    path = write_report(out)
+    log(f"done in {time.time() - started:.0f}s")
+    return path
