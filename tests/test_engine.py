@@ -192,3 +192,33 @@ def test_unknown_model_type_lists_supported(tiny_models):
 
     with pytest.raises(HeadflowError, match="Unsupported model type 'gpt2'. Supported: .*llava.*register_adapter"):
         adapter_for(Fake(), lm.processor)
+
+
+def test_auto_batch_size_calibrates_without_losing_rows(llava):
+    lm, engine, prompt = llava
+    rows = random_rows(lm.n_layers, lm.n_heads, 300, seed=11, knockouts=False)
+    base = Baseline.zero(prompt)
+    auto = InterventionEngine(lm, batch_size="auto")
+    first = auto.run(prompt, rows, baseline=base).logits
+    assert auto.batch_size in (16, 32, 64, 128) and not auto._calibrate
+    assert torch.allclose(first, engine.run(prompt, rows, baseline=base).logits, atol=1e-5)
+
+
+def test_out_of_memory_backs_off_and_retries(llava, monkeypatch):
+    lm, engine, prompt = llava
+    rows = random_rows(lm.n_layers, lm.n_heads, 10, seed=12, knockouts=False)
+    base = Baseline.zero(prompt)
+    auto = InterventionEngine(lm, batch_size="auto")
+    auto._calibrate, auto.batch_size = False, 8
+    original = InterventionEngine._run_prefix
+
+    def small_memory(self, prompt, chunk, baseline, capture):
+        if chunk.size > 3:
+            raise torch.OutOfMemoryError("fake")
+        return original(self, prompt, chunk, baseline, capture)
+
+    monkeypatch.setattr(InterventionEngine, "_run_prefix", small_memory)
+    out = auto.run(prompt, rows, baseline=base).logits
+    assert auto.batch_size == 2 and out.shape[0] == 10
+    monkeypatch.undo()
+    assert torch.allclose(out, engine.run(prompt, rows, baseline=base).logits, atol=1e-5)

@@ -13,6 +13,18 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="headflow: which attention heads carry image information into an LVLM's answer.")
 
 
+DATA_HELP = "default | folder:PATH | coco:INSTANCES_JSON:IMAGES_DIR | hf:NAME_OR_PATH[:split]"
+
+
+def _batch(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        _fail(f"--batch-size must be a positive integer or 'auto'. Got {value!r} instead.")
+
+
 def _fail(message: str) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code=2)
@@ -63,11 +75,11 @@ def inspect(model: str = typer.Option("default", "--model")) -> None:
     typer.echo(json.dumps({"model": lm.describe(), "groups": groups.describe()}, indent=2))
 
 
-def _load_data(spec: str, n: int | None, seed: int):
+def _load_data(spec: str, n: int | None, seed: int, **columns):
     from .data import load_dataset
 
     try:
-        return load_dataset(spec, n=n, seed=seed)
+        return load_dataset(spec, n=n, seed=seed, **{k: v for k, v in columns.items() if v is not None})
     except (ValueError, TypeError, FileNotFoundError) as exc:
         _fail(str(exc))
 
@@ -75,7 +87,7 @@ def _load_data(spec: str, n: int | None, seed: int):
 @app.command()
 def attribute(
     model: str = typer.Option("default", "--model", help="default | tiny:<family> | local path | hub id"),
-    data: str = typer.Option("default", "--data", help="default | folder:PATH"),
+    data: str = typer.Option("default", "--data", help=DATA_HELP),
     out: Path = typer.Option(..., "--out", help="Run directory (created; re-running resumes)."),
     images: Optional[int] = typer.Option(None, "--images", help="Number of images (default: the dataset's)."),
     masks: Optional[int] = typer.Option(None, "--masks", help="Training masks n (default max(512, 4N))."),
@@ -87,8 +99,11 @@ def attribute(
     seed: int = typer.Option(0, "--seed"),
     data_seed: int = typer.Option(0, "--data-seed"),
     keep_wrong: bool = typer.Option(False, "--keep-wrong", help="Keep images the clean model answers wrongly."),
-    batch_size: int = typer.Option(64, "--batch-size"),
+    batch_size: str = typer.Option("64", "--batch-size", help="Rows per forward pass, or 'auto'."),
     device: str = typer.Option("cpu", "--device"),
+    image_column: Optional[str] = typer.Option(None, "--image-column", help="hf: image column (default image)."),
+    label_column: Optional[str] = typer.Option(None, "--label-column", help="hf: label column (default label)."),
+    mask_column: Optional[str] = typer.Option(None, "--mask-column", help="hf: optional object-mask column."),
 ) -> None:
     """Head attribution: random head ablations -> linear fit -> per-head attribution (resumable)."""
     from .attribution import HeadAttribution
@@ -97,10 +112,12 @@ def attribute(
 
     try:
         lm = load_model(model, device=device)
-        dataset = _load_data(data, images, data_seed)
+        dataset = _load_data(data, images, data_seed, image_column=image_column, label_column=label_column,
+                             mask_column=mask_column)
         result = HeadAttribution(lm, n_masks=masks, ablation_prob=ablation_prob, baseline=baseline, target=target,
                                  fit=fit, n_val=n_val, seed=seed, keep_wrong=keep_wrong,
-                                 batch_size=batch_size).run(dataset, out, data_spec=data, data_seed=data_seed)
+                                 batch_size=_batch(batch_size)).run(dataset, out, data_spec=data,
+                                                                    data_seed=data_seed)
         result.plot()
     except HeadflowError as exc:
         _fail(str(exc))
@@ -145,7 +162,7 @@ def validate(
 @app.command()
 def study(
     model: str = typer.Option("default", "--model", help="default | tiny:<family> | local path | hub id"),
-    data: str = typer.Option("default", "--data", help="default | folder:PATH"),
+    data: str = typer.Option("default", "--data", help=DATA_HELP),
     out: Path = typer.Option(..., "--out", help="Study directory (re-running resumes)."),
     quick: bool = typer.Option(False, "--quick", help="Small sizes (a few minutes on CPU)."),
     images: Optional[int] = typer.Option(None, "--images", help="Images for attribution and semantics."),

@@ -99,7 +99,7 @@ class HeadAttribution:
             data_seed: int = 0) -> "AttributionResult":
         """Run (or resume) the attribution and return its result; ``out`` is the run directory."""
         params = validate_params(self.owner, **self.params)
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+        if self.batch_size != "auto" and (not isinstance(self.batch_size, int) or self.batch_size < 1):
             raise HeadflowError(f"The 'batch_size' parameter of {self.owner} must be an int in [1, inf). "
                                 f"Got {self.batch_size!r} instead.")
         if len(dataset) == 0:
@@ -135,7 +135,8 @@ class HeadAttribution:
             image_baseline = self._baseline_for(engine, dataset, table, idx, prompt, baseline, params)
             logits = engine.run(prompt, mask_rows(all_masks, lm.n_layers, lm.n_heads), baseline=image_baseline).logits
             store.write(row, target_values(logits, int(table.at[idx, "answer_id"]), params.target).cpu().numpy())
-        return self._fit(out, config, table, store, masks, val_masks, params, lm)
+        problems = dict(getattr(dataset, "problems", {}) or {})
+        return self._fit(out, config, table, store, masks, val_masks, params, lm, problems)
 
     # -- pass 1: clean runs ------------------------------------------------------------------
     def _clean_pass(self, engine: InterventionEngine, dataset, params: AttributionParams,
@@ -208,7 +209,8 @@ class HeadAttribution:
 
     # -- fit -------------------------------------------------------------------------------
     def _fit(self, out: Path, config: dict, table: pd.DataFrame, store: RowStore, masks: np.ndarray,
-             val_masks: np.ndarray, params: AttributionParams, lm: LoadedModel) -> "AttributionResult":
+             val_masks: np.ndarray, params: AttributionParams, lm: LoadedModel,
+             problems: dict[str, int]) -> "AttributionResult":
         n_masks = len(masks)
         targets = np.asarray(store.data)
         train, val = targets[:, :n_masks].T, targets[:, n_masks:].T
@@ -231,6 +233,7 @@ class HeadAttribution:
             "lds_pearson_median": _nanmedian(pearson), "lds_spearman_median": _nanmedian(spearman),
             "lds_pearson_quartiles": _quartiles(pearson), "lds_spearman_quartiles": _quartiles(spearman),
             "top_heads": [[int(i // lm.n_heads), int(i % lm.n_heads), float(mean.ravel()[i])] for i in order],
+            "data_problems": problems, "n_data_problems": int(sum(problems.values())),
             "spec_hash": config["spec_hash"],
         }
         write_json(out / "summary.json", summary)

@@ -6,14 +6,26 @@ A dataset is an immutable, indexable sequence. Subclasses may generate examples 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from io import BytesIO
+from pathlib import Path
 from typing import overload
 
 import numpy as np
 from PIL import Image
 
-__all__ = ["Example", "Dataset", "ListDataset"]
+__all__ = [
+    "Example",
+    "Dataset",
+    "ListDataset",
+    "PROBLEM_REASONS",
+    "ProblemLog",
+    "decode_image",
+    "one_word_label",
+    "walk_order",
+]
 
 
 @dataclass(frozen=True)
@@ -92,6 +104,21 @@ class Dataset(Sequence[Example]):
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, n={len(self)}, classes={len(self.classes)})"
 
+    @property
+    def problems(self) -> dict[str, int]:
+        """Bad items skipped while building the dataset: reason -> count (see :data:`PROBLEM_REASONS`).
+
+        Empty for datasets that skip nothing (e.g. the embedded default set).
+        """
+        log = getattr(self, "_problem_log", None)
+        return dict(sorted(log.counts.items())) if log is not None else {}
+
+    @property
+    def problem_items(self) -> list[tuple[str, str]]:
+        """The skipped items as ``(item id, reason)`` pairs, in the order they were examined."""
+        log = getattr(self, "_problem_log", None)
+        return list(log.items) if log is not None else []
+
 
 class ListDataset(Dataset):
     """A dataset backed by a list of already built examples.
@@ -127,3 +154,88 @@ class ListDataset(Dataset):
 
     def _get(self, index: int) -> Example:
         return self._examples[index]
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad data: skip and count, never abort (used by the folder, COCO and Hugging Face loaders)
+# ----------------------------------------------------------------------------------------------
+
+PROBLEM_REASONS: dict[str, str] = {
+    "missing_image": "the image file does not exist",
+    "unreadable_image": "the image cannot be decoded",
+    "missing_mask": "the mask file does not exist",
+    "unreadable_mask": "the mask cannot be decoded",
+    "empty_mask": "the object mask has no pixel set",
+    "mask_size_mismatch": "the mask's (H, W) differs from the image's",
+    "missing_label": "the label is missing or empty",
+    "label_not_one_word": "the label is not a single word and has no one-word mapping",
+    "bad_annotation": "the item's annotation is malformed (e.g. an unknown category or a broken segmentation)",
+}
+"""Reasons a loader may skip an item for, with what each means. Loaders count them in ``problems``."""
+
+
+@dataclass
+class ProblemLog:
+    """Items a loader skipped, with a reason each (one of :data:`PROBLEM_REASONS`)."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    items: list[tuple[str, str]] = field(default_factory=list)
+
+    def add(self, item_id: str, reason: str) -> None:
+        """Record that item ``item_id`` was skipped for ``reason``."""
+        if reason not in PROBLEM_REASONS:  # a programming error, not a user error
+            raise KeyError(f"Unknown problem reason {reason!r}; valid reasons: {', '.join(PROBLEM_REASONS)}.")
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+        self.items.append((item_id, reason))
+
+
+_ONE_WORD = re.compile(r"^[^\W_]+(?:['-][^\W_]+)*$")
+
+
+def one_word_label(raw: object) -> str | None:
+    """Normalise ``raw`` to a one-word label (stripped, lower case), or ``None`` if it is not one word.
+
+    A word is letters or digits, optionally joined by ``-`` or ``'`` (``"t-shirt"`` is one word);
+    spaces and underscores separate words (``"traffic light"``, ``"golden_retriever"`` are not).
+
+    >>> one_word_label(" Dog "), one_word_label("t-shirt"), one_word_label("traffic light")
+    ('dog', 't-shirt', None)
+    """
+    if raw is None:
+        return None
+    text = str(raw).strip().lower()
+    return text if _ONE_WORD.match(text) else None
+
+
+def decode_image(source: str | Path | bytes, mode: str = "RGB") -> Image.Image:
+    """Open and fully decode an image from a path or encoded bytes, converted to ``mode``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``source`` is a path that does not exist.
+    OSError
+        If the data cannot be decoded (PIL's ``UnidentifiedImageError`` and truncated files included).
+    """
+    fh = BytesIO(source) if isinstance(source, (bytes, bytearray)) else Path(source)
+    try:
+        with Image.open(fh) as im:
+            im.load()
+            return im.convert(mode)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:  # PIL's decode failures
+        raise OSError(f"cannot decode image: {err}") from err
+
+
+def walk_order(count: int, n: int | None, seed: int | None) -> Iterator[int]:
+    """Order in which a loader examines its ``count`` candidate items.
+
+    Original order when ``n`` or ``seed`` is ``None``; otherwise a permutation drawn with
+    ``numpy.random.default_rng(seed)``, so that the first ``n`` good items form a seeded random
+    subsample. Loaders keep the kept items in original order whichever way they were found.
+    """
+    if n is None or seed is None:
+        yield from range(count)
+    else:
+        yield from (int(i) for i in np.random.default_rng(seed).permutation(count))

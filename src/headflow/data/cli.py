@@ -11,6 +11,11 @@ from headflow.data import export_folder, load_dataset
 data_app = typer.Typer(help="Datasets: export the embedded default set as an image folder.", no_args_is_help=True)
 
 
+@data_app.callback()
+def _data() -> None:
+    """Datasets: export the embedded default set as an image folder."""
+
+
 @data_app.command("export")
 def export(
     out: Path = typer.Argument(..., help="Output folder (images/, masks/, manifest.csv)."),

@@ -8,6 +8,11 @@ Layout::
       masks/...           optional PNG masks, nonzero = object
 
 Every column other than ``image``, ``label``, ``mask`` and ``id`` is an appearance factor.
+
+Bad rows are skipped and counted, not raised (``problems``/``problem_items``, see
+:data:`headflow.data.base.PROBLEM_REASONS`): a missing or unreadable image or mask file, a mask whose
+size differs from its image or that is empty, a label that is not one word. Each row is decoded
+once while the dataset is built; examples are decoded again on access.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from headflow.data.base import Dataset, Example
+from headflow.data.base import Dataset, Example, ProblemLog, decode_image, one_word_label
 
 __all__ = ["FolderDataset", "export_folder"]
 
@@ -53,7 +58,7 @@ class FolderDataset(Dataset):
     path : str or pathlib.Path
         Folder holding ``manifest.csv`` or ``manifest.jsonl``.
     n : int, optional
-        Keep only the first ``n`` rows.
+        Keep only the first ``n`` usable rows (rows skipped as bad data do not count).
 
     Raises
     ------
@@ -70,26 +75,66 @@ class FolderDataset(Dataset):
         if n is not None and n < 1:
             raise ValueError(f"The 'n' parameter of FolderDataset must be an int in [1, inf) or None. Got {n!r} instead.")
         rows = _read_manifest(self.root)
-        self._rows = rows[:n] if n is not None else rows
         self.name = f"folder:{self.root}"
-        self.classes = sorted({r["label"] for r in self._rows})
-        self.factor_names = sorted({k for r in self._rows for k in r if k not in _RESERVED})
+        self._problem_log = ProblemLog()
+        self._rows: list[tuple[int, dict[str, str]]] = []  # (manifest row index, row)
+        for k, row in enumerate(rows):
+            if n is not None and len(self._rows) >= n:
+                break
+            label = self._check(k, row)
+            if label is not None:
+                self._rows.append((k, {**row, "label": label}))
+        self.classes = sorted({r["label"] for _, r in self._rows})
+        self.factor_names = sorted({key for _, r in self._rows for key in r if key not in _RESERVED})
+
+    def _item_id(self, k: int, row: dict[str, str]) -> str:
+        return row.get("id") or f"{self.root.name}-{k:06d}"
+
+    def _check(self, k: int, row: dict[str, str]) -> str | None:
+        """The row's one-word label if the row is usable, else ``None`` (the reason is counted)."""
+        item_id = self._item_id(k, row)
+        label = row["label"].strip()  # kept as written (case included); only checked to be one word
+        if one_word_label(label) is None:
+            self._problem_log.add(item_id, "label_not_one_word")
+            return None
+        try:
+            image = decode_image(self.root / row["image"])
+        except FileNotFoundError:
+            self._problem_log.add(item_id, "missing_image")
+            return None
+        except OSError:
+            self._problem_log.add(item_id, "unreadable_image")
+            return None
+        if row.get("mask"):
+            try:
+                mask = np.asarray(decode_image(self.root / row["mask"], "L")) > 0
+            except FileNotFoundError:
+                self._problem_log.add(item_id, "missing_mask")
+                return None
+            except OSError:
+                self._problem_log.add(item_id, "unreadable_mask")
+                return None
+            if mask.shape != (image.height, image.width):
+                self._problem_log.add(item_id, "mask_size_mismatch")
+                return None
+            if not mask.any():
+                self._problem_log.add(item_id, "empty_mask")
+                return None
+        return label
 
     def __len__(self) -> int:
         return len(self._rows)
 
     def _get(self, index: int) -> Example:
-        row = self._rows[index]
-        with Image.open(self.root / row["image"]) as im:
-            image = im.convert("RGB")
+        k, row = self._rows[index]
+        image = decode_image(self.root / row["image"])
         mask = None
         if row.get("mask"):
-            with Image.open(self.root / row["mask"]) as m:
-                mask = np.asarray(m.convert("L")) > 0
+            mask = np.asarray(decode_image(self.root / row["mask"], "L")) > 0
             if mask.shape != (image.height, image.width):
                 raise ValueError(f"Mask {row['mask']!r} has shape {mask.shape}, but its image is {image.height}x{image.width}.")
-        factors = {k: row[k] for k in self.factor_names if k in row}
-        return Example(id=row.get("id") or f"{self.root.name}-{index:06d}", image=image, label=row["label"], factors=factors, mask=mask)
+        factors = {key: row[key] for key in self.factor_names if key in row}
+        return Example(id=self._item_id(k, row), image=image, label=row["label"], factors=factors, mask=mask)
 
 
 def export_folder(dataset: Dataset, path: str | Path) -> Path:

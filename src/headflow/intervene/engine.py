@@ -9,6 +9,7 @@ position ids. It lives as long as the caller keeps it. The model itself is only 
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass
 from typing import Iterator, Literal, Sequence
 
@@ -136,8 +137,10 @@ class InterventionEngine:
     Parameters
     ----------
     model : LoadedModel
-    batch_size : int
-        Rows per forward pass.
+    batch_size : int or "auto"
+        Rows per forward pass. ``"auto"``: on a GPU, start large and halve on out-of-memory (the
+        failed chunk is retried, nothing is lost); on CPU, time the first chunks at a few sizes
+        (their results are kept) and use the fastest from then on.
 
     Examples
     --------
@@ -151,12 +154,17 @@ class InterventionEngine:
     True
     """
 
-    def __init__(self, model: LoadedModel, *, batch_size: int = 64) -> None:
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise HeadflowError(f"The 'batch_size' parameter of InterventionEngine must be an int in [1, inf). "
-                                f"Got {batch_size!r} instead.")
+    def __init__(self, model: LoadedModel, *, batch_size: int | str = 64) -> None:
+        if batch_size != "auto" and (not isinstance(batch_size, int) or batch_size < 1):
+            raise HeadflowError(f"The 'batch_size' parameter of InterventionEngine must be an int in [1, inf) or "
+                                f"'auto'. Got {batch_size!r} instead.")
         self.lm = model
         self.batch_size = batch_size
+        self.auto = batch_size == "auto"
+        self._calibrate = self.auto and model.device.type == "cpu"
+        if self.auto:
+            self.batch_size = 64 if model.device.type == "cpu" else 512
+        self._timings: dict[int, float] = {}
 
     @contextlib.contextmanager
     def _scope(self) -> Iterator[None]:
@@ -230,13 +238,41 @@ class InterventionEngine:
         if path == "full":
             use_prefix = False
         logits, attention = [], []
-        for start in range(0, len(rows), self.batch_size):
-            chunk = _slice_batch(compiled, start, start + self.batch_size)
-            out, att = (self._run_prefix if use_prefix else self._run_full)(prompt, chunk, baseline, capture_attention)
+        forward = self._run_prefix if use_prefix else self._run_full
+        start = 0
+        while start < len(rows):
+            size = self._next_size()
+            chunk = _slice_batch(compiled, start, start + size)
+            began = time.perf_counter()
+            try:
+                out, att = forward(prompt, chunk, baseline, capture_attention)
+            except torch.OutOfMemoryError:
+                if not self.auto or size == 1:
+                    raise
+                self.batch_size = max(1, size // 2)  # back off and retry this chunk
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                continue
+            if self._calibrate and chunk.size == size:
+                self._timings[size] = (time.perf_counter() - began) / size
             logits.append(out)
             attention.append(att)
+            start += chunk.size
         return RunOutput(torch.cat(logits), torch.cat(attention) if capture_attention else None,
                          "prefix" if use_prefix else "full")
+
+    _CALIBRATION_SIZES = (16, 32, 64, 128)
+
+    def _next_size(self) -> int:
+        """The batch size of the next chunk (auto on CPU: try each calibration size once, then the fastest)."""
+        if not self._calibrate:
+            return self.batch_size
+        untried = [s for s in self._CALIBRATION_SIZES if s not in self._timings]
+        if untried:
+            return untried[0]
+        self._calibrate = False
+        self.batch_size = min(self._timings, key=self._timings.get)
+        return self.batch_size
 
     def _prefix_allowed(self, prompt: PreparedPrompt) -> bool:
         window = getattr(self.lm.text_config, "sliding_window", None)
