@@ -16,7 +16,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $(STAMP)
 
+# The report test opens the HTML report in headless Chromium (Debian package); skipped where unavailable.
 test: $(STAMP)
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+	    apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "note: chromium not installed; the browser check in tests/test_report.py will be skipped"
 	$(PY) -m pytest -q
 
 demo: $(STAMP)

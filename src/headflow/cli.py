@@ -25,6 +25,25 @@ def _batch(value: str) -> int | str:
         _fail(f"--batch-size must be a positive integer or 'auto'. Got {value!r} instead.")
 
 
+# -- [ray] --ray / --workers (headflow.distributed) ------------------------------------------------
+RAY_HELP = ("Shard the masked runs over Ray workers: 'auto' (this machine's cluster), HOST:PORT (a head node) "
+            "or 'local' (start one here). Off by default.")
+WORKERS_HELP = "Ray workers (default: one per GPU of the cluster, else one per CPU)."
+
+
+def _ray_runner(address: str | None, workers: int | None):
+    """A connected RayRunner for --ray (None when --ray is not given); connects first so errors come early."""
+    if address is None:
+        if workers is not None:
+            _fail("--workers needs --ray (e.g. --ray local).")
+        return None
+    from .distributed import RayRunner
+
+    runner = RayRunner(address, num_workers=workers)
+    runner.connect()
+    return runner
+
+
 def _fail(message: str) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code=2)
@@ -104,23 +123,30 @@ def attribute(
     image_column: Optional[str] = typer.Option(None, "--image-column", help="hf: image column (default image)."),
     label_column: Optional[str] = typer.Option(None, "--label-column", help="hf: label column (default label)."),
     mask_column: Optional[str] = typer.Option(None, "--mask-column", help="hf: optional object-mask column."),
+    ray: Optional[str] = typer.Option(None, "--ray", help=RAY_HELP),  # [ray]
+    workers: Optional[int] = typer.Option(None, "--workers", help=WORKERS_HELP),  # [ray]
 ) -> None:
     """Head attribution: random head ablations -> linear fit -> per-head attribution (resumable)."""
     from .attribution import HeadAttribution
     from .errors import HeadflowError
     from .models import load_model
 
+    runner = None  # [ray]
     try:
+        runner = _ray_runner(ray, workers)  # [ray]
         lm = load_model(model, device=device)
         dataset = _load_data(data, images, data_seed, image_column=image_column, label_column=label_column,
                              mask_column=mask_column)
         result = HeadAttribution(lm, n_masks=masks, ablation_prob=ablation_prob, baseline=baseline, target=target,
                                  fit=fit, n_val=n_val, seed=seed, keep_wrong=keep_wrong,
                                  batch_size=_batch(batch_size)).run(dataset, out, data_spec=data,
-                                                                    data_seed=data_seed)
+                                                                    data_seed=data_seed, runner=runner)
         result.plot()
     except HeadflowError as exc:
         _fail(str(exc))
+    finally:
+        if runner is not None:  # [ray]
+            runner.close()
     s = result.summary
     typer.echo(f"{s['n_images']} images x {s['n_masks']} masks, clean accuracy {s['clean_accuracy']:.3f}, "
                f"LDS median Pearson {s['lds_pearson_median']:.3f} / Spearman {s['lds_spearman_median']:.3f}")
@@ -219,6 +245,34 @@ def report(run_dir: Path = typer.Argument(..., help="A study or attribution run 
     except HeadflowError as exc:
         _fail(str(exc))
     typer.echo(f"report: {path}")
+
+
+@app.command("model-card")
+def model_card(
+    model: str = typer.Argument("default", help="Model spec (default: the embedded model)."),
+    images: int = typer.Option(480, "--images", help="Fresh held-out images."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Recompute the default model's phenomenon numbers (accuracy, knockouts, single-head share)."""
+    from .errors import HeadflowError
+    from .models import load_model
+    from .zoo.phenomena import measure_phenomena
+
+    try:
+        result = measure_phenomena(load_model(model), n_images=images)
+    except HeadflowError as exc:
+        _fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        typer.echo(f"held-out accuracy {result.accuracy:.3f} on {result.n_images} images (chance {result.chance:.3f})")
+        typer.echo(f"image->text knocked out in all layers: accuracy {result.accuracy_knockout_all_layers:.3f}")
+        typer.echo("... in one layer: " + ", ".join(f"L{i} {a:.3f}" for i, a in
+                                                   enumerate(result.accuracy_knockout_single_layer)))
+        typer.echo(f"largest single-head share of the all-heads logit drop: {result.max_single_head_share:.3f}")
+        for name, ok in result.checks.items():
+            typer.echo(f"  {'PASS' if ok else 'FAIL'}  {name}")
+    raise typer.Exit(code=0 if all(result.checks.values()) else 1)
 
 
 def _mount_subcommands() -> None:

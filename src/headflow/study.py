@@ -77,7 +77,10 @@ def run_study(model: str, data: str, out: str | Path, *, plan: StudyPlan = FULL,
                   batch_size=batch_size).run(flow_data, out=out / "flow")
     step("semantics")
     if not (out / "semantics.json").exists():
-        SemanticAnalysis(n_permutations=plan.permutations, seed=seed).run(out)
+        try:
+            SemanticAnalysis(n_permutations=plan.permutations, seed=seed).run(out)
+        except HeadflowError as exc:  # e.g. too few images to cross class with appearance
+            log(f"semantics skipped: {exc}")
     step("report")
     write_json(out / "study.json", {"model": model, "data": data, "plan": asdict(plan), "seed": seed,
                                     "seconds": round(time.time() - started, 1)})

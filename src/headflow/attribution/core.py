@@ -19,9 +19,9 @@
 from __future__ import annotations
 
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -38,8 +38,11 @@ from ..intervene.attention import LayerBaseline
 from ..models.loading import LoadedModel, load_model
 from ..store import RowStore, ensure_config, read_json, save_npy, save_parquet, write_json
 from .answers import resolve_answer_id, target_values
-from .fit import datamodeling_scores, fit_linear, predict
+from .fit import datamodeling_scores, design_rank, fit_linear, predict
 from .params import AttributionParams, validate_params
+
+if TYPE_CHECKING:
+    from ..distributed import RayRunner
 
 
 def sample_masks(n: int, n_heads: int, prob: float, seed: int) -> np.ndarray:
@@ -96,9 +99,15 @@ class HeadAttribution:
 
     # -- public ----------------------------------------------------------------------------
     def run(self, dataset: Dataset | Sequence[Example], out: str | Path, *, data_spec: str | None = None,
-            data_seed: int = 0) -> "AttributionResult":
-        """Run (or resume) the attribution and return its result; ``out`` is the run directory."""
+            data_seed: int = 0, runner: "RayRunner | None" = None) -> "AttributionResult":
+        """Run (or resume) the attribution and return its result; ``out`` is the run directory.
+
+        With ``runner`` (a :class:`headflow.distributed.RayRunner`), the masked runs (pass 2) are
+        sharded over Ray workers, each loading the model from its spec; this process still does the
+        clean runs, writes every row and fits. Results are the same as without a runner.
+        """
         params = validate_params(self.owner, **self.params)
+        worker_model = _worker_model(self.model) if runner is not None else None  # [ray] fail before any work
         if self.batch_size != "auto" and (not isinstance(self.batch_size, int) or self.batch_size < 1):
             raise HeadflowError(f"The 'batch_size' parameter of {self.owner} must be an int in [1, inf). "
                                 f"Got {self.batch_size!r} instead.")
@@ -129,12 +138,22 @@ class HeadAttribution:
         store = RowStore(out, "targets", len(used), n_masks + params.n_val)
         all_masks = np.vstack([masks, val_masks])
         todo = [(row, idx) for row, idx in enumerate(used) if not store.done[row]]
-        for row, idx in tqdm(todo, desc="attribution: masks per image", unit="image", disable=not todo):
-            ex = dataset[idx]
-            prompt = engine.prepare(ex.image, params.question)
-            image_baseline = self._baseline_for(engine, dataset, table, idx, prompt, baseline, params)
-            logits = engine.run(prompt, mask_rows(all_masks, lm.n_layers, lm.n_heads), baseline=image_baseline).logits
-            store.write(row, target_values(logits, int(table.at[idx, "answer_id"]), params.target).cpu().numpy())
+        bar = tqdm(total=len(todo), desc="attribution: masks per image", unit="image", disable=not todo)
+
+        def write(row: int, values: np.ndarray) -> None:
+            store.write(row, values)
+            bar.update()
+
+        if runner is not None:  # [ray] pass 2 on Ray workers; this process stays the only writer
+            context = _WorkerContext(*worker_model, self.batch_size, params, _baseline_to(baseline, "cpu"),
+                                     all_masks)
+            jobs = ((row, _image_job(dataset, table, idx, params)) for row, idx in todo)
+            runner.map(_setup_worker, _run_worker, jobs, n_items=len(todo), context=context, on_result=write)
+        else:
+            for row, idx in todo:
+                write(row, _image_targets(engine, _image_job(dataset, table, idx, params), baseline, all_masks,
+                                          params))
+        bar.close()
         problems = dict(getattr(dataset, "problems", {}) or {})
         return self._fit(out, config, table, store, masks, val_masks, params, lm, problems)
 
@@ -192,20 +211,8 @@ class HeadAttribution:
 
     def _baseline_for(self, engine, dataset, table: pd.DataFrame, idx: int, prompt: PreparedPrompt,
                       shared: Baseline | None, params: AttributionParams) -> Baseline:
-        if params.baseline in ("mean", "blank"):
-            return shared
-        if params.baseline == "knockout":
-            return Baseline.knockout()
-        if params.baseline == "zero":
-            return Baseline.zero(prompt)
-        # resample: the next image (cyclically) of a different class, deterministic
-        labels = table["label"].tolist()
-        n = len(labels)
-        for step in range(1, n):
-            other = (idx + step) % n
-            if labels[other] != labels[idx]:
-                return Baseline.of_prompt(engine.prepare(dataset[other].image, params.question), kind="resample")
-        raise HeadflowError("The 'resample' baseline needs images of at least two classes.")
+        partner = dataset[_resample_partner(table, idx)].image if params.baseline == "resample" else None
+        return _image_baseline(engine, prompt, shared, params, partner)
 
     # -- fit -------------------------------------------------------------------------------
     def _fit(self, out: Path, config: dict, table: pd.DataFrame, store: RowStore, masks: np.ndarray,
@@ -230,6 +237,7 @@ class HeadAttribution:
             "n_val": int(len(val_masks)), "ablation_prob": params.ablation_prob, "baseline": params.baseline,
             "target": params.target, "fit": params.fit,
             "clean_accuracy": float(table["correct"].mean()),
+            "design_rank": design_rank(masks), "design_full_rank": design_rank(masks) == masks.shape[1] + 1,
             "lds_pearson_median": _nanmedian(pearson), "lds_spearman_median": _nanmedian(spearman),
             "lds_pearson_quartiles": _quartiles(pearson), "lds_spearman_quartiles": _quartiles(spearman),
             "top_heads": [[int(i // lm.n_heads), int(i % lm.n_heads), float(mean.ravel()[i])] for i in order],
@@ -292,6 +300,106 @@ class AttributionResult:
         from .plots import plot_attribution
 
         return plot_attribution(self, Path(figures_dir) if figures_dir else self.run_dir / "figures")
+
+
+# -- pass 2, per image: shared by the single-process loop and the Ray workers ---------------------
+
+@dataclass(frozen=True)
+class _ImageJob:
+    """What one masked-runs row needs: the image, its resample partner (or None) and its answer."""
+
+    image: Image.Image
+    partner: Image.Image | None
+    answer_id: int
+    clean_logit: float
+
+
+def _image_job(dataset, table: pd.DataFrame, idx: int, params: AttributionParams) -> _ImageJob:
+    partner = dataset[_resample_partner(table, idx)].image if params.baseline == "resample" else None
+    return _ImageJob(dataset[idx].image, partner, int(table.at[idx, "answer_id"]), float(table.at[idx, "clean_logit"]))
+
+
+def _resample_partner(table: pd.DataFrame, idx: int) -> int:
+    """The next image (cyclically) of a different class: the deterministic 'resample' baseline source."""
+    labels = table["label"].tolist()
+    n = len(labels)
+    for step in range(1, n):
+        other = (idx + step) % n
+        if labels[other] != labels[idx]:
+            return other
+    raise HeadflowError("The 'resample' baseline needs images of at least two classes.")
+
+
+def _image_baseline(engine, prompt: PreparedPrompt, shared: Baseline | None, params: AttributionParams,
+                    partner: Image.Image | None) -> Baseline:
+    if params.baseline in ("mean", "blank"):
+        return shared
+    if params.baseline == "knockout":
+        return Baseline.knockout()
+    if params.baseline == "zero":
+        return Baseline.zero(prompt)
+    return Baseline.of_prompt(engine.prepare(partner, params.question), kind="resample")
+
+
+def _image_targets(engine: InterventionEngine, job: _ImageJob, shared: Baseline | None, all_masks: np.ndarray,
+                   params: AttributionParams, prompt: PreparedPrompt | None = None) -> np.ndarray:
+    """Targets of one image under every mask, ``[n_masks + n_val]`` float32."""
+    lm = engine.lm
+    prompt = prompt if prompt is not None else engine.prepare(job.image, params.question)
+    baseline = _image_baseline(engine, prompt, shared, params, job.partner)
+    logits = engine.run(prompt, mask_rows(all_masks, lm.n_layers, lm.n_heads), baseline=baseline).logits
+    return target_values(logits, job.answer_id, params.target).cpu().numpy()
+
+
+# -- [ray] Ray workers (headflow.distributed.RayRunner) ---------------------------------------------
+
+@dataclass(frozen=True)
+class _WorkerContext:
+    """Everything a worker needs, put once into Ray's object store."""
+
+    spec: str
+    dtype: str | None
+    batch_size: int | str
+    params: AttributionParams
+    baseline: Baseline | None
+    all_masks: np.ndarray
+
+
+def _worker_model(model) -> tuple[str, str | None]:
+    """The spec (and dtype) a Ray worker loads the model from; a model built in Python cannot be shipped."""
+    if isinstance(model, (str, Path)):
+        return str(model), None
+    name = getattr(model, "name", None) if isinstance(model, LoadedModel) else None
+    if name and (name == "default" or name.startswith("tiny:") or Path(name).is_dir()
+                 or (name.count("/") == 1 and not name.startswith(("/", ".")))):
+        return name, str(model.dtype).replace("torch.", "")
+    got = f"a LoadedModel named {name!r}" if name else f"a {type(model).__name__}"
+    raise HeadflowError(
+        f"With a Ray runner each worker loads the model from its spec, but the model is {got}, which cannot be "
+        "shipped to workers. Pass a spec instead: 'default', 'tiny:<family>', a local directory or a hub id.")
+
+
+def _setup_worker(context: _WorkerContext, device: str) -> tuple[InterventionEngine, _WorkerContext]:
+    lm = load_model(context.spec, device=device, dtype=context.dtype)
+    context = replace(context, baseline=_baseline_to(context.baseline, lm.device))
+    return InterventionEngine(lm, batch_size=context.batch_size), context
+
+
+def _baseline_to(baseline: Baseline | None, device) -> Baseline | None:
+    if baseline is None or baseline.layers is None:
+        return baseline
+    return Baseline(baseline.kind, [LayerBaseline(b.keys.to(device), b.values.to(device)) for b in baseline.layers])
+
+
+def _run_worker(state: tuple[InterventionEngine, _WorkerContext], job: _ImageJob) -> np.ndarray:
+    engine, ctx = state
+    prompt = engine.prepare(job.image, ctx.params.question)
+    got = float(prompt.clean_logits[job.answer_id])
+    if not np.isclose(got, job.clean_logit, rtol=1e-2, atol=1e-2):
+        raise HeadflowError(
+            f"The Ray worker's model ({ctx.spec!r}) gives a clean logit of {got:.4f} where this run recorded "
+            f"{job.clean_logit:.4f}; the worker loaded a different model. Pass the run's model spec.")
+    return _image_targets(engine, job, ctx.baseline, ctx.all_masks, ctx.params, prompt=prompt)
 
 
 # -- helpers -------------------------------------------------------------------------------------

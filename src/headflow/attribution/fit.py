@@ -31,7 +31,10 @@ def fit_linear(masks: np.ndarray, targets: np.ndarray, method: str = "ols", alph
     y = targets.astype(np.float64)
     if method == "ols":
         design = torch.from_numpy(np.hstack([np.ones((len(x), 1)), x])).to(device)
-        solution = torch.linalg.lstsq(design, torch.from_numpy(y).to(device), driver=None).solution.cpu().numpy()
+        # gelsd (SVD) gives the minimum-norm solution, deterministic also when the design is rank
+        # deficient (too few masks, a head never ablated); CUDA only offers gels (full rank).
+        driver = "gelsd" if design.device.type == "cpu" else "gels"
+        solution = torch.linalg.lstsq(design, torch.from_numpy(y).to(device), driver=driver).solution.cpu().numpy()
         return solution[0], solution[1:].T
     if method in ("ridge", "lasso"):
         from sklearn.linear_model import Lasso, Ridge
@@ -42,6 +45,11 @@ def fit_linear(masks: np.ndarray, targets: np.ndarray, method: str = "ols", alph
         return np.atleast_1d(model.intercept_), coef
     raise HeadflowError(f"The 'fit' parameter of HeadAttribution must be one of {', '.join(FITS)}. "
                         f"Got {method!r} instead.")
+
+
+def design_rank(masks: np.ndarray) -> int:
+    """Rank of ``[1, M]``; below ``N + 1`` the attributions are not identified (add masks)."""
+    return int(np.linalg.matrix_rank(np.hstack([np.ones((len(masks), 1)), masks.astype(np.float64)])))
 
 
 def predict(bias: np.ndarray, weights: np.ndarray, masks: np.ndarray) -> np.ndarray:

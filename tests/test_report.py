@@ -1,0 +1,257 @@
+"""The self-contained HTML report (``headflow.report.write_report``) on a real tiny study directory.
+
+One module-scoped study on ``tiny:llava`` runs every step (attribution → validation → flow → semantics
+→ report). 32 images: with fewer, the default data has a single style, and the semantics step has no
+appearance factor to compare with class. The browser check renders the report in headless Chromium.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+import subprocess
+from dataclasses import replace
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from headflow.errors import HeadflowError
+from headflow.report import SECTION_IDS, write_report
+from headflow.report.claims import VERDICTS
+from headflow.report.fmt import fmt, fmt_ci, fmt_layer, fmt_p, fmt_pct
+
+pytestmark = pytest.mark.slow
+
+ANALYSIS_SECTIONS = ("validation", "attention", "flow", "objects", "semantics")
+
+
+class Page(HTMLParser):
+    """Collects what the tests check: sections, images, claim rows, ``data-key`` cells, links."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.sections: dict[str, dict[str, str]] = {}
+        self.images: list[dict[str, str]] = []
+        self.claims: list[dict[str, str]] = []
+        self.keys: dict[str, list[str]] = {}
+        self.refs: list[str] = []
+        self.tags: set[str] = set()
+        self._key: str | None = None
+        self._text: list[str] = []
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        a = {k: v or "" for k, v in attrs}
+        self.tags.add(tag)
+        if tag == "section":
+            self.sections[a["id"]] = a
+        if tag == "img":
+            self.images.append(a)
+        if tag == "tr" and "data-claim" in a:
+            self.claims.append(a)
+        for attr in ("src", "href"):
+            if attr in a:
+                self.refs.append(a[attr])
+        if tag == "td" and "data-key" in a:
+            self._key, self._text = a["data-key"], []
+
+    def handle_data(self, data):
+        if self._key is not None:
+            self._text.append(data)
+
+    def handle_endtag(self, tag):
+        if tag == "td" and self._key is not None:
+            self.keys.setdefault(self._key, []).append("".join(self._text).strip())
+            self._key = None
+
+
+def figure_files(run_dir: Path) -> dict[str, Path]:
+    return {str(p.relative_to(run_dir)): p for sub in ("figures", "flow/figures")
+            for p in sorted((run_dir / sub).glob("*.png"))}
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> Path:
+    from headflow.study import QUICK, run_study
+
+    out = tmp_path_factory.mktemp("study") / "run"
+    plan = replace(QUICK, images=32, masks=32, val_masks=16, validate_images=4, flow_images=4, flow_maps=1,
+                   permutations=50, bootstrap=50)
+    path = run_study("tiny:llava", "default", out, plan=plan, keep_wrong=True, log=lambda _: None)
+    assert path == out / "report.html"
+    return out
+
+
+@pytest.fixture(scope="module")
+def page(study) -> Page:
+    return Page((study / "report.html").read_text(encoding="utf-8"))
+
+
+def read(run_dir: Path, rel: str) -> dict:
+    return json.loads((run_dir / rel).read_text())
+
+
+# ----------------------------------------------------------------------------------------------
+# full study
+
+
+def test_claims_table_has_c1_to_c4_with_verdicts_from_the_json(study, page):
+    assert [c["data-claim"] for c in page.claims] == ["C1", "C2", "C3", "C4"]
+    verdict = {c["data-claim"]: c["data-verdict"] for c in page.claims}
+    assert set(verdict.values()) <= set(VERDICTS)
+    c1 = read(study, "validation.json")["c1"]
+    assert verdict["C1"] in (("agrees",) if c1["holds"] else ("disagrees", "inconclusive"))
+    sem = read(study, "semantics.json")["verdict"]
+    assert verdict["C2"] == {"class": "agrees", "appearance": "disagrees", "neither": "inconclusive"}[sem]
+    flow = read(study, "flow/flow.json")
+    assert verdict["C3"] == {"supported": "agrees", "contradicted": "disagrees"}.get(flow["c3"]["verdict"],
+                                                                                     "inconclusive")
+    assert verdict["C4"] == ("agrees" if flow["c4"]["verdict"] == "supported" else "inconclusive")
+    html = (study / "report.html").read_text()
+    assert html.index('id="claims"') < html.index('id="model"')  # claims come first
+
+
+def test_every_section_is_present_and_every_figure_is_embedded(study, page):
+    for sid in SECTION_IDS:
+        assert page.sections[sid]["data-status"] == "present", sid
+    files = figure_files(study)
+    assert {"figures/attribution_heatmap.png", "figures/validation_curves.png", "flow/figures/flow_curves.png",
+            "figures/similarity_matrix.png"} <= set(files)
+    shown = {img["data-path"]: img for img in page.images}
+    assert set(shown) == set(files)
+    for rel, path in files.items():
+        img = shown[rel]
+        assert "figure" in img["class"].split() and img["data-name"] == path.stem
+        prefix = "data:image/png;base64,"
+        assert img["src"].startswith(prefix)
+        assert base64.b64decode(img["src"][len(prefix):]) == path.read_bytes()
+
+
+def test_report_is_self_contained(study, page):
+    html = (study / "report.html").read_text()
+    assert all(ref.startswith(("data:", "#")) for ref in page.refs), [r[:40] for r in page.refs]
+    assert "script" not in page.tags and "link" not in page.tags
+    assert not re.search(r"@import|url\(|https?://[^\s\"'<]*\.(css|js|woff2?|ttf)", html)
+
+
+def test_numbers_come_from_the_json(study, page):
+    summary, validation = read(study, "summary.json"), read(study, "validation.json")
+    flow, sem = read(study, "flow/flow.json"), read(study, "semantics.json")
+    assert page.keys["clean_accuracy"] == [f"{summary['clean_accuracy']:.1%}"]
+    assert page.keys["lds_median"] == [fmt(summary["lds_pearson_median"]), fmt(summary["lds_spearman_median"])]
+    assert page.keys["n_kv_heads"] == [str(read(study, "config.json")["model"]["n_kv_heads"])]
+    html = (study / "report.html").read_text()
+    layer, head, score = summary["top_heads"][0]
+    assert f"<td>L{layer}.H{head}</td>" in html and fmt(score) in html
+    r = validation["rankings"]["attribution"]
+    assert f'<td class="num">{fmt(r["auc_completeness"])}</td>' in html
+    p = flow["pairs"]["image->final"]["peak_layer"]
+    assert fmt_ci(p["value"], p["lo"], p["hi"], number=fmt_layer) in html
+    c3 = flow["c3"]
+    assert fmt_ci(c3["mean"], c3["lo"], c3["hi"]) in html and f"p = {fmt_p(c3['p_wilcoxon'])}" in html
+    assert f"permutation p = {fmt_p(sem['p_class_vs_appearance'])}" in html
+
+
+def test_report_is_deterministic(study):
+    first = (study / "report.html").read_bytes()
+    assert write_report(study).read_bytes() == first
+
+
+# ----------------------------------------------------------------------------------------------
+# partial directories
+
+
+@pytest.fixture()
+def attribution_only(study, tmp_path) -> Path:
+    """A plain attribution run: its JSON and its two figures, nothing from later steps."""
+    run = tmp_path / "attr"
+    (run / "figures").mkdir(parents=True)
+    for rel in ("summary.json", "config.json", "figures/attribution_heatmap.png", "figures/lds_hist.png"):
+        shutil.copy(study / rel, run / rel)
+    return run
+
+
+def test_partial_run_marks_missing_sections(attribution_only):
+    page = Page(write_report(attribution_only).read_text())
+    for sid in ANALYSIS_SECTIONS:
+        assert page.sections[sid]["data-status"] == "missing", sid
+        assert "missing" in page.sections[sid]["class"].split()
+    for sid in ("claims", "model", "attribution", "lds"):
+        assert page.sections[sid]["data-status"] == "present", sid
+    assert {c["data-verdict"] for c in page.claims} == {"not run"}
+    assert sorted(img["data-name"] for img in page.images) == ["attribution_heatmap", "lds_hist"]
+    html = (attribution_only / "report.html").read_text()
+    missing = re.search(r'id="missing-sections" data-missing="([^"]*)"', html).group(1).split()
+    assert missing == list(ANALYSIS_SECTIONS)
+    assert "headflow validate" in html and "headflow semantics" in html
+
+
+def test_unreadable_json_is_reported_not_fatal(attribution_only):
+    (attribution_only / "validation.json").write_text("{not json")
+    html = write_report(attribution_only).read_text()
+    assert "Could not read the validation results" in html
+    assert Page(html).sections["validation"]["data-status"] == "missing"
+
+
+def test_not_a_run_directory(tmp_path):
+    with pytest.raises(HeadflowError, match="no summary.json"):
+        write_report(tmp_path)
+    with pytest.raises(HeadflowError, match="is not a directory"):
+        write_report(tmp_path / "nope")
+
+
+def test_default_model_card_is_included(attribution_only, tmp_path, monkeypatch):
+    import headflow.report.run as run_mod
+
+    card = tmp_path / "MODEL_CARD.md"
+    card.write_text("# default\nA tiny LLaVA <trained> on the default data.\n")
+    monkeypatch.setattr(run_mod, "model_card_path", lambda: card)
+    (attribution_only / "study.json").write_text(json.dumps({"model": "default", "data": "default"}))
+    html = write_report(attribution_only).read_text()
+    assert 'id="model-card-text"' in html and "A tiny LLaVA &lt;trained&gt; on the default data." in html
+
+
+def test_formatting():
+    assert (fmt(0.99931), fmt(7), fmt(None), fmt(float("nan")), fmt(True)) == ("0.999", "7", "n/a", "n/a", "yes")
+    assert (fmt(1.2e-5), fmt(0.0), fmt_pct(0.03125), fmt_p(2.3e-10), fmt_p(0.0196)) == \
+        ("1.20e-05", "0", "3.1%", "2.3e-10", "0.020")
+    assert (fmt_layer(1.0), fmt_layer(0.076), fmt_ci(1, None, None)) == ("1", "0.08", "1")
+
+
+# ----------------------------------------------------------------------------------------------
+# browser
+
+
+def find_chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
+
+
+PROBE = ("<script>window.addEventListener('load', function () { var n = 0, im = document.images;"
+         " for (var i = 0; i < im.length; i++) { if (im[i].complete && im[i].naturalWidth > 0) n++; }"
+         " document.title = 'decoded ' + n + '/' + im.length; });</script>")
+
+
+def test_report_renders_in_headless_chromium(study, tmp_path):
+    chromium = find_chromium()
+    if chromium is None:
+        pytest.skip("Chromium is not installed (apt-get install -y chromium); the browser check needs it.")
+    probe = tmp_path / "report_probe.html"
+    probe.write_text((study / "report.html").read_text().replace("</body>", PROBE + "</body>"))
+    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+           "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-extensions",
+           f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000", "--dump-dom", probe.as_uri()]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    dom = done.stdout
+    assert 'id="claims-table"' in dom and all(f'data-claim="C{i}"' in dom for i in range(1, 5))
+    n = len(figure_files(study))
+    title = re.search(r"<title>(.*?)</title>", dom).group(1)
+    assert title == f"decoded {n}/{n}", title
+    assert "Uncaught" not in done.stderr
