@@ -381,7 +381,9 @@ def _worker_model(model) -> tuple[str, str | None]:
 
 def _setup_worker(context: _WorkerContext, device: str) -> tuple[InterventionEngine, _WorkerContext]:
     lm = load_model(context.spec, device=device, dtype=context.dtype)
-    context = replace(context, baseline=_baseline_to(context.baseline, lm.device))
+    # (arrays from Ray's object store are read-only; torch wants writable ones)
+    context = replace(context, baseline=_baseline_to(context.baseline, lm.device),
+                      all_masks=np.array(context.all_masks))
     return InterventionEngine(lm, batch_size=context.batch_size), context
 
 

@@ -1,0 +1,145 @@
+"""Pass 2 of HeadAttribution on Ray workers: same results as one process, dead workers retried."""
+
+import functools
+import hashlib
+import importlib.util
+import os
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from headflow import HeadflowError, load_model
+from headflow.attribution import HeadAttribution
+from headflow.data import load_dataset
+from headflow.distributed import RayRunner, _probe
+
+needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
+                               reason="Ray is not installed; pip install 'headflow[ray]' to run the distributed tests")
+PARAMS = dict(n_masks=32, n_val=16, keep_wrong=True, batch_size=16)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import ray
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module
+    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def plain_run(tmp_path_factory, tiny_models):
+    out = tmp_path_factory.mktemp("plain") / "run"
+    data = load_dataset("default", n=4)
+    return data, HeadAttribution(tiny_models("llava"), **PARAMS).run(data, out, data_spec="default")
+
+
+def _same_results(result, reference) -> None:
+    """Targets bit for bit; the fit's numbers to the last few bits (BLAS/SIMD order may differ between calls)."""
+    assert np.array_equal(np.load(result.run_dir / "targets.npy"), np.load(reference.run_dir / "targets.npy"))
+    assert np.allclose(result.attributions, reference.attributions, atol=1e-6, rtol=0)
+    assert result.summary.keys() == reference.summary.keys()
+    for key, value in reference.summary.items():
+        if isinstance(value, (float, list)):
+            assert np.allclose(result.summary[key], value, rtol=1e-9, atol=0), key
+        else:
+            assert result.summary[key] == value, key
+
+
+@needs_ray
+@pytest.mark.slow
+def test_ray_run_matches_the_single_process_run(ray_cluster, plain_run, tmp_path):
+    data, reference = plain_run
+    result = HeadAttribution("tiny:llava", **PARAMS).run(data, tmp_path / "run", data_spec="default",
+                                                         runner=RayRunner(num_workers=2))
+    _same_results(result, reference)
+    assert np.load(tmp_path / "run" / "targets.done.npy").all()
+
+
+def _crash_once(fn, marker_dir: str, state, job):
+    """Kill this worker process at its second call, once per test; count calls per image."""
+    marker = Path(marker_dir)
+    pid = os.getpid()
+    if any(marker.glob(f"calls/*.{pid}.*")):
+        try:
+            os.close(os.open(marker / "crashed", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            os._exit(1)
+        except FileExistsError:
+            pass
+    image = hashlib.sha1(job.image.tobytes()).hexdigest()[:12]
+    (marker / "calls" / f"{image}.{pid}.{uuid.uuid4().hex}").touch()
+    return fn(state, job)
+
+
+class CrashOnceRunner(RayRunner):
+    def __init__(self, marker_dir: Path, **kwargs) -> None:
+        super().__init__(**kwargs)
+        (marker_dir / "calls").mkdir(parents=True)
+        self.marker_dir = marker_dir
+
+    def map(self, setup, fn, items, **kwargs):
+        return super().map(setup, functools.partial(_crash_once, fn, str(self.marker_dir)), items, **kwargs)
+
+
+@needs_ray
+@pytest.mark.slow
+def test_a_dead_worker_is_retried_and_finished_rows_are_not_recomputed(ray_cluster, plain_run, tiny_models, tmp_path):
+    data, reference = plain_run
+    runner = CrashOnceRunner(tmp_path / "markers", num_workers=2, max_retries=2)
+    result = HeadAttribution(tiny_models("llava"), **PARAMS).run(data, tmp_path / "run", data_spec="default",
+                                                                 runner=runner)
+    assert (tmp_path / "markers" / "crashed").exists()
+    calls = [p.name.split(".")[0] for p in (tmp_path / "markers" / "calls").iterdir()]
+    assert len(set(calls)) == 4 and len(calls) == 4  # every image computed exactly once
+    _same_results(result, reference)
+
+
+@needs_ray
+@pytest.mark.slow
+def test_a_worker_error_reaches_the_driver(ray_cluster, plain_run, tmp_path):
+    data, reference = plain_run
+    out = tmp_path / "run"
+    with pytest.raises(HeadflowError, match="worker loaded a different model"):
+        # weights of another seed: the workers' clean logits disagree with the driver's
+        HeadAttribution(load_model("tiny:llava", seed=1), **PARAMS).run(data, out, data_spec="default",
+                                                                         runner=RayRunner(num_workers=1))
+    assert not (out / "summary.json").exists()
+
+
+def test_a_model_built_in_python_cannot_be_shipped(tiny_models, tmp_path):
+    lm = tiny_models("llava")
+    data = load_dataset("default", n=1)
+    for model in ((lm.model, lm.processor), load_model((lm.model, lm.processor))):
+        with pytest.raises(HeadflowError, match="cannot be shipped to workers. Pass a spec instead"):
+            HeadAttribution(model, **PARAMS).run(data, tmp_path / "run", runner=RayRunner())
+    assert not (tmp_path / "run").exists()  # refused before any work
+
+
+def test_ray_runner_parameters_and_missing_ray(monkeypatch):
+    with pytest.raises(HeadflowError, match="The 'num_workers' parameter of RayRunner must be an int in"):
+        RayRunner(num_workers=0)
+    with pytest.raises(HeadflowError, match="The 'max_retries' parameter of RayRunner"):
+        RayRunner(max_retries=-1)
+    with pytest.raises(OSError):  # an unreachable head fails in seconds, not after Ray's minutes of retries
+        _probe("127.0.0.1:1")
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(HeadflowError, match=r"needs Ray, which is not installed. Install it with: pip install"):
+        RayRunner("local").map(None, None, [(0, 0)], n_items=1, on_result=print)
+
+
+def test_cli_attribute_with_ray_local(monkeypatch, tmp_path):
+    pytest.importorskip("typer")
+    from typer.testing import CliRunner
+
+    from headflow.cli import app
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    res = CliRunner().invoke(app, ["attribute", "--model", "tiny:llava", "--out", str(tmp_path / "run"), "--images",
+                                   "1", "--masks", "8", "--val-masks", "4", "--keep-wrong", "--ray", "local"])
+    assert res.exit_code == 2 and "needs Ray" in res.output
+    assert not (tmp_path / "run").exists()  # refused before any work
