@@ -1,20 +1,25 @@
-"""Pass 2 of HeadAttribution on Ray workers: same results as one process, dead workers retried."""
+"""Per-image work on Ray workers (attribution pass 2, validation, token flow): same results as one
+process, dead workers retried."""
 
 import functools
 import hashlib
 import importlib.util
+import json
 import os
+import shutil
 import sys
 import uuid
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from headflow import HeadflowError, load_model
-from headflow.attribution import HeadAttribution
+from headflow.attribution import HeadAttribution, Validation
 from headflow.data import load_dataset
 from headflow.distributed import RayRunner, _probe
+from headflow.flow import TokenFlow
 
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
                                reason="Ray is not installed; pip install 'headflow[ray]' to run the distributed tests")
@@ -141,5 +146,72 @@ def test_cli_attribute_with_ray_local(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "ray", None)
     res = CliRunner().invoke(app, ["attribute", "--model", "tiny:llava", "--out", str(tmp_path / "run"), "--images",
                                    "1", "--masks", "8", "--val-masks", "4", "--keep-wrong", "--ray", "local"])
+    assert res.exit_code == 2 and "needs Ray" in res.output
+    assert not (tmp_path / "run").exists()  # refused before any work
+
+
+def _assert_close(got, want, path="") -> None:
+    """Same structure and values; floats to 1e-9 relative."""
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and got.keys() == want.keys(), path
+        for key in want:
+            _assert_close(got[key], want[key], f"{path}.{key}")
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want), path
+        for i, (g, w) in enumerate(zip(got, want)):
+            _assert_close(g, w, f"{path}[{i}]")
+    elif isinstance(want, float):
+        assert np.isclose(got, want, rtol=1e-9, atol=0, equal_nan=True), path
+    else:
+        assert got == want, path
+
+
+@needs_ray
+@pytest.mark.slow
+def test_ray_validation_matches_the_single_process_validation(ray_cluster, plain_run, tiny_models, tmp_path):
+    data, reference = plain_run
+    plain, sharded = tmp_path / "plain", tmp_path / "ray"
+    for copy in (plain, sharded):
+        shutil.copytree(reference.run_dir, copy)
+    want = Validation(tiny_models("llava"), max_images=3).run(plain, dataset=data)
+    got = Validation(max_images=3).run(sharded, dataset=data, runner=RayRunner(num_workers=2))  # the run's spec
+    _assert_close(json.loads((sharded / "validation.json").read_text()), want.data)
+    np.testing.assert_array_equal(np.load(sharded / "single_head.npy"), np.load(plain / "single_head.npy"))
+    assert np.load(sharded / "validation" / "curves.done.npy").all() and got.data["n_images"] == 3
+
+
+@needs_ray
+@pytest.mark.slow
+def test_ray_flow_matches_the_single_process_flow(ray_cluster, tiny_models, tmp_path):
+    data = load_dataset("default", n=3)
+    flow = TokenFlow(tiny_models("llava"), keep_wrong=True, n_bootstrap=50, n_random=2, n_maps=1, progress=False)
+    want = flow.run(data)
+    got = flow.run(data, out=tmp_path / "flow", runner=RayRunner(num_workers=2))
+    assert json.loads((tmp_path / "flow" / "flow.json").read_text()) == json.loads(json.dumps(want.summary))
+    pd.testing.assert_frame_equal(got.windows, want.windows)
+    pd.testing.assert_frame_equal(got.objects, want.objects)
+    assert list(got.token_maps) == list(want.token_maps) == [data[0].id]  # the driver did the map image
+
+
+def test_a_flow_model_built_in_python_cannot_be_shipped(tiny_models):
+    lm = tiny_models("llava")
+    with pytest.raises(HeadflowError, match="cannot be shipped to workers. Pass a spec instead"):
+        TokenFlow(load_model((lm.model, lm.processor)), n_maps=0, progress=False).run(
+            load_dataset("default", n=1), runner=RayRunner())
+
+
+@pytest.mark.parametrize("command", ["validate", "flow"])
+def test_cli_validate_and_flow_take_ray(monkeypatch, tmp_path, command):
+    pytest.importorskip("typer")
+    from typer.testing import CliRunner
+
+    from headflow.cli import app
+
+    args = [str(tmp_path / "run")] if command == "validate" else ["--model", "tiny:llava", "--out",
+                                                                 str(tmp_path / "run"), "--images", "1"]
+    res = CliRunner().invoke(app, [command, *args, "--workers", "2"])
+    assert res.exit_code == 2 and "--workers needs --ray" in res.output
+    monkeypatch.setitem(sys.modules, "ray", None)
+    res = CliRunner().invoke(app, [command, *args, "--ray", "local"])
     assert res.exit_code == 2 and "needs Ray" in res.output
     assert not (tmp_path / "run").exists()  # refused before any work

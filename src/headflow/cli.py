@@ -26,7 +26,7 @@ def _batch(value: str) -> int | str:
 
 
 # -- [ray] --ray / --workers (headflow.distributed) ------------------------------------------------
-RAY_HELP = ("Shard the masked runs over Ray workers: 'auto' (this machine's cluster), HOST:PORT (a head node) "
+RAY_HELP = ("Shard the per-image work over Ray workers: 'auto' (this machine's cluster), HOST:PORT (a head node) "
             "or 'local' (start one here). Off by default.")
 WORKERS_HELP = "Ray workers (default: one per GPU of the cluster, else one per CPU)."
 
@@ -162,13 +162,17 @@ def validate(
     seed: int = typer.Option(0, "--seed", help="Seed of the random ranking."),
     batch_size: int = typer.Option(64, "--batch-size"),
     device: str = typer.Option("cpu", "--device"),
+    ray: Optional[str] = typer.Option(None, "--ray", help=RAY_HELP),  # [ray]
+    workers: Optional[int] = typer.Option(None, "--workers", help=WORKERS_HELP),  # [ray]
 ) -> None:
     """Rankings (attribution, single-head, attention weight, random) and completeness/faithfulness curves."""
     from .attribution import Validation
     from .errors import HeadflowError
     from .models import load_model
 
+    runner = None  # [ray]
     try:
+        runner = _ray_runner(ray, workers)  # [ray]
         lm = load_model(model, device=device) if model else None
         if lm is None:
             from .store import read_json
@@ -176,9 +180,12 @@ def validate(
             if not (run_dir / "config.json").exists():
                 _fail(f"{run_dir} is not an attribution run directory (no config.json).")
             lm = load_model(read_json(run_dir / "config.json")["spec"]["model"], device=device)
-        result = Validation(lm, seed=seed, batch_size=batch_size).run(run_dir)
+        result = Validation(lm, seed=seed, batch_size=batch_size).run(run_dir, runner=runner)
     except HeadflowError as exc:
         _fail(str(exc))
+    finally:
+        if runner is not None:  # [ray]
+            runner.close()
     for name, r in result.data["rankings"].items():
         typer.echo(f"  {name:<22} k80 completeness {str(r['k80_completeness']):>5}  k80 faithfulness "
                    f"{str(r['k80_faithfulness']):>5}  AUC {r['auc_completeness']:.3f} / {r['auc_faithfulness']:.3f}")

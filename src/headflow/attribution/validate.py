@@ -12,9 +12,9 @@ Curves are normalised with ratios of means over images:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -22,12 +22,16 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import HeadflowError
-from ..intervene import Intervention, InterventionEngine
+from ..intervene import Baseline, Intervention, InterventionEngine, PreparedPrompt
 from ..models.loading import LoadedModel, load_model
 from ..store import RowStore, read_json, save_npy, write_json
 from .answers import target_values
-from .core import AttributionResult, HeadAttribution, _load_baseline
+from .core import (AttributionResult, _baseline_to, _image_baseline, _ImageJob, _load_baseline, _resample_partner,
+                   _worker_model)
 from .params import AttributionParams
+
+if TYPE_CHECKING:
+    from ..distributed import RayRunner
 
 RANKINGS = ("attribution", "attribution_per_image", "single_head", "attention", "random")
 
@@ -92,12 +96,20 @@ class Validation:
         self.model, self.k_grid, self.seed, self.batch_size = model, k_grid, seed, batch_size
         self.max_images = max_images
 
-    def run(self, run_dir: str | Path, dataset=None) -> ValidationResult:
+    def run(self, run_dir: str | Path, dataset=None, runner: "RayRunner | None" = None) -> ValidationResult:
+        """Validate the run in ``run_dir`` (resumable) and write ``validation.json`` and its figures.
+
+        With ``runner`` (a :class:`headflow.distributed.RayRunner`), both per-image passes (single-head
+        ablations, then the curves) are sharded over Ray workers, each loading the model from its spec;
+        this process writes every row. Results are the same as without a runner.
+        """
         run_dir = Path(run_dir)
         result = AttributionResult.load(run_dir)
         spec = result.config["spec"]
+        model = self.model if self.model is not None else spec["model"]
+        worker_model = _worker_model(model) if runner is not None else None  # [ray] fail before any work
         params = AttributionParams(**{k: spec[k] for k in AttributionParams.model_fields if k in spec})
-        lm = load_model(self.model if self.model is not None else spec["model"])
+        lm = load_model(model)
         dataset = dataset if dataset is not None else _dataset_of(spec)
         n_layers, n_heads = result.attributions.shape[1:]
         if (lm.n_layers, lm.n_heads) != (n_layers, n_heads):
@@ -108,21 +120,16 @@ class Validation:
         engine = InterventionEngine(lm, batch_size=self.batch_size)
         used = result.images.index[result.images["used"]].tolist()[: self.max_images]
         shared = _load_baseline(run_dir / "baseline.safetensors")
-        helper = HeadAttribution(lm)
-        eye = torch.eye(n, dtype=torch.bool)
-        everything = torch.ones(n_layers, n_heads, dtype=torch.bool)
+        context = _ValidationContext(*(worker_model or (None, None)), self.batch_size, params, shared)
+        local = (engine, context)
+
+        def todo(store: RowStore, extra=lambda row: None) -> list[tuple[int, int, Any]]:
+            return [(row, idx, extra(row)) for row, idx in enumerate(used) if not store.done[row]]
 
         # pass A: clean, all-ablated and single-head targets
         single_store = RowStore(run_dir / "validation", "single", len(used), n + 2)
-        for row, idx in enumerate(tqdm(used, desc="validate: single heads", unit="image")):
-            if single_store.done[row]:
-                continue
-            prompt, baseline, answer = self._prepare(engine, helper, dataset, result, idx, prompt_params=params,
-                                                     shared=shared)
-            rows = [Intervention(ablate=everything)] + [Intervention(ablate=m.view(n_layers, n_heads)) for m in eye]
-            ys = target_values(engine.run(prompt, rows, baseline=baseline).logits, answer, params.target)
-            clean = target_values(prompt.clean_logits[None], answer, params.target)
-            single_store.write(row, torch.cat([clean, ys]).cpu().numpy())
+        _fill(single_store, todo(single_store), dataset, result, params, "validate: single heads",
+              _single_row, _run_single, local, runner)
         single = np.asarray(single_store.data)
         y_clean, y_all, y_single = single[:, 0], single[:, 1], single[:, 2:]
         single_effect = y_clean[:, None] - y_single
@@ -138,42 +145,18 @@ class Validation:
         }
         per_image = result.attributions.reshape(-1, n)[: len(used)]
 
-        # pass B: curves
+        # pass B: curves (needs pass A's single-head ranking)
         n_cols = len(RANKINGS) * len(grid) * 2
         curve_store = RowStore(run_dir / "validation", "curves", len(used), n_cols * 2)
-        for row, idx in enumerate(tqdm(used, desc="validate: curves", unit="image")):
-            if curve_store.done[row]:
-                continue
-            prompt, baseline, answer = self._prepare(engine, helper, dataset, result, idx, prompt_params=params,
-                                                     shared=shared)
-            rankings = {**orders, "attribution_per_image": np.argsort(-per_image[row], kind="stable")}
-            rows = []
-            for name in RANKINGS:
-                for keep_top in (True, False):
-                    for k in grid:
-                        top = np.zeros(n, dtype=bool)
-                        top[rankings[name][:k]] = True
-                        ablate = top if keep_top else ~top
-                        rows.append(Intervention(ablate=torch.from_numpy(ablate).view(n_layers, n_heads)))
-            logits = engine.run(prompt, rows, baseline=baseline).logits
-            ys = target_values(logits, answer, params.target).cpu().numpy()
-            correct = (logits.argmax(-1) == answer).float().cpu().numpy()
-            curve_store.write(row, np.concatenate([ys, correct]))
+        context = replace(context, orders=orders, grid=list(grid))
+        _fill(curve_store, todo(curve_store, lambda row: np.argsort(-per_image[row], kind="stable")), dataset,
+              result, params, "validate: curves", _curve_row, _run_curve, (engine, context), runner)
         curves = np.asarray(curve_store.data)
         data = self._summarise(curves, y_clean, y_all, grid, n, params, result)
         write_json(run_dir / "validation.json", data)
         out = ValidationResult(run_dir, data)
         out.plot()
         return out
-
-    def _prepare(self, engine, helper, dataset, result, idx, *, prompt_params, shared):
-        ex = dataset[idx]
-        if ex.id != result.images.at[idx, "id"]:
-            raise HeadflowError(f"Image {idx} of the dataset is {ex.id!r} but the run recorded "
-                                f"{result.images.at[idx, 'id']!r}; pass the run's own data.")
-        prompt = engine.prepare(ex.image, prompt_params.question)
-        baseline = helper._baseline_for(engine, dataset, result.images, idx, prompt, shared, prompt_params)
-        return prompt, baseline, int(result.images.at[idx, "answer_id"])
 
     def _summarise(self, curves, y_clean, y_all, grid, n, params, result) -> dict[str, Any]:
         n_k = len(grid)
@@ -211,6 +194,126 @@ class Validation:
                    "rule": "holds if k80(attribution) <= 0.75 * min(k80 of single_head, attention, random)",
                    "holds": bool(holds)},
         }
+
+
+# -- per image: shared by the single-process loops and the Ray workers ------------------------------
+
+@dataclass(frozen=True)
+class _ValidationContext:
+    """What computing a row needs besides the image; put once into Ray's object store for workers.
+
+    ``orders`` (ranking name → head order ``[n_heads]``) and ``grid`` are set for pass B only.
+    """
+
+    spec: str | None
+    dtype: str | None
+    batch_size: int | str
+    params: AttributionParams
+    baseline: Baseline | None
+    orders: dict[str, np.ndarray] | None = None
+    grid: list[int] | None = None
+
+
+def _image_job_checked(dataset, result: AttributionResult, idx: int, params: AttributionParams) -> _ImageJob:
+    """The image, resample partner and answer of used image ``idx``, after checking the data is the run's."""
+    ex = dataset[idx]
+    if ex.id != result.images.at[idx, "id"]:
+        raise HeadflowError(f"Image {idx} of the dataset is {ex.id!r} but the run recorded "
+                            f"{result.images.at[idx, 'id']!r}; pass the run's own data.")
+    partner = dataset[_resample_partner(result.images, idx)].image if params.baseline == "resample" else None
+    return _ImageJob(ex.image, partner, int(result.images.at[idx, "answer_id"]),
+                     float(result.images.at[idx, "clean_logit"]))
+
+
+def _fill(store: RowStore, todo: list[tuple[int, int, Any]], dataset, result: AttributionResult,
+          params: AttributionParams, desc: str, compute, worker_fn, local, runner) -> None:
+    """Compute the missing rows of ``store``: here with ``compute``, or on Ray workers with ``worker_fn``.
+
+    ``todo`` holds ``(row, image index, extra)``; each row gets ``compute(engine, ctx, job, extra)``.
+    This process is the only writer either way.
+    """
+    bar = tqdm(total=len(todo), desc=desc, unit="image", disable=not todo)
+
+    def write(row: int, values: np.ndarray) -> None:
+        store.write(row, values)
+        bar.update()
+
+    engine, ctx = local
+    items = ((row, (_image_job_checked(dataset, result, idx, params), extra)) for row, idx, extra in todo)
+    if runner is not None:  # [ray]
+        runner.map(_setup_validation_worker, worker_fn, items, n_items=len(todo), context=ctx, on_result=write)
+    else:
+        for row, (job, extra) in items:
+            write(row, compute(engine, ctx, job, extra))
+    bar.close()
+
+
+def _single_row(engine: InterventionEngine, ctx: _ValidationContext, job: _ImageJob, extra: None,
+                prompt: PreparedPrompt | None = None) -> np.ndarray:
+    """Pass A row: ``[y_clean, y_all_ablated, y_without_head_0, …]``, ``n_heads + 2`` float32."""
+    lm, params = engine.lm, ctx.params
+    prompt = prompt if prompt is not None else engine.prepare(job.image, params.question)
+    baseline = _image_baseline(engine, prompt, ctx.baseline, params, job.partner)
+    n_layers, n_heads = lm.n_layers, lm.n_heads
+    everything = torch.ones(n_layers, n_heads, dtype=torch.bool)
+    eye = torch.eye(n_layers * n_heads, dtype=torch.bool)
+    rows = [Intervention(ablate=everything)] + [Intervention(ablate=m.view(n_layers, n_heads)) for m in eye]
+    ys = target_values(engine.run(prompt, rows, baseline=baseline).logits, job.answer_id, params.target)
+    clean = target_values(prompt.clean_logits[None], job.answer_id, params.target)
+    return torch.cat([clean, ys]).cpu().numpy()
+
+
+def _curve_row(engine: InterventionEngine, ctx: _ValidationContext, job: _ImageJob, own_order: np.ndarray,
+               prompt: PreparedPrompt | None = None) -> np.ndarray:
+    """Pass B row: targets, then correctness, of every (ranking, completeness/faithfulness, k) ablation."""
+    lm, params = engine.lm, ctx.params
+    prompt = prompt if prompt is not None else engine.prepare(job.image, params.question)
+    baseline = _image_baseline(engine, prompt, ctx.baseline, params, job.partner)
+    n_layers, n_heads = lm.n_layers, lm.n_heads
+    n = n_layers * n_heads
+    rankings = {**ctx.orders, "attribution_per_image": own_order}
+    rows = []
+    for name in RANKINGS:
+        for keep_top in (True, False):
+            for k in ctx.grid:
+                top = np.zeros(n, dtype=bool)
+                top[rankings[name][:k]] = True
+                ablate = top if keep_top else ~top
+                rows.append(Intervention(ablate=torch.from_numpy(ablate).view(n_layers, n_heads)))
+    logits = engine.run(prompt, rows, baseline=baseline).logits
+    ys = target_values(logits, job.answer_id, params.target).cpu().numpy()
+    correct = (logits.argmax(-1) == job.answer_id).float().cpu().numpy()
+    return np.concatenate([ys, correct])
+
+
+# -- [ray] Ray workers (headflow.distributed.RayRunner) ---------------------------------------------
+
+def _setup_validation_worker(context: _ValidationContext, device: str):
+    lm = load_model(context.spec, device=device, dtype=context.dtype)
+    # (arrays from Ray's object store are read-only; torch wants writable ones)
+    orders = None if context.orders is None else {k: np.array(v) for k, v in context.orders.items()}
+    return InterventionEngine(lm, batch_size=context.batch_size), replace(
+        context, baseline=_baseline_to(context.baseline, lm.device), orders=orders)
+
+
+def _checked_prompt(engine: InterventionEngine, ctx: _ValidationContext, job: _ImageJob) -> PreparedPrompt:
+    prompt = engine.prepare(job.image, ctx.params.question)
+    got = float(prompt.clean_logits[job.answer_id])
+    if not np.isclose(got, job.clean_logit, rtol=1e-2, atol=1e-2):
+        raise HeadflowError(
+            f"The Ray worker's model ({ctx.spec!r}) gives a clean logit of {got:.4f} where this run recorded "
+            f"{job.clean_logit:.4f}; the worker loaded a different model. Pass the run's model spec.")
+    return prompt
+
+
+def _run_single(state, item) -> np.ndarray:
+    (engine, ctx), (job, extra) = state, item
+    return _single_row(engine, ctx, job, extra, prompt=_checked_prompt(engine, ctx, job))
+
+
+def _run_curve(state, item) -> np.ndarray:
+    (engine, ctx), (job, own_order) = state, item
+    return _curve_row(engine, ctx, job, np.array(own_order), prompt=_checked_prompt(engine, ctx, job))
 
 
 def _dataset_of(spec: dict):

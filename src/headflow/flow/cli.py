@@ -14,6 +14,10 @@ from ..errors import HeadflowError
 
 DEFAULT_PAIRS_SPEC = "question:role,question:final,image:question,image:role,image:final,role:final"
 SCORE_FILES = ("attribution.npy", "attribution_mean.npy", "head_scores.npy")
+# [ray] as `headflow attribute` (not imported from headflow.cli, which imports this module)
+RAY_HELP = ("Shard the images over Ray workers: 'auto' (this machine's cluster), HOST:PORT (a head node) or 'local' "
+            "(start one here). Off by default.")
+WORKERS_HELP = "Ray workers (default: one per GPU of the cluster, else one per CPU)."
 
 
 def _load_heads_file(path: Path, n_layers: int, n_heads: int) -> torch.Tensor:
@@ -103,22 +107,30 @@ def flow_command(
     maps: int = typer.Option(4, "--maps", help="Images with per-token effect maps."),
     batch_size: int = typer.Option(64, "--batch-size"),
     device: str = typer.Option("cpu", "--device"),
+    ray: Optional[str] = typer.Option(None, "--ray", help=RAY_HELP),  # [ray]
+    workers: Optional[int] = typer.Option(None, "--workers", help=WORKERS_HELP),  # [ray]
 ) -> None:
     """Token-level information flow by attention knockout (F9) and object/background tokens (F10)."""
+    from ..cli import _ray_runner  # (imported here: headflow.cli mounts this module)
     from ..data import load_dataset
     from ..models import load_model
     from .knockout import TokenFlow, parse_pairs
 
+    runner = None  # [ray]
     try:
+        runner = _ray_runner(ray, workers)  # [ray]
         lm = load_model(model, device=device)
         dataset = load_dataset(data, n=images, seed=seed)
         flow = TokenFlow(lm, window=window, pairs=parse_pairs(pairs),
                          heads=resolve_heads(heads, from_run, lm.n_layers, lm.n_heads), n_bootstrap=n_bootstrap,
                          seed=seed, keep_wrong=keep_wrong, n_maps=maps, batch_size=batch_size)
-        result = flow.run(dataset, out=out)
+        result = flow.run(dataset, out=out, runner=runner)
     except (HeadflowError, ValueError, TypeError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(code=2)
+    finally:
+        if runner is not None:  # [ray]
+            runner.close()
     s = result.summary
     typer.echo(f"headflow flow: {s['images']['n_kept']}/{s['images']['n_total']} images kept, "
                f"window {s['resolved']['window_']} → {out}")

@@ -18,7 +18,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -33,6 +33,9 @@ from ..models.groups import GROUP_NAMES
 from . import objects as obj
 from .answers import answer_token
 from .stats import bootstrap_indices, curve_summary, paired_later_test, weighted_mean_layer
+
+if TYPE_CHECKING:
+    from ..distributed import RayRunner
 
 DEFAULT_PAIRS: tuple[tuple[str, str], ...] = (
     ("question", "role"), ("question", "final"), ("image", "question"),
@@ -268,9 +271,14 @@ class TokenFlow:
                               list(self.object_layers))
 
     # -- public -----------------------------------------------------------------------------
-    def run(self, dataset: Sequence, *, out: str | Path | None = None) -> FlowResult:
+    def run(self, dataset: Sequence, *, out: str | Path | None = None, runner: "RayRunner | None" = None) -> FlowResult:
         """Run the knockouts on every image of ``dataset`` (a sequence of :class:`headflow.data.Example`);
-        save into ``out`` if given (``flow.json`` and friends, figures under ``out/figures``)."""
+        save into ``out`` if given (``flow.json`` and friends, figures under ``out/figures``).
+
+        With ``runner`` (a :class:`headflow.distributed.RayRunner`), the images are sharded over Ray
+        workers, each loading the model from its spec; results are merged in dataset order and are the
+        same as without a runner.
+        """
         from ..models.loading import LoadedModel
 
         if not isinstance(self.model, LoadedModel):
@@ -285,83 +293,47 @@ class TokenFlow:
                     "object_layers_": list(range(n_layers)) if self.object_layers is None else
                     [int(x) for x in self.object_layers],
                     "n_heads_knocked_": int(heads.sum()) if heads is not None else n_layers * lm.n_heads}
-        result = self._run(dataset, window=window, heads=heads, resolved=resolved)
+        result = self._run(dataset, window=window, heads=heads, resolved=resolved, runner=runner)
         if out is not None:
             result.save(out)
             result.plot(out)
         return result
 
     # -- private ----------------------------------------------------------------------------
-    def _run(self, dataset: Sequence, *, window: int, heads: torch.Tensor | None, resolved: dict) -> FlowResult:
+    def _run(self, dataset: Sequence, *, window: int, heads: torch.Tensor | None, resolved: dict,
+             runner: "RayRunner | None" = None) -> FlowResult:
         lm = self.model
         engine = InterventionEngine(lm, batch_size=self.batch_size)
-        tokenizer = getattr(lm.processor, "tokenizer", lm.processor)
         pairs = parse_pairs(self.pairs)
         starts = resolved["window_starts_"]
-        object_layers = resolved["object_layers_"]
-        window_rows = [Intervention(knockouts=obj.knockouts(src, tgt, range(s, s + window), heads))
-                       for src, tgt in pairs for s in starts]
-        window_keys = [(src, tgt, s) for src, tgt in pairs for s in starts]
+        plan = _FlowPlan(question=self.question, keep_wrong=self.keep_wrong, objects=self.objects, seed=self.seed,
+                         n_random=self.n_random, threshold=self.threshold, pairs=pairs, window=window,
+                         starts=tuple(starts), heads=heads, object_layers=tuple(resolved["object_layers_"]))
+        if runner is None:
+            per_image, maps_done, geometry_error = [], 0, None
+            for index, ex in enumerate(tqdm(dataset, desc="flow", unit="image", disable=not self.progress)):
+                one = _flow_image(engine, plan, ex, index, maps=maps_done < self.n_maps,
+                                  geometry=geometry_error is None)
+                per_image.append(one)
+                maps_done += one.token_map is not None
+                geometry_error = geometry_error or one.geometry_error
+        else:  # [ray]
+            per_image = self._run_on(runner, engine, plan, dataset)
         records, object_records, maps = [], [], {}
         kept, dropped, skipped_objects = [], [], []
         geometry_error: str | None = None
-        for index, ex in enumerate(tqdm(dataset, desc="flow", unit="image", disable=not self.progress)):
-            prompt = engine.prepare(ex.image, self.question)
-            answer = answer_token(tokenizer, ex.label, prompt.clean_logits)
-            if int(prompt.clean_logits.argmax()) != answer and not self.keep_wrong:
-                dropped.append(ex.id)
+        for one in per_image:  # in dataset order
+            if not one.kept:
+                dropped.append(one.id)
                 continue
-            kept.append(ex.id)
-            rows, labels = list(window_rows), [None] * len(window_rows)
-            coverage = rects = None
-            want_objects = self.objects is not False and getattr(ex, "mask", None) is not None
-            if self.objects is True and getattr(ex, "mask", None) is None:
-                raise HeadflowError(f"objects=True needs object masks, but example {ex.id!r} has none. "
-                                    "Use objects='auto' or a dataset with masks.")
-            if want_objects and geometry_error is None:
-                try:
-                    rects = token_rects(lm, ex.image.size, prompt.inputs)
-                    coverage = token_coverage(lm, ex.image, ex.mask, prompt.inputs)
-                except HeadflowError as exc:
-                    if self.objects is True:
-                        raise
-                    geometry_error = str(exc)
-            counts: dict[str, int] = {}
-            if coverage is not None:
-                rng = np.random.default_rng([self.seed, index])
-                o_rows, o_labels, counts = obj.object_rows(prompt.groups, coverage, layers=object_layers, heads=heads,
-                                                           n_random=self.n_random, rng=rng, threshold=self.threshold)
-                rows += o_rows
-                labels += o_labels
-                if not o_rows:
-                    skipped_objects.append(ex.id)
-                if len(maps) < self.n_maps:
-                    t_rows, t_labels = obj.token_rows(prompt.groups, layers=object_layers, heads=heads)
-                    rows += t_rows
-                    labels += t_labels
-            logits = engine.run(prompt, rows).logits
-            lp = torch.log_softmax(logits.double(), -1)[:, answer]
-            lp_clean = torch.log_softmax(prompt.clean_logits.double(), -1)[answer]
-            effect_prob = (torch.exp(lp - lp_clean) - 1).numpy()
-            effect_logit = (logits[:, answer].double() - prompt.clean_logits[answer].double()).numpy()
-            for r, (src, tgt, s) in enumerate(window_keys):
-                records.append((ex.id, pair_name((src, tgt)), src, tgt, s, effect_prob[r], effect_logit[r]))
-            if coverage is None:
-                continue
-            n = len(window_keys)
-            label_arr = np.array([obj.condition_of(x) for x in labels[n:]], dtype=object)
-            ep, el = effect_prob[n:], effect_logit[n:]
-            for condition in obj.CONDITIONS:
-                sel = label_arr == condition
-                if sel.any():
-                    size_key = "n_object" if condition.endswith("object") else "n_background"
-                    object_records.append((ex.id, condition, float(ep[sel].mean()), float(el[sel].mean()),
-                                           counts[size_key]))
-            token = label_arr == "token"
-            if token.any():
-                maps[ex.id] = {"effect_prob": ep[token].astype(np.float64), "effect_logit": el[token].astype(np.float64),
-                               "coverage": coverage, "rects": rects,
-                               "image": np.asarray(ex.image.convert("RGB"), dtype=np.uint8)}
+            kept.append(one.id)
+            records += one.windows
+            object_records += one.objects
+            if one.no_object_tokens:
+                skipped_objects.append(one.id)
+            if one.token_map is not None:
+                maps[one.id] = one.token_map
+            geometry_error = geometry_error or one.geometry_error
         windows = pd.DataFrame(records, columns=["image_id", "pair", "source", "target", "window_start",
                                                  "effect_prob", "effect_logit"])
         objects = pd.DataFrame(object_records, columns=["image_id", "condition", "effect_prob", "effect_logit",
@@ -375,6 +347,49 @@ class TokenFlow:
         summary["resolved"] = resolved
         summary["provenance"] = _provenance(lm, dataset)
         return FlowResult(summary, windows, objects, maps)
+
+    def _run_on(self, runner: "RayRunner", engine: InterventionEngine, plan: "_FlowPlan",
+                dataset: Sequence) -> list["_ImageFlow"]:
+        """[ray] Per-image results in dataset order, the same as the single-process loop's.
+
+        Which images get a token map (the first ``n_maps`` kept ones with masks) and whether object
+        analysis is still tried (not after a geometry error) depend on the images before. So this
+        process first runs the images with masks itself, in order, until that is settled (usually the
+        first ``n_maps`` images); every other image goes to the workers with flags that are then certain.
+        """
+        from ..attribution.core import _worker_model
+
+        spec, dtype = _worker_model(self.model)  # fail before any work
+        results: dict[int, _ImageFlow] = {}
+        maps_done, geometry_error = 0, None
+        bar = tqdm(total=len(dataset), desc="flow", unit="image", disable=not self.progress)
+        for index in range(len(dataset)):
+            if self.objects is False or maps_done >= self.n_maps or geometry_error is not None:
+                break
+            ex = dataset[index]
+            if getattr(ex, "mask", None) is None:
+                continue  # no object analysis, hence no map: a worker can do it
+            results[index] = one = _flow_image(engine, plan, ex, index, maps=True, geometry=True)
+            maps_done += one.token_map is not None
+            geometry_error = geometry_error or one.geometry_error
+            bar.update()
+        todo = [index for index in range(len(dataset)) if index not in results]
+        items = ((index, (dataset[index], index, False, geometry_error is None)) for index in todo)
+
+        def collect(index: int, one: _ImageFlow) -> None:
+            results[index] = one
+            bar.update()
+
+        runner.map(_setup_flow_worker, _run_flow_worker, items, n_items=len(todo), on_result=collect,
+                   context=_FlowWorkerContext(spec, dtype, self.batch_size, plan))
+        bar.close()
+        # an image the workers saw fail the patch geometry switches object analysis off for the images after
+        # it, as in the loop: redo those here without it (families either have patch geometry or not, so rare)
+        first_error = min((i for i, one in results.items() if one.geometry_error is not None), default=None)
+        for index in todo:
+            if first_error is not None and index > first_error and results[index].tried_geometry:
+                results[index] = _flow_image(engine, plan, dataset[index], index, maps=False, geometry=False)
+        return [results[index] for index in range(len(dataset))]
 
     def _summarize(self, windows: pd.DataFrame, objects: pd.DataFrame, kept: list[str],
                    pairs: Sequence[tuple[str, str]], starts: list[int]) -> dict[str, Any]:
@@ -420,6 +435,136 @@ class TokenFlow:
         summary["c4"] = objects_summary.pop("c4") if objects_summary else {"verdict": "not tested",
                                                                            "reason": "no masks or no patch geometry"}
         return summary
+
+
+# ----------------------------------------------------------------------------------------------
+# per image: shared by the single-process loop and the Ray workers
+
+
+@dataclass(frozen=True)
+class _FlowPlan:
+    """The resolved parameters one image's knockouts need (picklable, sent once to Ray workers)."""
+
+    question: str
+    keep_wrong: bool
+    objects: bool | str
+    seed: int
+    n_random: int
+    threshold: float
+    pairs: tuple[tuple[str, str], ...]
+    window: int
+    starts: tuple[int, ...]
+    heads: torch.Tensor | None
+    object_layers: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class _ImageFlow:
+    """One image's rows: ``windows`` and ``objects`` are records of the tidy tables, ``token_map`` its map."""
+
+    id: str
+    kept: bool
+    windows: list[tuple] = field(default_factory=list)
+    objects: list[tuple] = field(default_factory=list)
+    token_map: dict[str, np.ndarray] | None = None
+    no_object_tokens: bool = False
+    tried_geometry: bool = False
+    geometry_error: str | None = None
+
+
+def _flow_image(engine: InterventionEngine, plan: _FlowPlan, ex, index: int, *, maps: bool,
+                geometry: bool) -> _ImageFlow:
+    """All knockouts of one image in one :meth:`InterventionEngine.run` call.
+
+    ``maps``: add the per-token rows (the caller counts maps); ``geometry``: try the object analysis
+    (False after an earlier image had no patch geometry).
+    """
+    lm = engine.lm
+    tokenizer = getattr(lm.processor, "tokenizer", lm.processor)
+    prompt = engine.prepare(ex.image, plan.question)
+    answer = answer_token(tokenizer, ex.label, prompt.clean_logits)
+    if int(prompt.clean_logits.argmax()) != answer and not plan.keep_wrong:
+        return _ImageFlow(ex.id, kept=False)
+    window_keys = [(src, tgt, s) for src, tgt in plan.pairs for s in plan.starts]
+    rows = [Intervention(knockouts=obj.knockouts(src, tgt, range(s, s + plan.window), plan.heads))
+            for src, tgt, s in window_keys]
+    labels = [None] * len(rows)
+    coverage = rects = geometry_error = None
+    want_objects = plan.objects is not False and getattr(ex, "mask", None) is not None
+    if plan.objects is True and getattr(ex, "mask", None) is None:
+        raise HeadflowError(f"objects=True needs object masks, but example {ex.id!r} has none. "
+                            "Use objects='auto' or a dataset with masks.")
+    tried_geometry = want_objects and geometry
+    if tried_geometry:
+        try:
+            rects = token_rects(lm, ex.image.size, prompt.inputs)
+            coverage = token_coverage(lm, ex.image, ex.mask, prompt.inputs)
+        except HeadflowError as exc:
+            if plan.objects is True:
+                raise
+            geometry_error = str(exc)
+    counts: dict[str, int] = {}
+    no_object_tokens = False
+    if coverage is not None:
+        rng = np.random.default_rng([plan.seed, index])
+        o_rows, o_labels, counts = obj.object_rows(prompt.groups, coverage, layers=plan.object_layers,
+                                                   heads=plan.heads, n_random=plan.n_random, rng=rng,
+                                                   threshold=plan.threshold)
+        rows += o_rows
+        labels += o_labels
+        no_object_tokens = not o_rows
+        if maps:
+            t_rows, t_labels = obj.token_rows(prompt.groups, layers=plan.object_layers, heads=plan.heads)
+            rows += t_rows
+            labels += t_labels
+    logits = engine.run(prompt, rows).logits
+    lp = torch.log_softmax(logits.double(), -1)[:, answer]
+    lp_clean = torch.log_softmax(prompt.clean_logits.double(), -1)[answer]
+    effect_prob = (torch.exp(lp - lp_clean) - 1).numpy()
+    effect_logit = (logits[:, answer].double() - prompt.clean_logits[answer].double()).numpy()
+    records = [(ex.id, pair_name((src, tgt)), src, tgt, s, effect_prob[r], effect_logit[r])
+               for r, (src, tgt, s) in enumerate(window_keys)]
+    done = dict(id=ex.id, kept=True, windows=records, no_object_tokens=no_object_tokens,
+                tried_geometry=tried_geometry, geometry_error=geometry_error)
+    if coverage is None:
+        return _ImageFlow(**done)
+    n = len(window_keys)
+    label_arr = np.array([obj.condition_of(x) for x in labels[n:]], dtype=object)
+    ep, el = effect_prob[n:], effect_logit[n:]
+    object_records = []
+    for condition in obj.CONDITIONS:
+        sel = label_arr == condition
+        if sel.any():
+            size_key = "n_object" if condition.endswith("object") else "n_background"
+            object_records.append((ex.id, condition, float(ep[sel].mean()), float(el[sel].mean()), counts[size_key]))
+    token = label_arr == "token"
+    token_map = None
+    if token.any():
+        token_map = {"effect_prob": ep[token].astype(np.float64), "effect_logit": el[token].astype(np.float64),
+                     "coverage": coverage, "rects": rects, "image": np.asarray(ex.image.convert("RGB"), dtype=np.uint8)}
+    return _ImageFlow(**done, objects=object_records, token_map=token_map)
+
+
+# -- [ray] Ray workers (headflow.distributed.RayRunner) ---------------------------------------------
+
+@dataclass(frozen=True)
+class _FlowWorkerContext:
+    spec: str
+    dtype: str | None
+    batch_size: int
+    plan: _FlowPlan
+
+
+def _setup_flow_worker(context: _FlowWorkerContext, device: str) -> tuple[InterventionEngine, _FlowPlan]:
+    from ..models.loading import load_model
+
+    lm = load_model(context.spec, device=device, dtype=context.dtype)
+    return InterventionEngine(lm, batch_size=context.batch_size), context.plan
+
+
+def _run_flow_worker(state: tuple[InterventionEngine, _FlowPlan], item) -> _ImageFlow:
+    (engine, plan), (ex, index, maps, geometry) = state, item
+    return _flow_image(engine, plan, ex, index, maps=maps, geometry=geometry)
 
 
 def _provenance(lm, dataset) -> dict[str, Any]:
