@@ -54,6 +54,8 @@ def build_shape(shape: str, *, device: str = "cpu", dtype: torch.dtype = torch.f
     for key, value in LM_SIZES[shape].items():
         setattr(config.text_config, key, value)
     config.text_config.max_position_embeddings = 4096
+    if getattr(config.text_config, "layer_types", None) is not None:
+        config.text_config.layer_types = ["full_attention"] * config.text_config.num_hidden_layers
     torch.manual_seed(0)
     with torch.device(device):
         model = cls(config).to(dtype).eval()
