@@ -1,0 +1,92 @@
+"""End-to-end tests of the default-model training script and of the shipped checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from headflow.data import load_dataset  # noqa: E402
+from headflow.zoo.build import QUESTIONS  # noqa: E402
+
+DEFAULT_DIR = Path(__file__).resolve().parents[1] / "src" / "headflow" / "zoo" / "default"
+PROMPT = f"USER: <image>\n{QUESTIONS[0]} ASSISTANT:"
+
+
+def _prompt(processor, question: str = QUESTIONS[0]) -> str:
+    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    return processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+
+
+def _check_loadable(path: Path) -> tuple[object, object]:
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model = AutoModelForImageTextToText.from_pretrained(path).eval()
+    processor = AutoProcessor.from_pretrained(path)
+    assert type(model).__name__ == "LlavaForConditionalGeneration"
+    assert _prompt(processor) == PROMPT
+    tok = processor.tokenizer
+    text = "USER: <image>\nWhich object is shown? ASSISTANT: star </s>"
+    ids = tok(text)["input_ids"]
+    toks = tok.convert_ids_to_tokens(ids)
+    assert toks[:4] == ["<s>", "USER", ":", "<image>"] and toks[-4:] == ["ASSISTANT", ":", "star", "</s>"]
+    assert tok.decode(ids, skip_special_tokens=True).split() == ["USER", ":", "Which", "object", "is", "shown", "?", "ASSISTANT", ":", "star"]
+    ex = load_dataset("default", n=2)[1]
+    batch = processor(images=[ex.image], text=[PROMPT], return_tensors="pt")
+    n_img = int((batch["input_ids"] == model.config.image_token_id).sum())
+    assert n_img == model.config.image_seq_length == (96 // 16) ** 2
+    assert tok.convert_ids_to_tokens(batch["input_ids"][0, -2:].tolist()) == ["ASSISTANT", ":"]
+    with torch.no_grad():
+        out = model.generate(**batch, max_new_tokens=2, do_sample=False)
+    assert out.shape[1] >= batch["input_ids"].shape[1] + 1
+    return model, processor
+
+
+@pytest.mark.slow
+def test_quick_training_saves_a_loadable_model(tmp_path) -> None:
+    out = tmp_path / "quick"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HEADFLOW_THREADS="2")
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    res = subprocess.run(
+        [sys.executable, "-m", "headflow.zoo.train", "--out", str(out), "--quick"],
+        capture_output=True, text=True, timeout=170, env=env,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((out / "training.json").read_text())
+    assert {"accuracy", "knockout_all_layers_accuracy", "max_single_head_fraction"} <= set(summary["heldout"])
+    assert summary["heldout"]["n_eval"] == 48
+    model, _ = _check_loadable(out)
+    assert model.config.text_config.num_key_value_heads < model.config.text_config.num_attention_heads
+
+
+def test_train_cli_rejects_negative_seed(capsys) -> None:
+    from headflow.zoo.train import main
+
+    with pytest.raises(SystemExit):
+        main(["--out", "unused", "--seed", "-1"])
+    assert "--seed must be a non-negative int" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not (DEFAULT_DIR / "model.safetensors").is_file(), reason="default checkpoint not built")
+def test_shipped_default_model() -> None:
+    size = sum(p.stat().st_size for p in DEFAULT_DIR.rglob("*") if p.is_file())
+    assert size <= 20 * 2**20
+    assert (DEFAULT_DIR / "MODEL_CARD.md").is_file()
+    model, processor = _check_loadable(DEFAULT_DIR)
+    cfg = model.config.text_config
+    assert cfg.num_hidden_layers >= 6 and cfg.num_attention_heads == 8 and cfg.num_key_value_heads == 4
+    ds = load_dataset("default", n=48, seed=5)
+    batch = processor(images=[e.image for e in ds], text=[PROMPT] * len(ds), return_tensors="pt")
+    with torch.no_grad():
+        pred = model(**batch).logits[:, -1].argmax(-1)
+    words = processor.tokenizer.convert_ids_to_tokens(pred.tolist())
+    acc = sum(w == e.label for w, e in zip(words, ds)) / len(ds)
+    assert acc >= 0.85
