@@ -11,6 +11,7 @@ from headflow.attribution import AttributionResult, HeadAttribution, Validation,
 from headflow.attribution.answers import resolve_answer_id
 from headflow.attribution.fit import datamodeling_scores, fit_linear, predict
 from headflow.data import load_dataset
+from headflow import load_model
 from headflow.store import RowStore
 
 
@@ -96,7 +97,9 @@ def test_targets_equal_direct_engine_runs(small_run):
     masks = np.load(out / "masks.npy")[:10]
     baseline = _load_baseline(out / "baseline.safetensors")
     assert baseline.kind == "mean"
-    full = engine.run(prompt, mask_rows(masks, lm.n_layers, lm.n_heads), baseline=baseline, path="full").logits
+    # the naive loop: full prompt, one mask per forward
+    full = torch.cat([engine.run(prompt, [row], baseline=baseline, path="full").logits
+                      for row in mask_rows(masks, lm.n_layers, lm.n_heads)])
     expected = target_values(full, int(result.images.at[1, "answer_id"]), "logit").numpy()
     assert np.allclose(np.load(out / "targets.npy")[1, :10], expected, atol=1e-4)
 
@@ -179,3 +182,25 @@ def test_validation_curves(small_run):
     assert single.shape == (3, lm.n_layers, lm.n_heads)
     for name in ("validation_curves.png", "attribution_vs_attention.svg"):
         assert (out / "figures" / name).exists()
+
+
+def test_planted_heads_rank_on_top(tmp_path):
+    """Ground truth: silence every head but three (their o_proj columns set to 0); only those three can
+    carry anything — image information included — so they must be the top three, the rest exactly 0."""
+    lm = load_model("tiny:llava", seed=3)
+    n_layers, n_heads = lm.n_layers, lm.n_heads
+    head_dim = lm.text_config.head_dim
+    planted = {(0, 1), (1, 2), (1, 3)}
+    with torch.no_grad():
+        for layer, block in enumerate(lm.adapter.language_model().layers):
+            for head in range(n_heads):
+                if (layer, head) not in planted:
+                    block.self_attn.o_proj.weight[:, head * head_dim:(head + 1) * head_dim] = 0
+    data = load_dataset("default", n=3)
+    result = HeadAttribution(lm, n_masks=64, n_val=16, keep_wrong=True, ablation_prob=0.3).run(data, tmp_path / "p")
+    magnitude = np.abs(result.mean_attribution).ravel()  # random weights: a planted head may help or hurt
+    top3 = {(int(i // n_heads), int(i % n_heads)) for i in np.argsort(-magnitude)[:3]}
+    assert top3 == planted
+    others = [result.mean_attribution[l, h] for l in range(n_layers) for h in range(n_heads) if (l, h) not in planted]
+    # silenced heads only pick up the fit's residual from interactions among the planted ones
+    assert np.abs(others).max() < 0.2 * min(abs(result.mean_attribution[l, h]) for l, h in planted)

@@ -44,6 +44,13 @@ def _ray_runner(address: str | None, workers: int | None):
     return runner
 
 
+def _alphas(value: str) -> list[float]:
+    try:
+        return [float(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        _fail(f"--ablation-prob must be a number or a comma-separated list like 0.05,0.1,0.2. Got {value!r} instead.")
+
+
 def _fail(message: str) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code=2)
@@ -110,7 +117,8 @@ def attribute(
     out: Path = typer.Option(..., "--out", help="Run directory (created; re-running resumes)."),
     images: Optional[int] = typer.Option(None, "--images", help="Number of images (default: the dataset's)."),
     masks: Optional[int] = typer.Option(None, "--masks", help="Training masks n (default max(512, 4N))."),
-    ablation_prob: float = typer.Option(0.1, "--ablation-prob", help="Bernoulli probability alpha."),
+    ablation_prob: str = typer.Option("0.1", "--ablation-prob",
+                                      help="Bernoulli probability alpha; a list (0.05,0.1,0.2) runs a sweep."),
     baseline: str = typer.Option("mean", "--baseline", help="mean | zero | blank | resample | knockout"),
     target: str = typer.Option("logit", "--target", help="logit | logprob | margin | prob"),
     fit: str = typer.Option("ols", "--fit", help="ols | ridge | lasso"),
@@ -137,7 +145,19 @@ def attribute(
         lm = load_model(model, device=device)
         dataset = _load_data(data, images, data_seed, image_column=image_column, label_column=label_column,
                              mask_column=mask_column)
-        result = HeadAttribution(lm, n_masks=masks, ablation_prob=ablation_prob, baseline=baseline, target=target,
+        alphas = _alphas(ablation_prob)
+        if len(alphas) > 1:
+            from .attribution.sweep import alpha_sweep
+
+            sweep = alpha_sweep(lm, dataset, out, alphas, data_spec=data, data_seed=data_seed, n_masks=masks,
+                                baseline=baseline, target=target, fit=fit, n_val=n_val, seed=seed,
+                                keep_wrong=keep_wrong, batch_size=_batch(batch_size))
+            for row in sweep["sweep"]:
+                typer.echo(f"alpha {row['ablation_prob']:<6g} LDS median Pearson {row['lds_pearson_median']:.3f} / "
+                           f"Spearman {row['lds_spearman_median']:.3f}  ({row['run_dir']})")
+            typer.echo(f"best alpha {sweep['best_alpha']:g}; wrote {out / 'alpha_sweep.json'}")
+            return
+        result = HeadAttribution(lm, n_masks=masks, ablation_prob=alphas[0], baseline=baseline, target=target,
                                  fit=fit, n_val=n_val, seed=seed, keep_wrong=keep_wrong,
                                  batch_size=_batch(batch_size)).run(dataset, out, data_spec=data,
                                                                     data_seed=data_seed, runner=runner)

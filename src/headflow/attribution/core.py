@@ -393,14 +393,20 @@ def _baseline_to(baseline: Baseline | None, device) -> Baseline | None:
     return Baseline(baseline.kind, [LayerBaseline(b.keys.to(device), b.values.to(device)) for b in baseline.layers])
 
 
-def _run_worker(state: tuple[InterventionEngine, _WorkerContext], job: _ImageJob) -> np.ndarray:
-    engine, ctx = state
+def _checked_prompt(engine: InterventionEngine, ctx, job: _ImageJob) -> PreparedPrompt:
+    """Prepare a worker's image and check its clean logit against the run's record (same model?)."""
     prompt = engine.prepare(job.image, ctx.params.question)
     got = float(prompt.clean_logits[job.answer_id])
     if not np.isclose(got, job.clean_logit, rtol=1e-2, atol=1e-2):
         raise HeadflowError(
             f"The Ray worker's model ({ctx.spec!r}) gives a clean logit of {got:.4f} where this run recorded "
             f"{job.clean_logit:.4f}; the worker loaded a different model. Pass the run's model spec.")
+    return prompt
+
+
+def _run_worker(state: tuple[InterventionEngine, _WorkerContext], job: _ImageJob) -> np.ndarray:
+    engine, ctx = state
+    prompt = _checked_prompt(engine, ctx, job)
     return _image_targets(engine, job, ctx.baseline, ctx.all_masks, ctx.params, prompt=prompt)
 
 

@@ -26,8 +26,8 @@ from ..intervene import Baseline, Intervention, InterventionEngine, PreparedProm
 from ..models.loading import LoadedModel, load_model
 from ..store import RowStore, read_json, save_npy, write_json
 from .answers import target_values
-from .core import (AttributionResult, _baseline_to, _image_baseline, _ImageJob, _load_baseline, _resample_partner,
-                   _worker_model)
+from .core import (AttributionResult, _baseline_to, _checked_prompt, _image_baseline, _ImageJob, _load_baseline,
+                   _resample_partner, _worker_model)
 from .params import AttributionParams
 
 if TYPE_CHECKING:
@@ -294,16 +294,6 @@ def _setup_validation_worker(context: _ValidationContext, device: str):
     orders = None if context.orders is None else {k: np.array(v) for k, v in context.orders.items()}
     return InterventionEngine(lm, batch_size=context.batch_size), replace(
         context, baseline=_baseline_to(context.baseline, lm.device), orders=orders)
-
-
-def _checked_prompt(engine: InterventionEngine, ctx: _ValidationContext, job: _ImageJob) -> PreparedPrompt:
-    prompt = engine.prepare(job.image, ctx.params.question)
-    got = float(prompt.clean_logits[job.answer_id])
-    if not np.isclose(got, job.clean_logit, rtol=1e-2, atol=1e-2):
-        raise HeadflowError(
-            f"The Ray worker's model ({ctx.spec!r}) gives a clean logit of {got:.4f} where this run recorded "
-            f"{job.clean_logit:.4f}; the worker loaded a different model. Pass the run's model spec.")
-    return prompt
 
 
 def _run_single(state, item) -> np.ndarray:
