@@ -1,14 +1,54 @@
 """headflow: which attention heads carry image information into an LVLM's answer.
 
 Implements arXiv 2509.17588 inside Hugging Face transformers' own attention. Importing headflow
-defines names only; nothing is registered or patched until an analysis runs.
+defines names only (lazily: torch and transformers load on first use); nothing is registered or
+patched until an analysis runs.
 """
 
-from .errors import HeadflowError
-from .intervene import Baseline, HeadRef, Intervention, InterventionEngine, Knockout, PreparedPrompt
-from .models import FamilyAdapter, LoadedModel, TokenGroups, load_model, register_adapter
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["Baseline", "FamilyAdapter", "HeadRef", "HeadflowError", "Intervention", "InterventionEngine", "Knockout",
-           "LoadedModel", "PreparedPrompt", "TokenGroups", "__version__", "load_model", "register_adapter"]
+_EXPORTS = {
+    "HeadflowError": "errors",
+    "Baseline": "intervene", "HeadRef": "intervene", "Intervention": "intervene",
+    "InterventionEngine": "intervene", "Knockout": "intervene", "PreparedPrompt": "intervene",
+    "FamilyAdapter": "models", "LoadedModel": "models", "TokenGroups": "models", "load_model": "models",
+    "register_adapter": "models",
+    "HeadAttribution": "attribution", "AttributionResult": "attribution", "Validation": "attribution",
+    "ValidationResult": "attribution",
+    "TokenFlow": "flow", "FlowResult": "flow",
+    "SemanticAnalysis": "semantics", "SemanticResult": "semantics",
+    "load_dataset": "data",
+    "run_study": "study",
+    "write_report": "report",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'headflow' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .attribution import AttributionResult, HeadAttribution, Validation, ValidationResult
+    from .data import load_dataset
+    from .errors import HeadflowError
+    from .flow import FlowResult, TokenFlow
+    from .intervene import Baseline, HeadRef, Intervention, InterventionEngine, Knockout, PreparedPrompt
+    from .models import FamilyAdapter, LoadedModel, TokenGroups, load_model, register_adapter
+    from .report import write_report
+    from .semantics import SemanticAnalysis, SemanticResult
+    from .study import run_study
