@@ -1,15 +1,11 @@
-"""Training/diagnostic utility for the default model: image->text attention control in the LM.
+"""Training-time control of image→text attention, expressed with headflow's intervention engine.
 
-This is *not* headflow's intervention engine (that lives in :mod:`headflow.intervene`). It exists so
-that :mod:`headflow.zoo.train` can regularise the flow of image information during training (random
-knockout of image->text attention per layer and per head) and measure the phenomenon criteria it
-targets (knockout accuracy, single-head mean-ablation logit drop) without depending on the engine.
-
-Mechanism: a LM attention function, registered in ``transformers.AttentionInterface`` under
-:data:`ATTN_NAME` and switched on only inside :func:`flow_control` (which restores the previous
-implementation in ``finally``). The per-batch instructions travel as the ``headflow_flow`` keyword
-argument of the model's forward, which transformers passes down to every attention call; there is
-no global state beyond the (idempotent) registration of the function name.
+:mod:`headflow.zoo.train` regularises the default model by knocking out image→text attention at
+random per (sample, layer, head), and measures the phenomenon criteria (knockout accuracy, mean
+ablation) while it trains. It does so through the one place headflow changes attention,
+:mod:`headflow.intervene.attention`: a :class:`FlowControl` describes a batch and becomes a
+:class:`~headflow.intervene.attention.ForwardState` for the full-prompt path (differentiable, so it
+also serves training). Batches are right-padded, so the image sits at the same positions in every row.
 """
 
 from __future__ import annotations
@@ -19,21 +15,21 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
-__all__ = ["ATTN_NAME", "FlowControl", "flow_control", "flow_attention"]
+from ..intervene.attention import STATE_KWARG, ForwardState, LayerBaseline, attention_scope
+from ..intervene.spec import CompiledBatch
 
-ATTN_NAME = "headflow_zoo_flow"
+__all__ = ["STATE_KWARG", "FlowControl", "flow_control"]
 
 
 @dataclass
 class FlowControl:
-    """What the LM attention should do to image->text attention in one forward pass.
+    """What the LM attention should do to image→text attention in one forward pass.
 
     Parameters
     ----------
     image_keys : torch.Tensor
-        ``bool (B, S)``: image token positions.
+        ``bool (B, S)``: image token positions (the same in every row).
     text_queries : torch.Tensor
         ``bool (B, S)``: text positions after the image (the queries that are intervened on).
     knockout : torch.Tensor, optional
@@ -55,107 +51,39 @@ class FlowControl:
     baseline: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
     record: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] | None = field(default=None)
 
+    def state(self) -> ForwardState:
+        """The engine's per-forward state for this batch (pass it as ``model(..., **{STATE_KWARG: state})``)."""
+        length = self.image_keys.shape[1]
+        positions = self.image_keys[0].nonzero().flatten()
+        text_start = int(positions[-1]) + 1
+        knock = self.knockout if self.knockout is not None and bool(self.knockout.any()) else None
+        ablate = self.ablate if self.ablate is not None and bool(self.ablate.any()) else None
+        batch = CompiledBatch(
+            size=self.image_keys.shape[0], ablate=ablate,
+            knock_heads=None if knock is None else knock[:, None],
+            knock_query=None if knock is None else self.text_queries[:, None],
+            knock_key=None if knock is None else self.image_keys[:, None],
+            first_query=text_start)
+        baseline = None
+        if ablate is not None:
+            if self.baseline is None:
+                raise ValueError("FlowControl.ablate needs baseline keys/values for every layer.")
+            baseline = [LayerBaseline(*self.baseline[layer]) for layer in range(ablate.shape[1])]
+        return ForwardState(mode="full", offset=0, length=length, image_positions=positions, text_start=text_start,
+                            batch=batch, baseline_kind="mean" if ablate is not None else "none", baseline=baseline,
+                            record={} if self.record is not None else None)
 
-def _repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
-    return x if n_rep == 1 else x.repeat_interleave(n_rep, dim=1)
-
-
-def _bool_mask(attention_mask: torch.Tensor | None, q_len: int, k_len: int, device: torch.device) -> torch.Tensor:
-    """A ``(B|1, 1, Q, K)`` bool mask (True = attend) from whatever transformers passed."""
-    if attention_mask is None:
-        return torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril(k_len - q_len)[None, None]
-    if attention_mask.dtype == torch.bool:
-        return attention_mask[..., :k_len]
-    return attention_mask[..., :k_len] == 0
-
-
-def flow_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, headflow_flow=None, **kwargs):
-    """LM attention with optional image->text knockout / baseline substitution (see :class:`FlowControl`).
-
-    ``query`` is ``(B, H, Q, D)``; ``key``/``value`` are ``(B, G, K, D)`` post-RoPE. Returns
-    ``((B, Q, H, D), None)``. Without instructions for this layer it delegates to SDPA.
-    """
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    ctl: FlowControl | None = headflow_flow
-    layer = module.layer_idx
-    if ctl is None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
-    bsz, n_heads, q_len, _ = query.shape
-    k_len = key.shape[2]
-    img = ctl.image_keys[:, :k_len]
-    if ctl.record is not None:
-        n_img = int(img[0].sum())
-        idx = img.nonzero()[:, 1].view(bsz, 1, n_img, 1)
-        ki = key.gather(2, idx.expand(-1, key.shape[1], -1, key.shape[3]))
-        vi = value.gather(2, idx.expand(-1, value.shape[1], -1, value.shape[3]))
-        ctl.record.setdefault(layer, []).append((ki.detach(), vi.detach()))
-    knock = ctl.knockout[:, layer] if ctl.knockout is not None else None
-    abl = ctl.ablate[:, layer] if ctl.ablate is not None else None
-    do_knock = knock is not None and bool(knock.any())
-    do_abl = abl is not None and bool(abl.any())
-    if not (do_knock or do_abl):
-        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
-
-    n_rep = module.num_key_value_groups
-    k = _repeat_kv(key, n_rep)
-    v = _repeat_kv(value, n_rep)
-    base = _bool_mask(attention_mask, q_len, k_len, query.device)
-    mask = base.expand(bsz, n_heads, q_len, k_len)
-    block = ctl.text_queries[:, k_len - q_len : k_len, None] & img[:, None, :]  # (B, Q, K)
-    block = block[:, None]
-    if do_knock:
-        mask = mask & ~(knock[:, :, None, None] & block)
-    if do_abl:
-        if ctl.baseline is None or layer not in ctl.baseline:
-            raise ValueError(f"FlowControl.ablate targets layer {layer} but no baseline keys/values were given for it.")
-        bk, bv = ctl.baseline[layer]
-        bk = _repeat_kv(bk[None], n_rep)  # (1, H, n_img, D)
-        bv = _repeat_kv(bv[None], n_rep)
-        n_img = bk.shape[2]
-        idx = img.nonzero()[:, 1].view(bsz, 1, n_img, 1).expand(-1, n_heads, -1, k.shape[3])
-        k_extra = torch.zeros_like(k).scatter(2, idx, bk.expand(bsz, -1, -1, -1).to(k.dtype))
-        v_extra = torch.zeros_like(v).scatter(2, idx, bv.expand(bsz, -1, -1, -1).to(v.dtype))
-        sel = abl[:, :, None, None] & block & mask
-        mask = torch.cat([mask & ~sel, sel], dim=-1)
-        k = torch.cat([k, k_extra], dim=2)
-        v = torch.cat([v, v_extra], dim=2)
-    empty = ~mask.any(-1, keepdim=True)
-    if bool(empty.any()):  # padded rows: let them attend anything rather than produce NaN
-        mask = mask | empty
-    out = F.scaled_dot_product_attention(
-        query, k, v, attn_mask=mask, dropout_p=dropout if module.training else 0.0, scale=scaling
-    )
-    return out.transpose(1, 2).contiguous(), None
-
-
-def _flow_mask(*args, **kwargs):
-    from transformers.masking_utils import sdpa_mask
-
-    kwargs["allow_is_causal_skip"] = False
-    return sdpa_mask(*args, **kwargs)
-
-
-def _register() -> None:
-    from transformers import AttentionInterface, AttentionMaskInterface
-
-    AttentionInterface.register(ATTN_NAME, flow_attention)
-    AttentionMaskInterface.register(ATTN_NAME, _flow_mask)
+    def collect(self, state: ForwardState) -> None:
+        """Append the keys/values recorded at the image positions during the forward to ``record``."""
+        if self.record is None:
+            return
+        positions = state.image_positions
+        for layer, (key, value) in sorted(state.record.items()):
+            self.record.setdefault(layer, []).append((key[:, :, positions], value[:, :, positions]))
 
 
 @contextlib.contextmanager
 def flow_control(model) -> Iterator[None]:
-    """Switch the LM of a LLaVA ``model`` to :func:`flow_attention` for the duration of the block.
-
-    Inside, pass ``headflow_flow=FlowControl(...)`` to ``model(...)``. The previous attention
-    implementation is restored on exit, also on error.
-    """
-    _register()
-    text_cfg = model.config.text_config
-    vision_cfg = model.config.vision_config
-    prev_text, prev_vision = text_cfg._attn_implementation, vision_cfg._attn_implementation
-    model.set_attn_implementation({"text_config": ATTN_NAME, "vision_config": prev_vision or "sdpa"})
-    try:
+    """Select headflow's attention for the LM of ``model`` for the block (restored on exit, also on error)."""
+    with attention_scope(model):
         yield
-    finally:
-        model.set_attn_implementation({"text_config": prev_text or "sdpa", "vision_config": prev_vision or "sdpa"})

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from headflow.data.default import CLASSES, TRAIN_STREAM, render_example
 from headflow.zoo.build import QUESTIONS, ModelSize, build_config, build_processor
-from headflow.zoo.diagnostics import FlowControl, flow_control
+from headflow.zoo.diagnostics import STATE_KWARG, FlowControl, flow_control
 
 __all__ = ["TrainConfig", "QUICK", "train", "main"]
 
@@ -255,7 +255,7 @@ def _stage2(model, images, labels, pix, prompts: _Prompts, cfg: TrainConfig, gen
             img, tq = _token_groups(ids, prompts.image_token_id)
             knock = _knock_sample(len(idx), tc.num_hidden_layers, tc.num_attention_heads, cfg, gen)
             ctl = FlowControl(image_keys=img, text_queries=tq, knockout=knock)
-            out = model(input_ids=ids, attention_mask=att, pixel_values=pix(images[idx]), headflow_flow=ctl)
+            out = model(input_ids=ids, attention_mask=att, pixel_values=pix(images[idx]), **{STATE_KWARG: ctl.state()})
             logits = out.logits[:, :-1]
             target = lab[:, 1:]
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100)
@@ -294,7 +294,10 @@ def _final_logits(model, ids, pixel_values, ctl: FlowControl | None, batch: int 
                 baseline=ctl.baseline,
                 record=ctl.record,
             )
-        out = model(input_ids=ids[s : s + batch], pixel_values=pixel_values[s : s + batch], headflow_flow=sub)
+        state = None if sub is None else sub.state()
+        out = model(input_ids=ids[s : s + batch], pixel_values=pixel_values[s : s + batch], **{STATE_KWARG: state})
+        if sub is not None:
+            sub.collect(state)
         outs.append(out.logits[:, -1].float())
     return torch.cat(outs)
 
