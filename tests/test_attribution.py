@@ -142,7 +142,8 @@ def test_resume_after_a_crash_gives_identical_results(small_run, monkeypatch, tm
     assert np.load(run / "targets.done.npy").sum() == 1
     monkeypatch.setattr(RowStore, "write", original)
     resumed = method.run(data, run, data_spec="default")
-    assert np.allclose(resumed.attributions, result.attributions, atol=1e-6)
+    assert np.array_equal(resumed.attributions, result.attributions)  # bit for bit
+    assert np.array_equal(np.load(run / "targets.npy"), np.load(out / "targets.npy"))
     with pytest.raises(HeadflowError, match="different configuration \\(differs in: ablation_prob\\)"):
         HeadAttribution(lm, n_masks=48, n_val=16, keep_wrong=True, ablation_prob=0.2).run(data, run,
                                                                                          data_spec="default")
@@ -157,6 +158,9 @@ def test_bad_parameters(tiny_models, tmp_path):
         HeadAttribution(lm, baseline="median").run(data, tmp_path / "y")
     with pytest.raises(HeadflowError, match="No image is answered correctly"):
         HeadAttribution(lm, n_masks=8, n_val=8).run(data, tmp_path / "z")
+    with pytest.raises(HeadflowError, match="GiB for the fit but .* is free; use fewer --masks"):
+        HeadAttribution(lm, n_masks=10**11, keep_wrong=True).run(data, tmp_path / "huge")
+    assert not (tmp_path / "huge").exists()  # refused before the run directory is touched
 
 
 @pytest.mark.parametrize("baseline", ["zero", "knockout", "blank", "resample"])

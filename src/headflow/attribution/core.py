@@ -117,6 +117,7 @@ class HeadAttribution:
         out = Path(out)
         n_heads = lm.n_layers * lm.n_heads
         n_masks = params.n_masks or max(512, 4 * n_heads)
+        _check_memory(n_masks + params.n_val, n_heads, len(dataset))
         spec = {"method": "HeadAttribution", "model": lm.name, "model_class": type(lm.model).__name__,
                 "data": data_spec or getattr(dataset, "name", "custom"), "data_seed": data_seed,
                 "n_images": len(dataset),
@@ -447,6 +448,20 @@ def _load_baseline(path: Path) -> Baseline | None:
     tensors = load_file(str(path))
     n = len([k for k in tensors if k.startswith("keys.")])
     return Baseline(kind, [LayerBaseline(tensors[f"keys.{i}"], tensors[f"values.{i}"]) for i in range(n)])
+
+
+def _check_memory(n_rows: int, n_heads: int, n_images: int) -> None:
+    """Refuse, before touching the run directory, a design whose fit would not fit in memory."""
+    import os
+
+    needed = 8 * (n_rows * (n_heads + 1) + n_rows * n_images) * 3  # float64 design and targets, with working copies
+    try:
+        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - platforms without sysconf
+        return
+    if needed > available:
+        raise HeadflowError(f"{n_rows} masks x {n_heads} heads x {n_images} images needs about {needed / 2**30:.1f} GiB "
+                            f"for the fit but {available / 2**30:.1f} GiB is free; use fewer --masks or --images.")
 
 
 def _versions() -> dict[str, str]:
