@@ -207,6 +207,15 @@ def one_word_label(raw: object) -> str | None:
     return text if _ONE_WORD.match(text) else None
 
 
+def mask_problem(mask: np.ndarray, image: Image.Image) -> str | None:
+    """Why an object mask cannot be used with its image (``None`` if it can)."""
+    if mask.shape != (image.height, image.width):
+        return "mask_size_mismatch"
+    if not mask.any():
+        return "empty_mask"
+    return None
+
+
 def decode_image(source: str | Path | bytes, mode: str = "RGB") -> Image.Image:
     """Open and fully decode an image from a path or encoded bytes, converted to ``mode``.
 

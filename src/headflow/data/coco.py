@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from headflow.data.base import Dataset, Example, ProblemLog, decode_image, one_word_label, walk_order
+from headflow.data.base import Dataset, Example, ProblemLog, decode_image, mask_problem, one_word_label, walk_order
 from headflow.errors import HeadflowError, param_error
 
 __all__ = ["COCO_ONE_WORD", "CocoDataset", "CocoItem"]
@@ -270,11 +270,9 @@ class CocoDataset(Dataset):
         except Exception:  # noqa: BLE001 - pycocotools raises assorted errors on broken segmentations
             self._problem_log.add(item_id, "bad_annotation")
             return None
-        if mask.shape != (image.height, image.width):
-            self._problem_log.add(item_id, "mask_size_mismatch")
-            return None
-        if not mask.any():
-            self._problem_log.add(item_id, "empty_mask")
+        problem = mask_problem(mask, image)
+        if problem is not None:
+            self._problem_log.add(item_id, problem)
             return None
         return CocoItem(image_id, file_name, int(main["id"]), category, label, supercategory, float(area_frac))
 

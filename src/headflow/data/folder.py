@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from headflow.data.base import Dataset, Example, ProblemLog, decode_image, one_word_label
+from headflow.data.base import Dataset, Example, ProblemLog, decode_image, mask_problem, one_word_label
 
 __all__ = ["FolderDataset", "export_folder"]
 
@@ -114,11 +114,9 @@ class FolderDataset(Dataset):
             except OSError:
                 self._problem_log.add(item_id, "unreadable_mask")
                 return None
-            if mask.shape != (image.height, image.width):
-                self._problem_log.add(item_id, "mask_size_mismatch")
-                return None
-            if not mask.any():
-                self._problem_log.add(item_id, "empty_mask")
+            problem = mask_problem(mask, image)
+            if problem is not None:
+                self._problem_log.add(item_id, problem)
                 return None
         return label
 

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from headflow.data.base import Dataset, Example, ProblemLog, decode_image, one_word_label, walk_order
+from headflow.data.base import Dataset, Example, ProblemLog, decode_image, mask_problem, one_word_label, walk_order
 from headflow.errors import HeadflowError, param_error
 
 __all__ = ["HFDataset", "parse_hf_spec"]
@@ -337,11 +337,9 @@ class HFDataset(Dataset):
             except (OSError, ValueError, TypeError):
                 self._problem_log.add(item_id, "unreadable_mask")
                 return None
-            if mask is not None and mask.shape != (image.height, image.width):
-                self._problem_log.add(item_id, "mask_size_mismatch")
-                return None
-            if mask is not None and not mask.any():
-                self._problem_log.add(item_id, "empty_mask")
+            problem = mask_problem(mask, image) if mask is not None else None
+            if problem is not None:
+                self._problem_log.add(item_id, problem)
                 return None
         return label
 
