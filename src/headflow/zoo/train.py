@@ -42,7 +42,7 @@ class TrainConfig:
 
     seed: int = 0
     n_train: int = 50000
-    stage1_steps: int = 3000
+    stage1_steps: int = 6000
     stage1_batch: int = 64
     stage1_lr: float = 2e-3
     stage2_steps: int = 2000
