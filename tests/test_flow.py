@@ -146,6 +146,41 @@ def test_run_is_deterministic_and_one_engine_call_per_image(tiny_models, flow_ru
     assert again.summary == flow_run[0].summary
 
 
+def test_interrupted_run_resumes_and_gives_the_same_result(tiny_models, flow_run, tmp_path, monkeypatch):
+    import headflow.flow.knockout as knockout
+
+    computed = []
+    original = knockout._flow_image
+
+    def crash_on_third(engine, plan, ex, index, **kw):
+        if index == 2:
+            raise KeyboardInterrupt
+        computed.append(index)
+        return original(engine, plan, ex, index, **kw)
+
+    out = tmp_path / "flow"
+    flow = TokenFlow(tiny_models("llava"), keep_wrong=True, n_bootstrap=200, n_random=3, n_maps=1, progress=False)
+    monkeypatch.setattr(knockout, "_flow_image", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        flow.run(dataset(4), out=out)
+    assert not (out / "flow.json").exists() and computed == [0, 1]
+
+    monkeypatch.setattr(knockout, "_flow_image", lambda *a, **kw: computed.append(a[3]) or original(*a, **kw))
+    resumed = flow.run(dataset(4), out=out)
+    assert computed == [0, 1, 2, 3]  # images 0 and 1 were not recomputed
+    assert resumed.summary == flow_run[0].summary
+    pd.testing.assert_frame_equal(resumed.windows, flow_run[0].windows)
+    pd.testing.assert_frame_equal(resumed.objects, flow_run[0].objects)
+    assert not (out / ".flow_progress").exists()  # cleared once the result files are written
+
+    other = TokenFlow(tiny_models("llava"), keep_wrong=True, n_bootstrap=100, progress=False)
+    monkeypatch.setattr(knockout, "_flow_image", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        flow.run(dataset(4), out=tmp_path / "mixed")
+    with pytest.raises(HeadflowError, match="different configuration .*n_bootstrap"):
+        other.run(dataset(4), out=tmp_path / "mixed")
+
+
 def test_bootstrap_is_seeded():
     effects = np.random.default_rng(0).normal(size=(10, 5)) - np.linspace(0, 1, 5)
     starts = np.arange(5)

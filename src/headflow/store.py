@@ -13,19 +13,21 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from .errors import HeadflowError
 
 
-def _atomic(path: Path, write) -> None:
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` on a temporary file next to ``path``, then ``os.replace`` it into place."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        write(tmp)
+        write(Path(tmp))
         os.chmod(tmp, 0o644)  # mkstemp creates owner-only files
         os.replace(tmp, path)
     finally:
@@ -33,13 +35,13 @@ def _atomic(path: Path, write) -> None:
             os.unlink(tmp)
 
 
-def write_json(path: str | Path, obj: Any) -> None:
-    def write(tmp: str) -> None:
+def write_json(path: str | Path, obj: Any, *, allow_nan: bool = True) -> None:
+    def write(tmp: Path) -> None:
         with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2, default=_json_default)
+            json.dump(obj, f, indent=2, default=_json_default, allow_nan=allow_nan)
             f.write("\n")
 
-    _atomic(Path(path), write)
+    atomic_write(path, write)
 
 
 def _json_default(obj: Any) -> Any:
@@ -60,15 +62,33 @@ def read_json(path: str | Path) -> Any:
 
 
 def save_npy(path: str | Path, array: np.ndarray) -> None:
-    def write(tmp: str) -> None:
+    def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             np.save(f, array)
 
-    _atomic(Path(path), write)
+    atomic_write(path, write)
 
 
 def save_parquet(path: str | Path, frame) -> None:
-    _atomic(Path(path), lambda tmp: frame.to_parquet(tmp, index=False))
+    atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
+
+
+def save_pickle(path: str | Path, obj: Any) -> None:
+    """Atomically pickle ``obj`` (for a run's private per-item progress, never for results)."""
+    import pickle
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
+
+    atomic_write(path, write)
+
+
+def load_pickle(path: str | Path) -> Any:
+    import pickle
+
+    with open(path, "rb") as f:
+        return pickle.load(f)
 
 
 def spec_hash(spec: dict) -> str:

@@ -14,8 +14,6 @@ Where state lives: :class:`TokenFlow` only stores parameters; :meth:`TokenFlow.r
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -30,6 +28,7 @@ from ..intervene import HeadRef, Intervention, InterventionEngine
 from ..intervene.spec import ablation_matrix
 from ..models.geometry import token_coverage, token_rects
 from ..models.groups import GROUP_NAMES
+from ..store import atomic_write, ensure_config, load_pickle, save_pickle, write_json
 from . import objects as obj
 from .answers import answer_token
 from .stats import bootstrap_indices, curve_summary, paired_later_test, weighted_mean_layer
@@ -69,23 +68,6 @@ def parse_pairs(spec: str | Sequence) -> tuple[tuple[str, str], ...]:
 # result
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write to a temporary file next to ``path``, then ``os.replace`` it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _write_json(path: Path, data: Any) -> None:
-    _atomic_write(path, lambda p: p.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n"))
-
-
 @dataclass(frozen=True)
 class FlowResult:
     """What :class:`TokenFlow` computed.
@@ -116,8 +98,8 @@ class FlowResult:
         """Write ``flow.json``, ``flow_windows.parquet``, ``flow_objects.parquet`` and ``token_maps.npz``
         (each atomically) into ``out``."""
         out = Path(out)
-        _atomic_write(out / "flow_windows.parquet", lambda p: self.windows.to_parquet(p, index=False))
-        _atomic_write(out / "flow_objects.parquet", lambda p: self.objects.to_parquet(p, index=False))
+        atomic_write(out / "flow_windows.parquet", lambda p: self.windows.to_parquet(p, index=False))
+        atomic_write(out / "flow_objects.parquet", lambda p: self.objects.to_parquet(p, index=False))
         arrays = {f"{i}/{key}": value for i, m in enumerate(self.token_maps.values()) for key, value in m.items()}
         arrays["ids"] = np.array(list(self.token_maps), dtype=str)
 
@@ -125,8 +107,8 @@ class FlowResult:
             with open(p, "wb") as fh:
                 np.savez_compressed(fh, **arrays)
 
-        _atomic_write(out / "token_maps.npz", write_npz)
-        _write_json(out / "flow.json", self.summary)  # last: its presence marks a complete run
+        atomic_write(out / "token_maps.npz", write_npz)
+        write_json(out / "flow.json", self.summary, allow_nan=False)  # last: its presence marks a complete run
         return out
 
     @classmethod
@@ -258,6 +240,10 @@ class TokenFlow:
                 "object_layers": None if self.object_layers is None else [int(x) for x in self.object_layers],
                 "n_random": self.n_random, "n_maps": self.n_maps, "threshold": float(self.threshold)}
 
+    def _result_params(self) -> dict[str, Any]:
+        """The parameters that define the numbers (not how fast or how verbosely they are computed)."""
+        return {k: v for k, v in self.get_params().items() if k != "batch_size"}
+
     def _validate(self) -> None:
         for name, (expected, ok) in self._CONSTRAINTS.items():
             value = getattr(self, name)
@@ -293,15 +279,19 @@ class TokenFlow:
                     "object_layers_": list(range(n_layers)) if self.object_layers is None else
                     [int(x) for x in self.object_layers],
                     "n_heads_knocked_": int(heads.sum()) if heads is not None else n_layers * lm.n_heads}
-        result = self._run(dataset, window=window, heads=heads, resolved=resolved, runner=runner)
+        progress = _FlowProgress(out, {"method": "TokenFlow", "model": lm.name, **self._result_params(),
+                                       "dataset": getattr(dataset, "name", type(dataset).__name__),
+                                       "n_images": len(dataset), "image_ids": _image_ids(dataset)})
+        result = self._run(dataset, window=window, heads=heads, resolved=resolved, runner=runner, progress=progress)
         if out is not None:
             result.save(out)
             result.plot(out)
+            progress.clear()
         return result
 
     # -- private ----------------------------------------------------------------------------
     def _run(self, dataset: Sequence, *, window: int, heads: torch.Tensor | None, resolved: dict,
-             runner: "RayRunner | None" = None) -> FlowResult:
+             runner: "RayRunner | None" = None, progress: "_FlowProgress | None" = None) -> FlowResult:
         lm = self.model
         engine = InterventionEngine(lm, batch_size=self.batch_size)
         pairs = parse_pairs(self.pairs)
@@ -311,14 +301,18 @@ class TokenFlow:
                          starts=tuple(starts), heads=heads, object_layers=tuple(resolved["object_layers_"]))
         if runner is None:
             per_image, maps_done, geometry_error = [], 0, None
+            progress = progress or _FlowProgress(None, {})
             for index, ex in enumerate(tqdm(dataset, desc="flow", unit="image", disable=not self.progress)):
-                one = _flow_image(engine, plan, ex, index, maps=maps_done < self.n_maps,
-                                  geometry=geometry_error is None)
+                one = progress.get(index, ex.id)
+                if one is None:
+                    one = _flow_image(engine, plan, ex, index, maps=maps_done < self.n_maps,
+                                      geometry=geometry_error is None)
+                    progress.put(index, one)
                 per_image.append(one)
                 maps_done += one.token_map is not None
                 geometry_error = geometry_error or one.geometry_error
         else:  # [ray]
-            per_image = self._run_on(runner, engine, plan, dataset)
+            per_image = self._run_on(runner, engine, plan, dataset, progress or _FlowProgress(None, {}))
         records, object_records, maps = [], [], {}
         kept, dropped, skipped_objects = [], [], []
         geometry_error: str | None = None
@@ -349,7 +343,7 @@ class TokenFlow:
         return FlowResult(summary, windows, objects, maps)
 
     def _run_on(self, runner: "RayRunner", engine: InterventionEngine, plan: "_FlowPlan",
-                dataset: Sequence) -> list["_ImageFlow"]:
+                dataset: Sequence, progress: "_FlowProgress") -> list["_ImageFlow"]:
         """[ray] Per-image results in dataset order, the same as the single-process loop's.
 
         Which images get a token map (the first ``n_maps`` kept ones with masks) and whether object
@@ -369,15 +363,24 @@ class TokenFlow:
             ex = dataset[index]
             if getattr(ex, "mask", None) is None:
                 continue  # no object analysis, hence no map: a worker can do it
-            results[index] = one = _flow_image(engine, plan, ex, index, maps=True, geometry=True)
+            one = progress.get(index, ex.id)
+            if one is None:
+                one = _flow_image(engine, plan, ex, index, maps=True, geometry=True)
+                progress.put(index, one)
+            results[index] = one
             maps_done += one.token_map is not None
             geometry_error = geometry_error or one.geometry_error
             bar.update()
+        for index in range(len(dataset)):  # finished by an earlier, interrupted run
+            if index not in results and (one := progress.get(index, None)) is not None:
+                results[index] = one
+                bar.update()
         todo = [index for index in range(len(dataset)) if index not in results]
         items = ((index, (dataset[index], index, False, geometry_error is None)) for index in todo)
 
         def collect(index: int, one: _ImageFlow) -> None:
             results[index] = one
+            progress.put(index, one)
             bar.update()
 
         runner.map(_setup_flow_worker, _run_flow_worker, items, n_items=len(todo), on_result=collect,
@@ -439,6 +442,43 @@ class TokenFlow:
 
 # ----------------------------------------------------------------------------------------------
 # per image: shared by the single-process loop and the Ray workers
+
+
+class _FlowProgress:
+    """Per-image results of an unfinished run in ``out/.flow_progress`` (one atomic file per image), so
+    that re-running the same command resumes; removed once the result files are written. ``out=None``:
+    nothing is kept. A directory left by a run with other parameters is refused (``ensure_config``)."""
+
+    def __init__(self, out: str | Path | None, spec: dict[str, Any]) -> None:
+        self.directory = None if out is None else Path(out) / ".flow_progress"
+        if self.directory is not None:
+            ensure_config(self.directory, spec, {})
+
+    def _path(self, index: int) -> Path:
+        return self.directory / f"{index:07d}.pkl"
+
+    def get(self, index: int, image_id: str | None) -> "_ImageFlow | None":
+        if self.directory is None or not self._path(index).exists():
+            return None
+        one = load_pickle(self._path(index))
+        return one if image_id is None or one.id == image_id else None
+
+    def put(self, index: int, one: "_ImageFlow") -> None:
+        if self.directory is not None:
+            save_pickle(self._path(index), one)
+
+    def clear(self) -> None:
+        if self.directory is not None:
+            import shutil
+
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _image_ids(dataset: Sequence) -> list[str] | None:
+    """Image ids for the run's spec (None for very large datasets, as in attribution)."""
+    if len(dataset) > 4096:
+        return None
+    return [ex.id for ex in dataset]
 
 
 @dataclass(frozen=True)
