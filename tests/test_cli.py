@@ -62,3 +62,16 @@ def test_alpha_sweep_reports_lds_per_alpha(tmp_path):
     for r in sweep["sweep"]:
         summary = json.loads((out / f"alpha-{r['ablation_prob']:g}" / "summary.json").read_text())
         assert summary["ablation_prob"] == r["ablation_prob"] and summary["lds_pearson_median"] == r["lds_pearson_median"]
+
+
+def test_help_does_not_load_torch_or_scipy():
+    """`headflow --help` and `headflow flow --help` stay fast: the heavy libraries load inside commands."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from typer.testing import CliRunner; from headflow.cli import app; "
+            "r = CliRunner().invoke(app, ['flow', '--help']); assert r.exit_code == 0 and '--from-run' in r.output; "
+            "heavy = sorted(m for m in ('torch', 'transformers', 'scipy', 'sklearn') if m in sys.modules); "
+            "assert not heavy, heavy")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -9,8 +9,30 @@
 ['image->final', 'image->question']
 """
 
-from .answers import answer_candidates, answer_token
-from .knockout import DEFAULT_PAIRS, DEFAULT_QUESTION, FlowResult, TokenFlow, parse_pairs
+from __future__ import annotations
 
-__all__ = ["DEFAULT_PAIRS", "DEFAULT_QUESTION", "FlowResult", "TokenFlow", "answer_candidates", "answer_token",
-           "parse_pairs"]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# lazy, as the top-level package: `headflow.flow.cli` (imported by `headflow --help`) needs no torch
+_EXPORTS = {"answer_candidates": "answers", "answer_token": "answers", "DEFAULT_PAIRS": "knockout",
+            "DEFAULT_QUESTION": "knockout", "FlowResult": "knockout", "TokenFlow": "knockout",
+            "parse_pairs": "knockout"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'headflow.flow' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .answers import answer_candidates, answer_token
+    from .knockout import DEFAULT_PAIRS, DEFAULT_QUESTION, FlowResult, TokenFlow, parse_pairs

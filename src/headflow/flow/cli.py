@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-import numpy as np
-import torch
 import typer
 
 from ..errors import HeadflowError
+
+if TYPE_CHECKING:  # numpy/torch load inside the functions, so that `headflow --help` stays fast
+    import numpy as np
+    import torch
 
 DEFAULT_PAIRS_SPEC = "question:role,question:final,image:question,image:role,image:final,role:final"
 SCORE_FILES = ("attribution.npy", "attribution_mean.npy", "head_scores.npy")
@@ -23,6 +25,9 @@ WORKERS_HELP = "Ray workers (default: one per GPU of the cluster, else one per C
 def _load_heads_file(path: Path, n_layers: int, n_heads: int) -> torch.Tensor:
     """Heads from a file: ``.npy`` (``[layer, head]`` array, nonzero = selected), ``.json`` (a list of
     ``[layer, head]`` or ``{"heads": [...]}``), or text with one ``layer head`` (or ``layer,head``) per line."""
+    import numpy as np
+    import torch
+
     if not path.exists():
         raise HeadflowError(f"Heads file {path} does not exist. Use --heads all, top:K (with --from-run) or a file.")
     if path.suffix == ".npy":
@@ -48,6 +53,8 @@ def _load_heads_file(path: Path, n_layers: int, n_heads: int) -> torch.Tensor:
 
 def _head_scores(run_dir: Path, n_layers: int, n_heads: int) -> np.ndarray:
     """Mean head attribution ``[layer, head]`` of an attribution run directory."""
+    import numpy as np
+
     if (run_dir / "summary.json").exists() and (run_dir / "attributions.npy").exists():
         from ..attribution import AttributionResult  # a finished `headflow attribute` run
 
@@ -72,6 +79,9 @@ def _head_scores(run_dir: Path, n_layers: int, n_heads: int) -> np.ndarray:
 
 def resolve_heads(spec: str, from_run: Optional[Path], n_layers: int, n_heads: int) -> torch.Tensor | None:
     """``all`` → None; ``top:K`` → the K heads of highest mean attribution in ``from_run``; else a file."""
+    import numpy as np
+    import torch
+
     if spec == "all":
         return None
     if spec.startswith("top:"):

@@ -13,19 +13,30 @@ The command line (``headflow semantics RUN_DIR``) lives in :mod:`headflow.semant
 
 from __future__ import annotations
 
-from .analysis import SemanticAnalysis, read_run_dir
-from .result import FactorSummary, SemanticResult
-from .similarity import SimilaritySpec, parse_similarity, similarity_matrix
-from .stats import PermutationTest, ProbeScore
+import importlib
+from typing import TYPE_CHECKING, Any
 
-__all__ = [
-    "FactorSummary",
-    "PermutationTest",
-    "ProbeScore",
-    "SemanticAnalysis",
-    "SemanticResult",
-    "SimilaritySpec",
-    "parse_similarity",
-    "read_run_dir",
-    "similarity_matrix",
-]
+# lazy, as the top-level package: `headflow.semantics.cli` (imported by `headflow --help`) needs no scipy/sklearn
+_EXPORTS = {"SemanticAnalysis": "analysis", "read_run_dir": "analysis", "FactorSummary": "result",
+            "SemanticResult": "result", "SimilaritySpec": "similarity", "parse_similarity": "similarity",
+            "similarity_matrix": "similarity", "PermutationTest": "stats", "ProbeScore": "stats"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'headflow.semantics' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .analysis import SemanticAnalysis, read_run_dir
+    from .result import FactorSummary, SemanticResult
+    from .similarity import SimilaritySpec, parse_similarity, similarity_matrix
+    from .stats import PermutationTest, ProbeScore
