@@ -199,6 +199,19 @@ def test_c3_test_detects_a_later_layer():
     assert paired_later_test(earlier, later, idx)["verdict"] == "contradicted"
 
 
+def test_c3_is_not_judged_where_a_group_of_knockouts_never_hurts():
+    from headflow.flow.stats import hurts_somewhere
+
+    idx = bootstrap_indices(20, 300, seed=0)
+    starts = np.arange(4)
+    rng = np.random.default_rng(0)
+    noise = curve_summary(rng.normal(0, 1e-4, (20, 4)), starts, idx)  # no knockout changes the answer
+    real = curve_summary(np.array([0, -0.2, -0.05, 0]) + rng.normal(0, 0.01, (20, 4)), starts, idx)
+    tiny = curve_summary(np.array([0, -0.004, 0, 0]) + rng.normal(0, 1e-4, (20, 4)), starts, idx)
+    assert hurts_somewhere([real]) and hurts_somewhere([noise, real])
+    assert not hurts_somewhere([noise]) and not hurts_somewhere([tiny])  # tiny: clearly below 0, but < 1 %
+
+
 def test_answer_token_prefers_single_token_and_clean_prediction(tiny_models):
     tok = tiny_models("llava").processor.tokenizer
     circle = tok.convert_tokens_to_ids("circle")

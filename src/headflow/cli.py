@@ -209,7 +209,10 @@ def validate(
     for name, r in result.data["rankings"].items():
         typer.echo(f"  {name:<22} k80 completeness {str(r['k80_completeness']):>5}  k80 faithfulness "
                    f"{str(r['k80_faithfulness']):>5}  AUC {r['auc_completeness']:.3f} / {r['auc_faithfulness']:.3f}")
-    typer.echo(f"C1 holds: {result.data['c1']['holds']}; wrote {run_dir / 'validation.json'}")
+    subset = result.data.get("subset", {})
+    typer.echo(f"C1 holds: {result.data['c1']['holds']}; distinct subset (k80 attribution "
+               f"{subset.get('k80_attribution')} vs random {subset.get('k80_random')}): {subset.get('holds')}; "
+               f"wrote {run_dir / 'validation.json'}")
 
 
 @app.command()

@@ -31,7 +31,8 @@ from ..models.groups import GROUP_NAMES
 from ..store import atomic_write, ensure_config, load_pickle, save_pickle, write_json
 from . import objects as obj
 from .answers import answer_token
-from .stats import bootstrap_indices, curve_summary, paired_later_test, weighted_mean_layer
+from .stats import (MIN_EFFECT, bootstrap_indices, curve_summary, hurts_somewhere, paired_later_test,
+                    weighted_mean_layer)
 
 if TYPE_CHECKING:
     from ..distributed import RayRunner
@@ -431,6 +432,14 @@ class TokenFlow:
                 "statistic": "per image: effect-weighted mean layer (image pairs) minus (question pairs)",
                 "question_pairs": early, "image_pairs": late,
                 **paired_later_test(late_layer, early_layer, idx)}
+            silent = [group for group, names in (("question", early), ("image", late))
+                      if not hurts_somewhere([out_pairs[n] for n in names])]
+            if silent:
+                summary["c3"]["verdict"] = "inconclusive"
+                summary["c3"]["reason"] = (
+                    f"{' and '.join(silent)}->{{role, final}} knockouts lower the answer probability by less than "
+                    f"{MIN_EFFECT:.0%} in every window (or not clearly), so their layer is noise; the layer "
+                    f"difference is reported but not judged")
         else:
             summary["c3"] = {"verdict": "not tested", "reason": "needs question->role/final and image->role/final pairs"}
         objects_summary = obj.summarize_objects(objects, kept, idx)

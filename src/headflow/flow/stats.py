@@ -112,6 +112,20 @@ def paired_later_test(later: np.ndarray, earlier: np.ndarray, idx: np.ndarray, l
     return {**summary, "p_wilcoxon": p_wilcoxon, "p_sign": p_sign, "verdict": verdict}
 
 
+MIN_EFFECT = 0.01  # our choice: a knockout "hurts" if it lowers the answer probability by at least 1 % (relative)
+
+
+def hurts_somewhere(curves: list[dict[str, Any]], min_effect: float = MIN_EFFECT) -> bool:
+    """Whether some window of some :func:`curve_summary` lowers the answer probability by at least
+    ``min_effect`` on average, with its bootstrap interval below 0. Where a group of knockouts never
+    hurts, the layer at which it "hurts" is noise, so a comparison of layers (C3) has nothing to compare."""
+    for curve in curves:
+        for mean, hi in zip(curve["curve"], curve["curve_hi"]):
+            if mean is not None and hi is not None and mean <= -min_effect and hi < 0:
+                return True
+    return False
+
+
 def excludes_zero(summary: dict[str, Any]) -> bool:
     """Whether a :func:`mean_ci` interval lies strictly on one side of 0."""
     lo, hi = summary.get("lo"), summary.get("hi")

@@ -63,10 +63,11 @@ class ForwardState:
     prefix: list[tuple[torch.Tensor, torch.Tensor]] | None = None
     record: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
     capture_attention: bool = False
+    capture_all_queries: bool = False  # full path only: ``image_attention[layer]`` is ``(B, H, Q)``, differentiable
     image_attention: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def touches(self, layer: int) -> bool:
-        if self.capture_attention:
+        if self.capture_attention or self.capture_all_queries:
             return True
         if self.batch is None:
             return False
@@ -173,11 +174,13 @@ def _full_attention(query, key, value, mask, scale, state: ForwardState, layer: 
             values = torch.cat([values, base_v], dim=2)
             allowed = torch.cat([allowed, image_allowed & swap[..., None]], dim=-1)
     out = F.scaled_dot_product_attention(query, keys, values, attn_mask=allowed, scale=scale)
-    if state.capture_attention:
-        scores = (query[:, :, -1:] @ keys.transpose(-1, -2)) * scale
-        probs = scores.float().masked_fill(~allowed[:, :, -1:], float("-inf")).softmax(-1)[:, :, 0]
-        on_image = probs[..., image].sum(-1) + probs[..., k_len:].sum(-1)
-        state.image_attention[layer] = on_image
+    if state.capture_attention or state.capture_all_queries:
+        last = slice(None) if state.capture_all_queries else slice(-1, None)
+        scores = ((query[:, :, last] @ keys.transpose(-1, -2)) * scale).float()
+        # finfo.min, not -inf: a query with no allowed key gets a finite (unused) row and no NaN gradient
+        probs = scores.masked_fill(~allowed[:, :, last], torch.finfo(torch.float32).min).softmax(-1)
+        on_image = probs[..., image].sum(-1) + probs[..., k_len:].sum(-1)  # (B, H, Q)
+        state.image_attention[layer] = on_image if state.capture_all_queries else on_image[:, :, 0]
     return out.transpose(1, 2).contiguous(), None
 
 

@@ -72,6 +72,11 @@ def claim_c1(view: RunView) -> Claim:
             if k in ("attribution", *others)}
     if aucs:
         measured.append("AUC completeness: " + ", ".join(f"{k.replace('_', '-')} {fmt(v)}" for k, v in aucs.items()))
+    subset = val.get("subset")
+    if subset:
+        measured.append(f"a distinct subset (attribution k80 <= half of random's): "
+                        f"{'yes' if subset.get('holds') else 'no'} ({fmt(subset.get('k80_attribution'))} vs "
+                        f"{fmt(subset.get('k80_random'))})")
     measured.append(f"{val.get('n_images', 'n/a')} images; single run, no interval or p-value")
     usable = _finite(val.get("normaliser")) and val["normaliser"] > 0
     if not usable:
@@ -125,7 +130,8 @@ def claim_c3(view: RunView) -> Claim:
         f"one-sided Wilcoxon p = {fmt_p(c3.get('p_wilcoxon'))}, sign test p = {fmt_p(c3.get('p_sign'))}",
     )
     verdict = {"supported": "agrees", "contradicted": "disagrees"}.get(c3.get("verdict"), "inconclusive")
-    return Claim("C3", title, paper, measured, verdict, f"analysis verdict: {c3.get('verdict')}", "flow")
+    note = f"analysis verdict: {c3.get('verdict')}" + (f" ({c3['reason']})" if c3.get("reason") else "")
+    return Claim("C3", title, paper, measured, verdict, note, "flow")
 
 
 def claim_c4(view: RunView) -> Claim:

@@ -152,6 +152,11 @@ def validation_section(view: RunView) -> Built:
         body += callout(f"<strong>C1</strong> {badge(claim_c1(view).verdict)} ({esc(c1.get('rule', ''))}): "
                         f"{'holds' if c1.get('holds') else 'does not hold'} \u2014 attribution k80 "
                         f"{esc(fmt(c1.get('k80_attribution')))}.")
+    subset = v.get("subset") or {}
+    if subset:
+        body += callout(f"<strong>Distinct subset</strong> ({esc(subset.get('rule', ''))}): "
+                        f"{'holds' if subset.get('holds') else 'does not hold'} — attribution k80 "
+                        f"{esc(fmt(subset.get('k80_attribution')))} vs random {esc(fmt(subset.get('k80_random')))}.")
     return body, None
 
 

@@ -42,6 +42,9 @@ class FlowControl:
     record : dict, optional
         If given, ``layer -> list`` to which ``(k, v)`` of shape ``(B, G, n_image, D)`` at the image
         positions are appended (post-RoPE), to build a ``mean`` baseline.
+    image_attention : bool
+        Capture, differentiably, the attention mass every query of every head puts on the image
+        positions: after the forward, ``state.image_attention[layer]`` is ``(B, H, S)``.
     """
 
     image_keys: torch.Tensor
@@ -50,6 +53,7 @@ class FlowControl:
     ablate: torch.Tensor | None = None
     baseline: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
     record: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] | None = field(default=None)
+    image_attention: bool = False
 
     def state(self) -> ForwardState:
         """The engine's per-forward state for this batch (pass it as ``model(..., **{STATE_KWARG: state})``)."""
@@ -71,7 +75,8 @@ class FlowControl:
             baseline = [LayerBaseline(*self.baseline[layer]) for layer in range(ablate.shape[1])]
         return ForwardState(mode="full", offset=0, length=length, image_positions=positions, text_start=text_start,
                             batch=batch, baseline_kind="mean" if ablate is not None else "none", baseline=baseline,
-                            record={} if self.record is not None else None)
+                            record={} if self.record is not None else None,
+                            capture_all_queries=self.image_attention)
 
     def collect(self, state: ForwardState) -> None:
         """Append the keys/values recorded at the image positions during the forward to ``record``."""
