@@ -11,8 +11,9 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
 
 # lazy, as the top-level package: `headflow.flow.cli` (imported by `headflow --help`) needs no torch
 _EXPORTS = {"answer_candidates": "answers", "answer_token": "answers", "DEFAULT_PAIRS": "knockout",
@@ -21,16 +22,7 @@ _EXPORTS = {"answer_candidates": "answers", "answer_token": "answers", "DEFAULT_
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'headflow.flow' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 if TYPE_CHECKING:  # pragma: no cover

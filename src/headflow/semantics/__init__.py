@@ -13,8 +13,9 @@ The command line (``headflow semantics RUN_DIR``) lives in :mod:`headflow.semant
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
 
 # lazy, as the top-level package: `headflow.semantics.cli` (imported by `headflow --help`) needs no scipy/sklearn
 _EXPORTS = {"SemanticAnalysis": "analysis", "read_run_dir": "analysis", "FactorSummary": "result",
@@ -23,16 +24,7 @@ _EXPORTS = {"SemanticAnalysis": "analysis", "read_run_dir": "analysis", "FactorS
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'headflow.semantics' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 if TYPE_CHECKING:  # pragma: no cover
