@@ -90,3 +90,35 @@ def test_shipped_default_model() -> None:
     words = processor.tokenizer.convert_ids_to_tokens(pred.tolist())
     acc = sum(w == e.label for w, e in zip(words, ds)) / len(ds)
     assert acc >= 0.85
+
+
+@pytest.mark.skipif(not (DEFAULT_DIR / "model.safetensors").is_file(), reason="default checkpoint not built")
+def test_training_image_attention_equals_eager_attention_weights() -> None:
+    """The image-attention cost of training reads, through headflow's attention, the same per-query mass on
+    image tokens as transformers' eager attention returns, and it carries gradients."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from headflow.zoo.diagnostics import STATE_KWARG, FlowControl, flow_control
+    from headflow.zoo.train import _image_mass_per_query, _token_groups
+
+    processor = AutoProcessor.from_pretrained(DEFAULT_DIR)
+    eager = AutoModelForImageTextToText.from_pretrained(DEFAULT_DIR, attn_implementation="eager").eval()
+    ours = AutoModelForImageTextToText.from_pretrained(DEFAULT_DIR).eval()
+    ds = load_dataset("default", n=3)
+    batch = processor(images=[e.image for e in ds], text=[PROMPT] * len(ds), return_tensors="pt")
+    image, text = _token_groups(batch["input_ids"], ours.config.image_token_id)
+    with torch.no_grad():
+        reference = eager(**batch, output_attentions=True).attentions  # LM layers: (B, H, S, S)
+    control = FlowControl(image_keys=image, text_queries=text, image_attention=True)
+    state = control.state()
+    with flow_control(ours):
+        ours(**batch, **{STATE_KWARG: state})
+    n_layers = ours.config.text_config.num_hidden_layers
+    assert sorted(state.image_attention) == list(range(n_layers))
+    for layer in range(n_layers):
+        expected = reference[layer][..., image[0]].sum(-1)  # (B, H, S)
+        torch.testing.assert_close(state.image_attention[layer].detach(), expected, atol=1e-5, rtol=1e-4)
+    mass = _image_mass_per_query(state, text)
+    mass.backward()
+    grad = ours.model.language_model.layers[0].self_attn.q_proj.weight.grad
+    assert grad is not None and grad.abs().sum() > 0
