@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import assert_close_across_processes
 from headflow import HeadflowError, load_model
 from headflow.attribution import HeadAttribution, Validation
 from headflow.data import load_dataset
@@ -45,15 +46,15 @@ def plain_run(tmp_path_factory, tiny_models):
 
 
 def _same_results(result, reference) -> None:
-    """Targets bit for bit; the fit's numbers to the last few bits (BLAS/SIMD order may differ between calls)."""
-    assert np.array_equal(np.load(result.run_dir / "targets.npy"), np.load(reference.run_dir / "targets.npy"))
-    assert np.allclose(result.attributions, reference.attributions, atol=1e-6, rtol=0)
-    assert result.summary.keys() == reference.summary.keys()
-    for key, value in reference.summary.items():
-        if isinstance(value, (float, list)):
-            assert np.allclose(result.summary[key], value, rtol=1e-9, atol=0), key
-        else:
-            assert result.summary[key] == value, key
+    """Identical up to floating-point summation order: Ray workers run torch with their own thread count, so
+    the targets (and what is fitted to them) may differ from the single-process run in the last bits."""
+    assert_close_across_processes(np.load(result.run_dir / "targets.npy"), np.load(reference.run_dir / "targets.npy"))
+    assert_close_across_processes(result.attributions, reference.attributions)
+    summary = {k: v for k, v in result.summary.items() if k != "top_heads"}
+    assert_close_across_processes(summary, {k: v for k, v in reference.summary.items() if k != "top_heads"})
+    # the top heads' order may swap where two means tie to float precision; their values may not move
+    assert_close_across_processes(sorted(v for *_, v in result.summary["top_heads"]),
+                                  sorted(v for *_, v in reference.summary["top_heads"]))
 
 
 @needs_ray
@@ -150,22 +151,6 @@ def test_cli_attribute_with_ray_local(monkeypatch, tmp_path):
     assert not (tmp_path / "run").exists()  # refused before any work
 
 
-def _assert_close(got, want, path="") -> None:
-    """Same structure and values; floats to 1e-9 relative."""
-    if isinstance(want, dict):
-        assert isinstance(got, dict) and got.keys() == want.keys(), path
-        for key in want:
-            _assert_close(got[key], want[key], f"{path}.{key}")
-    elif isinstance(want, list):
-        assert isinstance(got, list) and len(got) == len(want), path
-        for i, (g, w) in enumerate(zip(got, want)):
-            _assert_close(g, w, f"{path}[{i}]")
-    elif isinstance(want, float):
-        assert np.isclose(got, want, rtol=1e-9, atol=0, equal_nan=True), path
-    else:
-        assert got == want, path
-
-
 @needs_ray
 @pytest.mark.slow
 def test_ray_validation_matches_the_single_process_validation(ray_cluster, plain_run, tiny_models, tmp_path):
@@ -175,8 +160,8 @@ def test_ray_validation_matches_the_single_process_validation(ray_cluster, plain
         shutil.copytree(reference.run_dir, copy)
     want = Validation(tiny_models("llava"), max_images=3).run(plain, dataset=data)
     got = Validation(max_images=3).run(sharded, dataset=data, runner=RayRunner(num_workers=2))  # the run's spec
-    _assert_close(json.loads((sharded / "validation.json").read_text()), want.data)
-    np.testing.assert_array_equal(np.load(sharded / "single_head.npy"), np.load(plain / "single_head.npy"))
+    assert_close_across_processes(json.loads((sharded / "validation.json").read_text()), want.data)
+    assert_close_across_processes(np.load(sharded / "single_head.npy"), np.load(plain / "single_head.npy"))
     assert np.load(sharded / "validation" / "curves.done.npy").all() and got.data["n_images"] == 3
 
 
@@ -187,9 +172,14 @@ def test_ray_flow_matches_the_single_process_flow(ray_cluster, tiny_models, tmp_
     flow = TokenFlow(tiny_models("llava"), keep_wrong=True, n_bootstrap=50, n_random=2, n_maps=1, progress=False)
     want = flow.run(data)
     got = flow.run(data, out=tmp_path / "flow", runner=RayRunner(num_workers=2))
-    assert json.loads((tmp_path / "flow" / "flow.json").read_text()) == json.loads(json.dumps(want.summary))
-    pd.testing.assert_frame_equal(got.windows, want.windows)
-    pd.testing.assert_frame_equal(got.objects, want.objects)
+    assert_close_across_processes(json.loads((tmp_path / "flow" / "flow.json").read_text()),
+                                  json.loads(json.dumps(want.summary)))
+    for table in ("windows", "objects"):
+        g, w = getattr(got, table), getattr(want, table)
+        numeric = list(w.select_dtypes("float").columns)
+        pd.testing.assert_frame_equal(g.drop(columns=numeric), w.drop(columns=numeric))
+        for column in numeric:
+            assert_close_across_processes(g[column].to_numpy(), w[column].to_numpy(), f"{table}.{column}")
     assert list(got.token_maps) == list(want.token_maps) == [data[0].id]  # the driver did the map image
 
 
