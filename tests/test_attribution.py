@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from headflow import HeadflowError
-from headflow.attribution import AttributionResult, HeadAttribution, Validation, sample_masks, target_values
-from headflow.attribution.answers import resolve_answer_id
+from headflow.answers import target_values
+from headflow.attribution import AttributionResult, HeadAttribution, Validation, sample_masks
+from headflow.answers import resolve_answer_id
 from headflow.attribution.fit import datamodeling_scores, fit_linear, predict
 from headflow.data import load_dataset
 from headflow import load_model
@@ -32,7 +33,7 @@ def test_ols_recovers_a_known_linear_model_and_matches_sklearn():
     pearson, spearman = datamodeling_scores(predict(bias, weights, masks), noisy)
     assert (pearson > 0.95).all() and (spearman > 0.9).all()
     for method in ("ridge", "lasso"):
-        _, w = fit_linear(masks, targets, method, alpha=1e-4)
+        _, w = fit_linear(masks, targets, method, penalty=1e-4)
         assert np.allclose(w, true_w, atol=0.05)
     with pytest.raises(HeadflowError, match="'fit' parameter of HeadAttribution must be one of ols, ridge, lasso"):
         fit_linear(masks, targets, "svm")
@@ -64,8 +65,7 @@ def small_run(tmp_path_factory, tiny_models):
     lm = tiny_models("llava")
     out = tmp_path_factory.mktemp("attr") / "run"
     data = load_dataset("default", n=3)
-    result = HeadAttribution(lm, n_masks=48, n_val=16, keep_wrong=True, batch_size=32).run(data, out,
-                                                                                          data_spec="default")
+    result = HeadAttribution(lm, n_masks=48, n_val=16, keep_wrong=True, batch_size=32).run(data, out=out)
     return lm, data, out, result
 
 
@@ -89,13 +89,13 @@ def test_run_directory_contents(small_run):
 def test_targets_equal_direct_engine_runs(small_run):
     """The stored targets are exactly what the engine gives for the stored masks (prefix path)."""
     from headflow import Baseline, InterventionEngine
-    from headflow.attribution.core import _load_baseline, mask_rows
+    from headflow.per_image import load_baseline, mask_rows
 
     lm, data, out, result = small_run
     engine = InterventionEngine(lm)
     prompt = engine.prepare(data[1].image, result.config["spec"]["question"])
     masks = np.load(out / "masks.npy")[:10]
-    baseline = _load_baseline(out / "baseline.safetensors")
+    baseline = load_baseline(out / "baseline.safetensors")
     assert baseline.kind == "mean"
     # the naive loop: full prompt, one mask per forward
     full = torch.cat([engine.run(prompt, [row], baseline=baseline, path="full").logits
@@ -118,7 +118,7 @@ def test_attribute_uses_the_prefix_path(small_run, monkeypatch):
         return result
 
     monkeypatch.setattr(InterventionEngine, "run", spy)
-    HeadAttribution(lm, n_masks=16, n_val=8, keep_wrong=True).run(data, out.parent / "spy", data_spec="default")
+    HeadAttribution(lm, n_masks=16, n_val=8, keep_wrong=True).run(data, out=out.parent / "spy")
     assert paths and set(paths) == {"prefix"}
 
 
@@ -137,29 +137,28 @@ def test_resume_after_a_crash_gives_identical_results(small_run, monkeypatch, tm
     monkeypatch.setattr(RowStore, "write", crash_after_one)
     method = HeadAttribution(lm, n_masks=48, n_val=16, keep_wrong=True, batch_size=32)
     with pytest.raises(KeyboardInterrupt):
-        method.run(data, run, data_spec="default")
+        method.run(data, out=run)
     assert not (run / "summary.json").exists()
     assert np.load(run / "targets.done.npy").sum() == 1
     monkeypatch.setattr(RowStore, "write", original)
-    resumed = method.run(data, run, data_spec="default")
+    resumed = method.run(data, out=run)
     assert np.array_equal(resumed.attributions, result.attributions)  # bit for bit
     assert np.array_equal(np.load(run / "targets.npy"), np.load(out / "targets.npy"))
     with pytest.raises(HeadflowError, match="different configuration \\(differs in: ablation_prob\\)"):
-        HeadAttribution(lm, n_masks=48, n_val=16, keep_wrong=True, ablation_prob=0.2).run(data, run,
-                                                                                         data_spec="default")
+        HeadAttribution(lm, n_masks=48, n_val=16, keep_wrong=True, ablation_prob=0.2).run(data, out=run)
 
 
 def test_bad_parameters(tiny_models, tmp_path):
     lm = tiny_models("llava")
     data = load_dataset("default", n=1)
-    with pytest.raises(HeadflowError, match="'ablation_prob' parameter of HeadAttribution is invalid"):
-        HeadAttribution(lm, ablation_prob=1.5).run(data, tmp_path / "x")
-    with pytest.raises(HeadflowError, match="'baseline' parameter of HeadAttribution is invalid"):
-        HeadAttribution(lm, baseline="median").run(data, tmp_path / "y")
+    with pytest.raises(HeadflowError, match=r"The 'ablation_prob' parameter of HeadAttribution must be a float in \(0, 1\)\. Got 1\.5 instead\."):
+        HeadAttribution(lm, ablation_prob=1.5).run(data, out=tmp_path / "x")
+    with pytest.raises(HeadflowError, match="The 'baseline' parameter of HeadAttribution must be one of mean, zero, blank, resample, knockout"):
+        HeadAttribution(lm, baseline="median").run(data, out=tmp_path / "y")
     with pytest.raises(HeadflowError, match="No image is answered correctly"):
-        HeadAttribution(lm, n_masks=8, n_val=8).run(data, tmp_path / "z")
+        HeadAttribution(lm, n_masks=8, n_val=8).run(data, out=tmp_path / "z")
     with pytest.raises(HeadflowError, match="GiB for the fit but .* is free; use fewer --masks"):
-        HeadAttribution(lm, n_masks=10**11, keep_wrong=True).run(data, tmp_path / "huge")
+        HeadAttribution(lm, n_masks=10**11, keep_wrong=True).run(data, out=tmp_path / "huge")
     assert not (tmp_path / "huge").exists()  # refused before the run directory is touched
 
 
@@ -167,7 +166,7 @@ def test_bad_parameters(tiny_models, tmp_path):
 def test_other_baselines_run(tiny_models, tmp_path, baseline):
     lm = tiny_models("llava")
     data = load_dataset("default", n=2)
-    result = HeadAttribution(lm, n_masks=16, n_val=8, keep_wrong=True, baseline=baseline).run(data, tmp_path / "r")
+    result = HeadAttribution(lm, n_masks=16, n_val=8, keep_wrong=True, baseline=baseline).run(data, out=tmp_path / "r")
     assert np.isfinite(result.attributions).all() and result.summary["baseline"] == baseline
 
 
@@ -201,7 +200,7 @@ def test_planted_heads_rank_on_top(tmp_path):
                 if (layer, head) not in planted:
                     block.self_attn.o_proj.weight[:, head * head_dim:(head + 1) * head_dim] = 0
     data = load_dataset("default", n=3)
-    result = HeadAttribution(lm, n_masks=64, n_val=16, keep_wrong=True, ablation_prob=0.3).run(data, tmp_path / "p")
+    result = HeadAttribution(lm, n_masks=64, n_val=16, keep_wrong=True, ablation_prob=0.3).run(data, out=tmp_path / "p")
     magnitude = np.abs(result.mean_attribution).ravel()  # random weights: a planted head may help or hurt
     top3 = {(int(i // n_heads), int(i % n_heads)) for i in np.argsort(-magnitude)[:3]}
     assert top3 == planted
@@ -217,7 +216,7 @@ def test_default_model_fits_and_a_distinct_subset_carries_the_flow(tmp_path):
     lm = load_model("default")
     data = load_dataset("default", n=32)
     run = tmp_path / "default"
-    result = HeadAttribution(lm, n_masks=256, n_val=64).run(data, run, data_spec="default")
+    result = HeadAttribution(lm, n_masks=256, n_val=64).run(data, out=run)
     assert result.summary["n_images"] >= 28  # clean accuracy ~96 %: wrong answers are dropped
     assert result.summary["lds_pearson_median"] >= 0.7
     validation = Validation(lm).run(run, dataset=data).data

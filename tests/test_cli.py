@@ -48,19 +48,19 @@ def test_attribute_then_validate(tmp_path):
     assert "k80 completeness" in result.output and (out / "validation.json").exists()
     bad = runner.invoke(app, ["attribute", "--model", "tiny:llava", "--out", str(tmp_path / "x"), "--images", "1",
                               "--baseline", "median", "--keep-wrong"])
-    assert bad.exit_code == 2 and "'baseline' parameter of HeadAttribution is invalid" in bad.output
+    assert bad.exit_code == 2 and "The 'baseline' parameter of HeadAttribution must be one of mean" in bad.output
 
 
-def test_alpha_sweep_reports_lds_per_alpha(tmp_path):
+def test_ablation_prob_sweep_reports_lds_per_value(tmp_path):
     out = tmp_path / "sweep"
     result = runner.invoke(app, ["attribute", "--model", "tiny:llava", "--out", str(out), "--images", "2",
                                  "--masks", "24", "--val-masks", "8", "--keep-wrong", "--ablation-prob", "0.1,0.3"])
     assert result.exit_code == 0, result.output
-    sweep = json.loads((out / "alpha_sweep.json").read_text())
+    sweep = json.loads((out / "ablation_prob_sweep.json").read_text())
     assert [r["ablation_prob"] for r in sweep["sweep"]] == [0.1, 0.3]
-    assert sweep["best_alpha"] in (0.1, 0.3)
+    assert sweep["best_ablation_prob"] in (0.1, 0.3)
     for r in sweep["sweep"]:
-        summary = json.loads((out / f"alpha-{r['ablation_prob']:g}" / "summary.json").read_text())
+        summary = json.loads((out / f"ablation_prob-{r['ablation_prob']:g}" / "summary.json").read_text())
         assert summary["ablation_prob"] == r["ablation_prob"] and summary["lds_pearson_median"] == r["lds_pearson_median"]
 
 

@@ -42,7 +42,7 @@ def ray_cluster():
 def plain_run(tmp_path_factory, tiny_models):
     out = tmp_path_factory.mktemp("plain") / "run"
     data = load_dataset("default", n=4)
-    return data, HeadAttribution(tiny_models("llava"), **PARAMS).run(data, out, data_spec="default")
+    return data, HeadAttribution(tiny_models("llava"), **PARAMS).run(data, out=out)
 
 
 def _same_results(result, reference) -> None:
@@ -61,7 +61,7 @@ def _same_results(result, reference) -> None:
 @pytest.mark.slow
 def test_ray_run_matches_the_single_process_run(ray_cluster, plain_run, tmp_path):
     data, reference = plain_run
-    result = HeadAttribution("tiny:llava", **PARAMS).run(data, tmp_path / "run", data_spec="default",
+    result = HeadAttribution("tiny:llava", **PARAMS).run(data, out=tmp_path / "run",
                                                          runner=RayRunner(num_workers=2))
     _same_results(result, reference)
     assert np.load(tmp_path / "run" / "targets.done.npy").all()
@@ -97,7 +97,7 @@ class CrashOnceRunner(RayRunner):
 def test_a_dead_worker_is_retried_and_finished_rows_are_not_recomputed(ray_cluster, plain_run, tiny_models, tmp_path):
     data, reference = plain_run
     runner = CrashOnceRunner(tmp_path / "markers", num_workers=2, max_retries=2)
-    result = HeadAttribution(tiny_models("llava"), **PARAMS).run(data, tmp_path / "run", data_spec="default",
+    result = HeadAttribution(tiny_models("llava"), **PARAMS).run(data, out=tmp_path / "run",
                                                                  runner=runner)
     assert (tmp_path / "markers" / "crashed").exists()
     calls = [p.name.split(".")[0] for p in (tmp_path / "markers" / "calls").iterdir()]
@@ -112,7 +112,7 @@ def test_a_worker_error_reaches_the_driver(ray_cluster, plain_run, tmp_path):
     out = tmp_path / "run"
     with pytest.raises(HeadflowError, match="worker loaded a different model"):
         # weights of another seed: the workers' clean logits disagree with the driver's
-        HeadAttribution(load_model("tiny:llava", seed=1), **PARAMS).run(data, out, data_spec="default",
+        HeadAttribution(load_model("tiny:llava", seed=1), **PARAMS).run(data, out=out,
                                                                          runner=RayRunner(num_workers=1))
     assert not (out / "summary.json").exists()
 
@@ -122,7 +122,7 @@ def test_a_model_built_in_python_cannot_be_shipped(tiny_models, tmp_path):
     data = load_dataset("default", n=1)
     for model in ((lm.model, lm.processor), load_model((lm.model, lm.processor))):
         with pytest.raises(HeadflowError, match="cannot be shipped to workers. Pass a spec instead"):
-            HeadAttribution(model, **PARAMS).run(data, tmp_path / "run", runner=RayRunner())
+            HeadAttribution(model, **PARAMS).run(data, out=tmp_path / "run", runner=RayRunner())
     assert not (tmp_path / "run").exists()  # refused before any work
 
 

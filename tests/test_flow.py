@@ -10,7 +10,8 @@ from PIL import Image, ImageDraw
 
 from headflow import HeadflowError, Intervention, InterventionEngine, Knockout
 from headflow.data import Example, ListDataset
-from headflow.flow import DEFAULT_PAIRS, FlowResult, TokenFlow, answer_token, parse_pairs
+from headflow.answers import resolve_answer_id
+from headflow.flow import DEFAULT_PAIRS, FlowResult, TokenFlow, parse_pairs
 from headflow.flow import objects as obj
 from headflow.flow.stats import bootstrap_indices, curve_summary, paired_later_test
 
@@ -212,15 +213,16 @@ def test_c3_is_not_judged_where_a_group_of_knockouts_never_hurts():
     assert not hurts_somewhere([noise]) and not hurts_somewhere([tiny])  # tiny: clearly below 0, but < 1 %
 
 
-def test_answer_token_prefers_single_token_and_clean_prediction(tiny_models):
+def test_flow_answer_token_is_the_attribution_answer_token(tiny_models):
+    """Flow and attribution pick the answer with one rule (headflow.answers), so they drop the same images."""
     tok = tiny_models("llava").processor.tokenizer
     circle = tok.convert_tokens_to_ids("circle")
-    assert answer_token(tok, "circle") == circle
     logits = torch.zeros(len(tok))
+    assert resolve_answer_id(tok, "circle", logits) == circle
     logits[circle] = 5.0
-    assert answer_token(tok, "circle", logits) == circle
+    assert resolve_answer_id(tok, "circle", logits) == circle
     with pytest.raises(HeadflowError, match="has no known token"):
-        answer_token(tok, "zebra")
+        resolve_answer_id(tok, "zebra", logits)
 
 
 def test_wrong_answers_are_dropped_by_default(tiny_models):
@@ -230,7 +232,7 @@ def test_wrong_answers_are_dropped_by_default(tiny_models):
     ex = dataset(2)
     tok = lm.processor.tokenizer
     clean = [engine.prepare(e.image, QUESTION).clean_logits for e in ex]
-    wrong = [e for e, c in zip(ex, clean) if int(c.argmax()) != answer_token(tok, e.label, c)]
+    wrong = [e for e, c in zip(ex, clean) if int(c.argmax()) != resolve_answer_id(tok, e.label, c)]
     if len(wrong) == len(ex):
         with pytest.raises(HeadflowError, match="No image is left.*keep_wrong=True"):
             flow.run(ex)
@@ -250,17 +252,13 @@ def test_bad_parameters_give_one_line_errors(tiny_models):
 
 
 def test_cli_flow_command(tmp_path):
-    import typer
     from typer.testing import CliRunner
 
-    from headflow.flow.cli import flow_command
+    from headflow.cli import app
 
-    app = typer.Typer()
-    app.command()(flow_command)
-    app.command("noop")(lambda: None)  # keep flow a named subcommand
     heads = tmp_path / "heads.txt"
     heads.write_text("0 1\n1,2\n")
-    result = CliRunner().invoke(app, ["flow-command", "--model", "tiny:llava", "--out", str(tmp_path / "run"),
+    result = CliRunner().invoke(app, ["flow", "--model", "tiny:llava", "--out", str(tmp_path / "run"),
                                       "--images", "2", "--keep-wrong", "--bootstrap", "20", "--maps", "0",
                                       "--pairs", "question:final,image:final", "--heads", str(heads)])
     assert result.exit_code == 0, result.output
@@ -268,13 +266,13 @@ def test_cli_flow_command(tmp_path):
     assert set(summary["pairs"]) == {"question->final", "image->final"}
     assert summary["params"]["heads"] == [[0, 1], [1, 2]]
     assert summary["c3"]["verdict"] in ("supported", "contradicted", "inconclusive")
-    bad = CliRunner().invoke(app, ["flow-command", "--model", "tiny:llava", "--out", str(tmp_path / "x"),
+    bad = CliRunner().invoke(app, ["flow", "--model", "tiny:llava", "--out", str(tmp_path / "x"),
                                    "--images", "1", "--heads", "top:3"])
     assert bad.exit_code == 2 and "--from-run" in bad.output
 
 
 def test_heads_option_resolves_top_k_and_files(tmp_path):
-    from headflow.flow.cli import resolve_heads
+    from headflow.flow.heads import resolve_heads
 
     scores = np.arange(8, dtype=float).reshape(2, 4)
     np.save(tmp_path / "attribution.npy", np.stack([scores, scores]))  # per image

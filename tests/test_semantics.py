@@ -208,14 +208,10 @@ def test_run_directory_row_mismatch(tmp_path: Path) -> None:
 
 
 def test_cli_command(tmp_path: Path) -> None:
-    import typer
     from typer.testing import CliRunner
 
-    from headflow.semantics.cli import semantics_command
+    from headflow.cli import app
 
-    app = typer.Typer()
-    app.command("semantics")(semantics_command)
-    app.command("noop")(lambda: None)  # keep typer in multi-command mode, as when mounted
     _write_run_dir(tmp_path, n_used=24)
     runner = CliRunner()
     ok = runner.invoke(app, ["semantics", str(tmp_path), "--factors", "style", "--similarity", "jaccard:5",
@@ -242,7 +238,8 @@ def test_bad_similarity_name(value: object) -> None:
     ({"n_permutations": 0}, r"The 'n_permutations' parameter of SemanticAnalysis must be an int in \[1, inf\)"),
     ({"cv_folds": 1}, r"The 'cv_folds' parameter of SemanticAnalysis must be an int in \[2, inf\)"),
     ({"top_k": True}, r"The 'top_k' parameter of SemanticAnalysis must be an int in \[1, inf\)"),
-    ({"alpha": 1.5}, r"The 'alpha' parameter of SemanticAnalysis must be a float in \(0, 1\)"),
+    ({"significance_level": 1.5}, r"The 'significance_level' parameter of SemanticAnalysis must be a float in "
+                                  r"\(0, 1\)"),
     ({"factors": "style"}, r"The 'factors' parameter of SemanticAnalysis must be None or a non-empty list"),
     ({"factors": ["colour"]}, r"The 'factors' parameter of SemanticAnalysis must be names of factors in the "
                               r"data \(style, palette\)\. Got \['colour'\] instead\."),

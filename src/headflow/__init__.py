@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from ._lazy import lazy_exports
 
-__version__ = "0.1.0"
+from .version import __version__
 
 _EXPORTS = {
     "HeadflowError": "errors",

@@ -69,6 +69,15 @@ def save_npy(path: str | Path, array: np.ndarray) -> None:
     atomic_write(path, write)
 
 
+def save_npz(path: str | Path, **arrays: np.ndarray) -> None:
+    """Atomically write ``arrays`` as one compressed ``.npz`` file."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+
+    atomic_write(path, write)
+
+
 def save_parquet(path: str | Path, frame) -> None:
     atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
 

@@ -3,8 +3,9 @@
 ``headflow study`` runs it on any model and dataset; ``headflow demo`` is the same on the embedded
 default model and data. One run directory holds everything: the attribution run at its root
 (``summary.json``, ``validation.json``, ``semantics.json``), the flow run in ``flow/``, figures in
-``figures/`` and ``flow/figures/``, and ``report.html``. Each step resumes or is skipped when its
-output already exists.
+``figures/`` and ``flow/figures/``, and ``report.html``. Each step resumes, or is loaded when its
+configuration is the same as a finished one's (each method checks its own configuration: a step that
+finished with the same parameters is loaded, an unfinished one resumes, a different one is refused).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import HeadflowError
+from .method import DEFAULT_BATCH_SIZE
 from .store import write_json
 
 
@@ -40,9 +42,14 @@ QUICK = StudyPlan(images=48, masks=96, val_masks=48, validate_images=12, flow_im
 
 
 def run_study(model: str, data: str, out: str | Path, *, plan: StudyPlan = FULL, seed: int = 0, data_seed: int = 0,
-              batch_size: int = 64, device: str = "cpu", keep_wrong: bool = False,
-              log: Callable[[str], None] = print) -> Path:
-    """Run every analysis into ``out`` and write ``out/report.html``; returns the report path."""
+              batch_size: int | str = DEFAULT_BATCH_SIZE, device: str = "cpu", dtype: str | None = None,
+              keep_wrong: bool = False, log: Callable[[str], None] = print) -> Path:
+    """Run every analysis into ``out`` and write ``out/report.html``; returns the report path.
+
+    ``seed`` seeds every analysis (the mask design, the random ranking, the bootstrap and the permutations);
+    ``data_seed`` the dataset. Re-running resumes: each step checks its configuration against what ``out``
+    holds (see the module docstring).
+    """
     from .attribution import HeadAttribution, Validation
     from .data import load_dataset
     from .flow import TokenFlow
@@ -55,34 +62,32 @@ def run_study(model: str, data: str, out: str | Path, *, plan: StudyPlan = FULL,
     timings: dict[str, float] = {}
 
     def step(name: str) -> None:
-        timings[name] = time.time()
+        timings[name] = round(time.time() - started, 1)
         log(f"[{steps.index(name) + 1}/{len(steps)}] {name} ... (elapsed {time.time() - started:.0f}s)")
 
-    lm = load_model(model, device=device)
+    lm = load_model(model, device=device, dtype=dtype)
     try:
         dataset = load_dataset(data, n=plan.images, seed=data_seed)
     except (ValueError, TypeError, FileNotFoundError) as exc:
         raise HeadflowError(str(exc)) from None
     step("attribution")
     result = HeadAttribution(lm, n_masks=plan.masks, n_val=plan.val_masks, seed=seed, keep_wrong=keep_wrong,
-                             batch_size=batch_size).run(dataset, out, data_spec=data, data_seed=data_seed)
+                             batch_size=batch_size).run(dataset, out=out)
     result.plot()
     step("validation")
-    if not (out / "validation.json").exists():
-        Validation(lm, seed=seed, batch_size=batch_size, max_images=plan.validate_images).run(out, dataset=dataset)
+    Validation(lm, seed=seed, batch_size=batch_size, max_images=plan.validate_images).run(out, dataset=dataset)
     step("flow")
-    if not (out / "flow" / "flow.json").exists():
-        flow_data = [dataset[i] for i in range(min(plan.flow_images, len(dataset)))]
-        TokenFlow(lm, n_bootstrap=plan.bootstrap, seed=seed, keep_wrong=keep_wrong, n_maps=plan.flow_maps,
-                  batch_size=batch_size).run(flow_data, out=out / "flow")
+    flow_data = [dataset[i] for i in range(min(plan.flow_images, len(dataset)))]
+    TokenFlow(lm, n_bootstrap=plan.bootstrap, seed=seed, keep_wrong=keep_wrong, n_maps=plan.flow_maps,
+              batch_size=batch_size).run(flow_data, out=out / "flow")
     step("semantics")
-    if not (out / "semantics.json").exists():
-        try:
-            SemanticAnalysis(n_permutations=plan.permutations, seed=seed).run(out)
-        except HeadflowError as exc:  # e.g. too few images to cross class with appearance
-            log(f"semantics skipped: {exc}")
+    try:
+        SemanticAnalysis(n_permutations=plan.permutations, seed=seed).run(out)
+    except HeadflowError as exc:  # e.g. too few images to cross class with appearance
+        log(f"semantics skipped: {exc}")
     step("report")
     write_json(out / "study.json", {"model": model, "data": data, "plan": asdict(plan), "seed": seed,
+                                    "data_seed": data_seed, "started_at_seconds": timings,
                                     "seconds": round(time.time() - started, 1)})
     from .report import write_report
 

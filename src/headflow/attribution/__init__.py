@@ -1,8 +1,21 @@
 """Head attribution (F3/F4) and its validation (F5)."""
 
-from .answers import resolve_answer_id, target_values
-from .core import AttributionResult, HeadAttribution, sample_masks
-from .validate import Validation, ValidationResult
+from __future__ import annotations
 
-__all__ = ["AttributionResult", "HeadAttribution", "Validation", "ValidationResult", "resolve_answer_id",
-           "sample_masks", "target_values"]
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
+
+# lazy, as the top-level package: the CLI reads the parameter models without loading torch
+_EXPORTS = {"AttributionParams": "params", "ValidationParams": "params", "AttributionResult": "core",
+            "HeadAttribution": "core", "sample_masks": "core", "Validation": "validate",
+            "ValidationResult": "validate", "ablation_prob_sweep": "sweep"}
+__all__ = sorted(_EXPORTS)
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .core import AttributionResult, HeadAttribution, sample_masks
+    from .params import AttributionParams, ValidationParams
+    from .sweep import ablation_prob_sweep
+    from .validate import Validation, ValidationResult

@@ -1,12 +1,12 @@
-"""Head attribution (METHOD.md F3/F4): random head ablations → linear fit → per-head attribution.
+"""Head attribution (docs/method.md F3/F4): random head ablations → linear fit → per-head attribution.
 
-``HeadAttribution(model, ...).run(dataset, out)`` writes a resumable run directory:
+``HeadAttribution(model, **params).run(dataset, out=RUN_DIR)`` writes a resumable run directory:
 
 ===========================  =====================================================================
 ``config.json``              spec (model, data, parameters) + hash, versions
 ``images.parquet``           per image: id, label, factors, answer token, clean target, correct, used
 ``baseline.safetensors``     the baseline keys/values (mean / blank) per layer
-``masks.npy``/``val_masks``  Bernoulli(α) ablation masks ``[mask, head]`` shared by all images
+``masks.npy``/``val_masks``  Bernoulli(ablation_prob) masks ``[mask, head]`` shared by all images
 ``targets.npy`` (+ .done)    target per used image and mask ``[image, mask + val_mask]``
 ``attention.npy``            clean final-token attention mass on image positions ``[image, layer, head]``
 ``final_hidden.npy``         clean final-token hidden state ``[image, hidden]`` (a control for probes)
@@ -18,7 +18,7 @@
 
 from __future__ import annotations
 
-import platform
+import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -27,19 +27,21 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .. import __version__
+from ..answers import resolve_answer_id, target_values
 from ..data.base import Dataset, Example
 from ..errors import HeadflowError
-from ..intervene import Baseline, Intervention, InterventionEngine, PreparedPrompt
+from ..executor import map_images
+from ..intervene import Baseline, InterventionEngine
 from ..intervene.attention import LayerBaseline
+from ..method import Method, Result, provenance, versions
 from ..models.loading import LoadedModel, load_model
+from ..per_image import (ImageJob, accumulate_kv, baseline_to, checked_prompt, image_baseline, image_job,
+                         image_targets, load_baseline, mask_rows, save_baseline, worker_engine, worker_spec)
 from ..store import RowStore, ensure_config, read_json, save_npy, save_parquet, write_json
-from .answers import resolve_answer_id, target_values
 from .fit import datamodeling_scores, design_rank, fit_linear, predict
-from .params import AttributionParams, validate_params
+from .params import AttributionParams
 
 if TYPE_CHECKING:
     from ..distributed import RayRunner
@@ -51,83 +53,68 @@ def sample_masks(n: int, n_heads: int, prob: float, seed: int) -> np.ndarray:
     return (torch.rand(n, n_heads, generator=gen) < prob).numpy()
 
 
-def mask_rows(masks: np.ndarray, n_layers: int, n_heads: int) -> list[Intervention]:
-    tensor = torch.from_numpy(np.ascontiguousarray(masks)).view(-1, n_layers, n_heads)
-    return [Intervention(ablate=m) for m in tensor]
+def data_record(dataset) -> dict[str, Any]:
+    """How a run records its data: ``load_dataset``'s arguments where known (so the data can be reloaded)."""
+    args = getattr(dataset, "load_args", None)
+    if args:
+        return dict(args)
+    return {"spec": getattr(dataset, "name", None) or "custom", "n": len(dataset)}
 
 
-class HeadAttribution:
-    """Per-head attribution of the answer to the image→text flow (arXiv 2509.17588, METHOD.md F3/F4).
+class HeadAttribution(Method):
+    """Per-head attribution of the answer to the image→text flow (arXiv 2509.17588, docs/method.md F3/F4).
+
+    ``HeadAttribution(model, **params).run(dataset, out=RUN_DIR)``: random head ablations (each head ablated
+    with probability ``ablation_prob``), the target of every image under every mask, and a linear fit per
+    image whose negated weights are the attributions. Parameters and their defaults:
+    :class:`~headflow.attribution.params.AttributionParams`.
 
     Parameters
     ----------
     model : LoadedModel or spec accepted by :func:`headflow.load_model`
-    n_masks : int, optional
-        Training masks; default ``max(512, 4·N)`` for ``N`` heads.
-    ablation_prob : float
-        Bernoulli probability α that a head is ablated in a mask (default 0.1).
-    baseline : {"mean", "zero", "blank", "resample", "knockout"}
-    target : {"logit", "logprob", "margin", "prob"}
-    fit : {"ols", "ridge", "lasso"}
-    n_val : int
-        Held-out masks for the linear datamodeling score (LDS).
-    seed : int
-    keep_wrong : bool
-        Keep images the clean model answers wrongly (dropped by default).
-    batch_size : int
-        Mask rows per forward pass.
+    **params
+        ``n_masks``, ``ablation_prob``, ``baseline``, ``target``, ``fit``, ``penalty``, ``n_val``, ``seed``,
+        ``keep_wrong``, ``question``, ``batch_size`` (see :class:`AttributionParams`).
 
     Examples
     --------
     >>> from headflow.data import load_dataset
     >>> result = HeadAttribution("tiny:llava", n_masks=32, n_val=16, keep_wrong=True).run(
-    ...     load_dataset("default", n=2), out=tmp_path / "run")  # doctest: +SKIP
+    ...     load_dataset("default", n=2))
+    >>> result.attributions.shape  # (image, layer, head)
+    (2, 2, 4)
     """
 
-    owner = "HeadAttribution"
-
-    def __init__(self, model: LoadedModel | str, *, n_masks: int | None = None, ablation_prob: float = 0.1,
-                 baseline: str = "mean", target: str = "logit", fit: str = "ols", fit_alpha: float = 1.0,
-                 n_val: int = 256, seed: int = 0, keep_wrong: bool = False, question: str | None = None,
-                 batch_size: int = 64) -> None:
-        self.model = model
-        self.batch_size = batch_size
-        self.params = dict(n_masks=n_masks, ablation_prob=ablation_prob, baseline=baseline, target=target, fit=fit,
-                           fit_alpha=fit_alpha, n_val=n_val, seed=seed, keep_wrong=keep_wrong)
-        if question is not None:
-            self.params["question"] = question
+    Params = AttributionParams
 
     # -- public ----------------------------------------------------------------------------
-    def run(self, dataset: Dataset | Sequence[Example], out: str | Path, *, data_spec: str | None = None,
-            data_seed: int = 0, runner: "RayRunner | None" = None) -> "AttributionResult":
-        """Run (or resume) the attribution and return its result; ``out`` is the run directory.
+    def run(self, data: Dataset | Sequence[Example], *, out: str | Path | None = None,
+            runner: "RayRunner | None" = None) -> "AttributionResult":
+        """Run (or resume) the attribution into the run directory ``out`` and return its result.
 
-        With ``runner`` (a :class:`headflow.distributed.RayRunner`), the masked runs (pass 2) are
-        sharded over Ray workers, each loading the model from its spec; this process still does the
-        clean runs, writes every row and fits. Results are the same as without a runner.
+        ``out=None`` uses a new temporary directory. Re-running into ``out`` resumes; a different
+        configuration is refused with the list of what differs. With ``runner`` (a
+        :class:`headflow.distributed.RayRunner`), the masked runs (pass 2) are sharded over Ray workers, each
+        loading the model from its spec; this process still does the clean runs, writes every row and fits.
         """
-        params = validate_params(self.owner, **self.params)
-        worker_model = _worker_model(self.model) if runner is not None else None  # [ray] fail before any work
-        if self.batch_size != "auto" and (not isinstance(self.batch_size, int) or self.batch_size < 1):
-            raise HeadflowError(f"The 'batch_size' parameter of {self.owner} must be an int in [1, inf). "
-                                f"Got {self.batch_size!r} instead.")
-        if len(dataset) == 0:
+        params = self.check()
+        spec_for_workers = worker_spec(self.model) if runner is not None else None  # [ray] fail before any work
+        if len(data) == 0:
             raise HeadflowError("The dataset is empty; pass at least one image.")
         lm = load_model(self.model)
-        out = Path(out)
+        out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="headflow-attribution-"))
         n_heads = lm.n_layers * lm.n_heads
         n_masks = params.n_masks or max(512, 4 * n_heads)
-        _check_memory(n_masks + params.n_val, n_heads, len(dataset))
+        _check_memory(n_masks + params.n_val, n_heads, len(data))
         spec = {"method": "HeadAttribution", "model": lm.name, "model_class": type(lm.model).__name__,
-                "data": data_spec or getattr(dataset, "name", "custom"), "data_seed": data_seed,
-                "n_images": len(dataset),
-                "image_ids": [ex.id for ex in _iter(dataset)] if len(dataset) <= 4096 else None,
-                **params.model_dump(), "n_masks": n_masks}
-        config = ensure_config(out, spec, {"resolved": {"n_masks": n_masks, "n_heads": n_heads,
-                                                        "n_layers": lm.n_layers, "heads_per_layer": lm.n_heads},
-                                           "model": lm.describe(), "versions": _versions()})
-        engine = InterventionEngine(lm, batch_size=self.batch_size)
-        table, baseline = self._clean_pass(engine, dataset, params, out)
+                "data": data_record(data), "n_images": len(data),
+                "image_ids": [ex.id for ex in _iter(data)] if len(data) <= 4096 else None,
+                **params.spec(), "n_masks": n_masks}
+        engine = InterventionEngine(lm, batch_size=params.batch_size)
+        resolved = {"n_masks": n_masks, "n_heads": n_heads, "n_layers": lm.n_layers, "heads_per_layer": lm.n_heads}
+        config = ensure_config(out, spec, {"params": params.model_dump(mode="json"), "resolved": resolved,
+                                           "model": lm.describe(), "versions": versions()})
+        table, baseline = self._clean_pass(engine, data, params, out)
         masks = sample_masks(n_masks, n_heads, params.ablation_prob, params.seed)
         val_masks = sample_masks(params.n_val, n_heads, params.ablation_prob, params.seed + 1_000_003)
         save_npy(out / "masks.npy", masks)
@@ -137,26 +124,18 @@ class HeadAttribution:
             raise HeadflowError("No image is answered correctly by the clean model, so none is left to analyse; "
                                 "pass keep_wrong=True (--keep-wrong) to keep them.")
         store = RowStore(out, "targets", len(used), n_masks + params.n_val)
-        all_masks = np.vstack([masks, val_masks])
         todo = [(row, idx) for row, idx in enumerate(used) if not store.done[row]]
-        bar = tqdm(total=len(todo), desc="attribution: masks per image", unit="image", disable=not todo)
-
-        def write(row: int, values: np.ndarray) -> None:
-            store.write(row, values)
-            bar.update()
-
-        if runner is not None:  # [ray] pass 2 on Ray workers; this process stays the only writer
-            context = _WorkerContext(*worker_model, self.batch_size, params, _baseline_to(baseline, "cpu"),
-                                     all_masks)
-            jobs = ((row, _image_job(dataset, table, idx, params)) for row, idx in todo)
-            runner.map(_setup_worker, _run_worker, jobs, n_items=len(todo), context=context, on_result=write)
-        else:
-            for row, idx in todo:
-                write(row, _image_targets(engine, _image_job(dataset, table, idx, params), baseline, all_masks,
-                                          params))
-        bar.close()
-        problems = dict(getattr(dataset, "problems", {}) or {})
-        return self._fit(out, config, table, store, masks, val_masks, params, lm, problems)
+        context = _TargetsContext(*(spec_for_workers or (None, None)), params.batch_size, params,
+                                  baseline_to(baseline, "cpu") if runner is not None else baseline,
+                                  np.vstack([masks, val_masks]))
+        map_images(_masked_row, ((row, image_job(data, table, idx, params.baseline)) for row, idx in todo),
+                   n_items=len(todo), on_result=store.write, local_state=(engine, context),
+                   setup=_setup_worker, context=context, runner=runner, desc="attribution: masks per image")
+        previous = out / "summary.json"
+        used_before = read_json(previous).get("provenance", {}).get("resolved", {}) if previous.exists() else {}
+        resolved["batch_size"] = used_before.get("batch_size", engine.batch_size) if not todo else engine.batch_size
+        problems = dict(getattr(data, "problems", {}) or {})
+        return self._fit(out, config, table, store, masks, val_masks, params, lm, problems, resolved)
 
     # -- pass 1: clean runs ------------------------------------------------------------------
     def _clean_pass(self, engine: InterventionEngine, dataset, params: AttributionParams,
@@ -164,7 +143,7 @@ class HeadAttribution:
         table_path = out / "images.parquet"
         if table_path.exists():
             table = pd.read_parquet(table_path)
-            return table, _load_baseline(out / "baseline.safetensors")
+            return table, load_baseline(out / "baseline.safetensors")
         lm = engine.lm
         tokenizer = getattr(lm.processor, "tokenizer", lm.processor)
         records, attention, hidden, pixels = [], [], [], []
@@ -190,7 +169,7 @@ class HeadAttribution:
                 pixels.append(np.asarray(ex.image.convert("RGB").resize((8, 8), Image.BILINEAR), np.float32).ravel()
                               / 255.0)
             if params.baseline == "mean":
-                kv_sum = _accumulate(kv_sum, prompt.image_kv(), len(dataset))
+                kv_sum = accumulate_kv(kv_sum, prompt.image_kv(), len(dataset))
         baseline: Baseline | None = None
         if params.baseline == "mean":
             baseline = Baseline("mean", kv_sum)
@@ -199,30 +178,23 @@ class HeadAttribution:
             blank = Image.new("RGB", size, tuple(int(round(c)) for c in mean_colour))
             baseline = Baseline.of_prompt(engine.prepare(blank, params.question), kind="blank")
         if baseline is not None:
-            _save_baseline(out / "baseline.safetensors", baseline)
-        n_used = sum(r["used"] for r in records)
+            save_baseline(out / "baseline.safetensors", baseline)
         shape = (lm.n_layers, lm.n_heads)
         save_npy(out / "attention.npy", np.stack(attention) if attention else np.zeros((0, *shape), np.float32))
         save_npy(out / "final_hidden.npy", np.stack(hidden) if hidden else np.zeros((0, 1), np.float32))
         save_npy(out / "pixels.npy", np.stack(pixels) if pixels else np.zeros((0, 192), np.float32))
         table = pd.DataFrame.from_records(records)
         save_parquet(table_path, table)  # written last: marks the clean pass complete
-        del n_used
         return table, baseline
-
-    def _baseline_for(self, engine, dataset, table: pd.DataFrame, idx: int, prompt: PreparedPrompt,
-                      shared: Baseline | None, params: AttributionParams) -> Baseline:
-        partner = dataset[_resample_partner(table, idx)].image if params.baseline == "resample" else None
-        return _image_baseline(engine, prompt, shared, params, partner)
 
     # -- fit -------------------------------------------------------------------------------
     def _fit(self, out: Path, config: dict, table: pd.DataFrame, store: RowStore, masks: np.ndarray,
              val_masks: np.ndarray, params: AttributionParams, lm: LoadedModel,
-             problems: dict[str, int]) -> "AttributionResult":
+             problems: dict[str, int], resolved: dict[str, Any]) -> "AttributionResult":
         n_masks = len(masks)
         targets = np.asarray(store.data)
         train, val = targets[:, :n_masks].T, targets[:, n_masks:].T
-        bias, weights = fit_linear(masks, train, params.fit, params.fit_alpha)
+        bias, weights = fit_linear(masks, train, params.fit, params.penalty)
         pearson, spearman = datamodeling_scores(predict(bias, weights, val_masks), val)
         attributions = (-weights).reshape(-1, lm.n_layers, lm.n_heads).astype(np.float32)
         save_npy(out / "attributions.npy", attributions)
@@ -244,13 +216,16 @@ class HeadAttribution:
             "top_heads": [[int(i // lm.n_heads), int(i % lm.n_heads), float(mean.ravel()[i])] for i in order],
             "data_problems": problems, "n_data_problems": int(sum(problems.values())),
             "spec_hash": config["spec_hash"],
+            "provenance": provenance("HeadAttribution", params=params.model_dump(mode="json"), resolved=resolved,
+                                     model=config.get("model"), data=config["spec"]["data"],
+                                     spec_hash=config["spec_hash"]),
         }
         write_json(out / "summary.json", summary)
         return AttributionResult.load(out)
 
 
 @dataclass(frozen=True)
-class AttributionResult:
+class AttributionResult(Result):
     """A finished attribution run, read from its directory.
 
     Attributes
@@ -286,11 +261,12 @@ class AttributionResult:
         return cls(run_dir, np.load(run_dir / "attributions.npy"), pd.read_parquet(run_dir / "images.parquet"),
                    read_json(run_dir / "summary.json"), read_json(run_dir / "config.json"))
 
-    def save(self, run_dir: str | Path) -> None:
-        """Copy the result's files to another directory."""
+    def save(self, out: str | Path) -> Path:
+        """Copy the result's files to another directory; returns it."""
         import shutil
 
-        shutil.copytree(self.run_dir, run_dir, dirs_exist_ok=True)
+        shutil.copytree(self.run_dir, out, dirs_exist_ok=True)
+        return Path(out)
 
     def top_heads(self, k: int) -> list[tuple[int, int]]:
         order = np.argsort(-self.mean_attribution.ravel())[:k]
@@ -303,62 +279,13 @@ class AttributionResult:
         return plot_attribution(self, Path(figures_dir) if figures_dir else self.run_dir / "figures")
 
 
-# -- pass 2, per image: shared by the single-process loop and the Ray workers ---------------------
+# -- pass 2, per image: the same function here and on Ray workers ----------------------------------
 
 @dataclass(frozen=True)
-class _ImageJob:
-    """What one masked-runs row needs: the image, its resample partner (or None) and its answer."""
+class _TargetsContext:
+    """What computing one image's targets needs besides the image; put once into Ray's object store."""
 
-    image: Image.Image
-    partner: Image.Image | None
-    answer_id: int
-    clean_logit: float
-
-
-def _image_job(dataset, table: pd.DataFrame, idx: int, params: AttributionParams) -> _ImageJob:
-    partner = dataset[_resample_partner(table, idx)].image if params.baseline == "resample" else None
-    return _ImageJob(dataset[idx].image, partner, int(table.at[idx, "answer_id"]), float(table.at[idx, "clean_logit"]))
-
-
-def _resample_partner(table: pd.DataFrame, idx: int) -> int:
-    """The next image (cyclically) of a different class: the deterministic 'resample' baseline source."""
-    labels = table["label"].tolist()
-    n = len(labels)
-    for step in range(1, n):
-        other = (idx + step) % n
-        if labels[other] != labels[idx]:
-            return other
-    raise HeadflowError("The 'resample' baseline needs images of at least two classes.")
-
-
-def _image_baseline(engine, prompt: PreparedPrompt, shared: Baseline | None, params: AttributionParams,
-                    partner: Image.Image | None) -> Baseline:
-    if params.baseline in ("mean", "blank"):
-        return shared
-    if params.baseline == "knockout":
-        return Baseline.knockout()
-    if params.baseline == "zero":
-        return Baseline.zero(prompt)
-    return Baseline.of_prompt(engine.prepare(partner, params.question), kind="resample")
-
-
-def _image_targets(engine: InterventionEngine, job: _ImageJob, shared: Baseline | None, all_masks: np.ndarray,
-                   params: AttributionParams, prompt: PreparedPrompt | None = None) -> np.ndarray:
-    """Targets of one image under every mask, ``[n_masks + n_val]`` float32."""
-    lm = engine.lm
-    prompt = prompt if prompt is not None else engine.prepare(job.image, params.question)
-    baseline = _image_baseline(engine, prompt, shared, params, job.partner)
-    logits = engine.run(prompt, mask_rows(all_masks, lm.n_layers, lm.n_heads), baseline=baseline).logits
-    return target_values(logits, job.answer_id, params.target).cpu().numpy()
-
-
-# -- [ray] Ray workers (headflow.distributed.RayRunner) ---------------------------------------------
-
-@dataclass(frozen=True)
-class _WorkerContext:
-    """Everything a worker needs, put once into Ray's object store."""
-
-    spec: str
+    spec: str | None
     dtype: str | None
     batch_size: int | str
     params: AttributionParams
@@ -366,49 +293,23 @@ class _WorkerContext:
     all_masks: np.ndarray
 
 
-def _worker_model(model) -> tuple[str, str | None]:
-    """The spec (and dtype) a Ray worker loads the model from; a model built in Python cannot be shipped."""
-    if isinstance(model, (str, Path)):
-        return str(model), None
-    name = getattr(model, "name", None) if isinstance(model, LoadedModel) else None
-    if name and (name == "default" or name.startswith("tiny:") or Path(name).is_dir()
-                 or (name.count("/") == 1 and not name.startswith(("/", ".")))):
-        return name, str(model.dtype).replace("torch.", "")
-    got = f"a LoadedModel named {name!r}" if name else f"a {type(model).__name__}"
-    raise HeadflowError(
-        f"With a Ray runner each worker loads the model from its spec, but the model is {got}, which cannot be "
-        "shipped to workers. Pass a spec instead: 'default', 'tiny:<family>', a local directory or a hub id.")
-
-
-def _setup_worker(context: _WorkerContext, device: str) -> tuple[InterventionEngine, _WorkerContext]:
-    lm = load_model(context.spec, device=device, dtype=context.dtype)
-    # (arrays from Ray's object store are read-only; torch wants writable ones)
-    context = replace(context, baseline=_baseline_to(context.baseline, lm.device),
-                      all_masks=np.array(context.all_masks))
-    return InterventionEngine(lm, batch_size=context.batch_size), context
-
-
-def _baseline_to(baseline: Baseline | None, device) -> Baseline | None:
-    if baseline is None or baseline.layers is None:
-        return baseline
-    return Baseline(baseline.kind, [LayerBaseline(b.keys.to(device), b.values.to(device)) for b in baseline.layers])
-
-
-def _checked_prompt(engine: InterventionEngine, ctx, job: _ImageJob) -> PreparedPrompt:
-    """Prepare a worker's image and check its clean logit against the run's record (same model?)."""
-    prompt = engine.prepare(job.image, ctx.params.question)
-    got = float(prompt.clean_logits[job.answer_id])
-    if not np.isclose(got, job.clean_logit, rtol=1e-2, atol=1e-2):
-        raise HeadflowError(
-            f"The Ray worker's model ({ctx.spec!r}) gives a clean logit of {got:.4f} where this run recorded "
-            f"{job.clean_logit:.4f}; the worker loaded a different model. Pass the run's model spec.")
-    return prompt
-
-
-def _run_worker(state: tuple[InterventionEngine, _WorkerContext], job: _ImageJob) -> np.ndarray:
+def _masked_row(state: tuple[InterventionEngine, _TargetsContext], job: ImageJob) -> np.ndarray:
+    """Targets of one image under every mask, ``[n_masks + n_val]`` float32."""
     engine, ctx = state
-    prompt = _checked_prompt(engine, ctx, job)
-    return _image_targets(engine, job, ctx.baseline, ctx.all_masks, ctx.params, prompt=prompt)
+    params, lm = ctx.params, engine.lm
+    prompt = checked_prompt(engine, ctx.spec, params.question, job) if ctx.spec else engine.prepare(
+        job.image, params.question)
+    baseline = image_baseline(engine, prompt, ctx.baseline, params.baseline, params.question, job.partner)
+    targets, _ = image_targets(engine, prompt, mask_rows(ctx.all_masks, lm.n_layers, lm.n_heads), baseline,
+                               job.answer_id, params.target)
+    return targets.cpu().numpy()
+
+
+def _setup_worker(context: _TargetsContext, device: str) -> tuple[InterventionEngine, _TargetsContext]:
+    """[ray] A worker's state (arrays from Ray's object store are read-only; torch wants writable ones)."""
+    engine = worker_engine(context.spec, context.dtype, device, context.batch_size)
+    return engine, replace(context, baseline=baseline_to(context.baseline, engine.lm.device),
+                           all_masks=np.array(context.all_masks))
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -416,38 +317,6 @@ def _run_worker(state: tuple[InterventionEngine, _WorkerContext], job: _ImageJob
 def _iter(dataset):
     for i in range(len(dataset)):
         yield dataset[i]
-
-
-def _accumulate(total: list[LayerBaseline] | None, kv: list[LayerBaseline], n: int) -> list[LayerBaseline]:
-    """Running mean of image keys/values (per-head mean over positions when counts differ)."""
-    if total is not None and total[0].keys.shape[1] != kv[0].keys.shape[1]:
-        kv = [LayerBaseline(b.keys.mean(1, keepdim=True), b.values.mean(1, keepdim=True)) for b in kv]
-        total = [LayerBaseline(t.keys.mean(1, keepdim=True), t.values.mean(1, keepdim=True)) for t in total]
-    if total is None:
-        return [LayerBaseline(b.keys.float() / n, b.values.float() / n) for b in kv]
-    return [LayerBaseline(t.keys + b.keys.float() / n, t.values + b.values.float() / n) for t, b in zip(total, kv)]
-
-
-def _save_baseline(path: Path, baseline: Baseline) -> None:
-    tensors = {}
-    for i, layer in enumerate(baseline.layers):
-        tensors[f"keys.{i}"] = layer.keys.contiguous().cpu()
-        tensors[f"values.{i}"] = layer.values.contiguous().cpu()
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata={"kind": baseline.kind})
-    tmp.replace(path)
-
-
-def _load_baseline(path: Path) -> Baseline | None:
-    if not path.exists():
-        return None
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        kind = f.metadata().get("kind", "mean")
-    tensors = load_file(str(path))
-    n = len([k for k in tensors if k.startswith("keys.")])
-    return Baseline(kind, [LayerBaseline(tensors[f"keys.{i}"], tensors[f"values.{i}"]) for i in range(n)])
 
 
 def _check_memory(n_rows: int, n_heads: int, n_images: int) -> None:
@@ -462,13 +331,6 @@ def _check_memory(n_rows: int, n_heads: int, n_images: int) -> None:
     if needed > available:
         raise HeadflowError(f"{n_rows} masks x {n_heads} heads x {n_images} images needs about {needed / 2**30:.1f} GiB "
                             f"for the fit but {available / 2**30:.1f} GiB is free; use fewer --masks or --images.")
-
-
-def _versions() -> dict[str, str]:
-    import transformers
-
-    return {"headflow": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "python": platform.python_version()}
 
 
 def _nanmedian(x: np.ndarray) -> float:

@@ -7,11 +7,10 @@ import torch
 from scipy import stats
 
 from ..errors import HeadflowError
+from .params import FITS
 
-FITS = ("ols", "ridge", "lasso")
 
-
-def fit_linear(masks: np.ndarray, targets: np.ndarray, method: str = "ols", alpha: float = 1.0,
+def fit_linear(masks: np.ndarray, targets: np.ndarray, method: str = "ols", penalty: float = 1.0,
                device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """Fit ``y_j ≈ b + Σ_c w_c M[j, c]`` for every image at once.
 
@@ -39,7 +38,7 @@ def fit_linear(masks: np.ndarray, targets: np.ndarray, method: str = "ols", alph
     if method in ("ridge", "lasso"):
         from sklearn.linear_model import Lasso, Ridge
 
-        model = Ridge(alpha=alpha) if method == "ridge" else Lasso(alpha=alpha, max_iter=5000)
+        model = Ridge(alpha=penalty) if method == "ridge" else Lasso(alpha=penalty, max_iter=5000)
         model.fit(x, y)
         coef = np.atleast_2d(model.coef_)
         return np.atleast_1d(model.intercept_), coef

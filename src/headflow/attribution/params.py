@@ -1,39 +1,46 @@
-"""Parameters of HeadAttribution: one declarative table, checked at the top of ``run()``."""
+"""Parameters of HeadAttribution and Validation: the only table of their constraints and defaults."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import field_validator
 
-from ..errors import HeadflowError
+from ..answers import TARGETS
+from ..method import BatchParams, EngineParams, field
 
-DEFAULT_QUESTION = "What is the main object in the image? Answer in one word."
+#: What an ablated head's text queries see at image positions (``headflow.per_image.image_baseline``).
+BASELINES = ("mean", "zero", "blank", "resample", "knockout")
 
+FITS = ("ols", "ridge", "lasso")
 
-class AttributionParams(BaseModel):
-    """What defines an attribution run's results (``n_masks=None`` resolves to ``max(512, 4N)``)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    n_masks: int | None = Field(None, ge=8)
-    ablation_prob: float = Field(0.1, gt=0.0, lt=1.0)
-    baseline: Literal["mean", "zero", "blank", "resample", "knockout"] = "mean"
-    target: Literal["logit", "logprob", "margin", "prob"] = "logit"
-    fit: Literal["ols", "ridge", "lasso"] = "ols"
-    fit_alpha: float = Field(1.0, gt=0.0)
-    n_val: int = Field(256, ge=8)
-    seed: int = 0
-    keep_wrong: bool = False
-    question: str = DEFAULT_QUESTION
+Baseline = Literal[BASELINES]  # type: ignore[valid-type]
+Target = Literal[TARGETS]  # type: ignore[valid-type]
 
 
-def validate_params(owner: str, **params) -> AttributionParams:
-    """Build the parameters, turning pydantic's report into headflow's one-line error."""
-    try:
-        return AttributionParams(**params)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        name = ".".join(str(p) for p in err["loc"]) or "?"
-        raise HeadflowError(f"The {name!r} parameter of {owner} is invalid: {err['msg']}. "
-                            f"Got {err.get('input')!r} instead.") from None
+class AttributionParams(EngineParams):
+    """What defines an attribution run (``n_masks=None`` resolves to ``max(512, 4N)`` for ``N`` heads)."""
+
+    n_masks: int | None = field(None, "Training masks (default max(512, 4N) for N heads).", flag="--masks", ge=8)
+    ablation_prob: float = field(0.1, "Bernoulli probability that a head is ablated in a mask.", gt=0.0, lt=1.0)
+    baseline: Baseline = field("mean", "What an ablated head's text queries see at image positions: "
+                               "mean | zero | blank | resample | knockout.")
+    target: Target = field("logit", "The scalar read from the answer: logit | logprob | margin | prob.")
+    fit: Literal[FITS] = field("ols", "The linear fit: ols | ridge | lasso.")
+    penalty: float = field(1.0, "Regularisation strength of ridge and lasso.", gt=0.0)
+    n_val: int = field(256, "Held-out masks for the linear datamodeling score (LDS).", flag="--val-masks", ge=8)
+    seed: int = field(0, "Seed of the mask design.")
+
+
+class ValidationParams(BatchParams):
+    """What defines a validation of an attribution run (its masks, baseline and target are the run's)."""
+
+    k_grid: list[int] | None = field(None, "Numbers of top heads k to evaluate (default: every k for small "
+                                     "models, ~33 points otherwise).")
+    seed: int = field(0, "Seed of the random ranking.")
+    max_images: int | None = field(None, "Validate on the first used images only (default: all).", ge=1)
+
+    @field_validator("k_grid", mode="before")
+    @classmethod
+    def _grid(cls, value: Any) -> Any:
+        return value if value is None or isinstance(value, str) else [getattr(k, "item", lambda: k)() for k in value]

@@ -1,4 +1,4 @@
-"""Choosing the ablation probability α: one attribution run per α, compared by held-out LDS."""
+"""Choosing the ablation probability: one attribution run per value, compared by held-out LDS."""
 
 from __future__ import annotations
 
@@ -10,26 +10,30 @@ from ..store import write_json
 from .core import HeadAttribution
 
 
-def alpha_sweep(model, dataset, out: str | Path, alphas: Sequence[float], *, data_spec: str | None = None,
-                data_seed: int = 0, **params) -> dict:
-    """Run :class:`HeadAttribution` for each α into ``out/alpha-<α>/`` and write ``out/alpha_sweep.json``.
+def ablation_prob_sweep(model, dataset, out: str | Path, ablation_probs: Sequence[float], **params) -> dict:
+    """Run :class:`HeadAttribution` for each ablation probability into ``out/ablation_prob-<p>/`` and write
+    ``out/ablation_prob_sweep.json``.
 
-    Each run resumes like any other. The summary lists the median held-out Pearson and Spearman LDS per
-    α and the α with the highest median Pearson LDS (``best_alpha``).
+    Each run resumes like any other; every value is checked before the first run starts. The summary lists
+    the median held-out Pearson and Spearman LDS per value and the value with the highest median Pearson LDS
+    (``best_ablation_prob``).
     """
-    if not alphas:
-        raise HeadflowError("An α sweep needs at least one ablation probability, e.g. --ablation-prob 0.05,0.1,0.2.")
+    if not ablation_probs:
+        raise HeadflowError("A sweep needs at least one ablation probability, e.g. --ablation-prob 0.05,0.1,0.2.")
+    methods = [HeadAttribution(model, ablation_prob=p, **params) for p in ablation_probs]
+    for method in methods:
+        method.check()  # a bad value late in the list is refused before the first run
     out = Path(out)
     rows = []
-    for alpha in alphas:
-        result = HeadAttribution(model, ablation_prob=alpha, **params).run(
-            dataset, out / f"alpha-{alpha:g}", data_spec=data_spec, data_seed=data_seed)
+    for p, method in zip(ablation_probs, methods):
+        result = method.run(dataset, out=out / f"ablation_prob-{p:g}")
         s = result.summary
-        rows.append({"ablation_prob": alpha, "run_dir": str(result.run_dir), "lds_pearson_median": s["lds_pearson_median"],
+        rows.append({"ablation_prob": p, "run_dir": str(result.run_dir), "lds_pearson_median": s["lds_pearson_median"],
                      "lds_spearman_median": s["lds_spearman_median"], "n_images": s["n_images"],
                      "n_masks": s["n_masks"]})
     best = max(rows, key=lambda r: r["lds_pearson_median"] if r["lds_pearson_median"] == r["lds_pearson_median"]
                else float("-inf"))
-    summary = {"sweep": rows, "best_alpha": best["ablation_prob"], "criterion": "highest median held-out Pearson LDS"}
-    write_json(out / "alpha_sweep.json", summary)
+    summary = {"sweep": rows, "best_ablation_prob": best["ablation_prob"],
+               "criterion": "highest median held-out Pearson LDS"}
+    write_json(out / "ablation_prob_sweep.json", summary)
     return summary

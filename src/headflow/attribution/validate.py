@@ -1,4 +1,4 @@
-"""Validation of an attribution run (METHOD.md F5): rankings, completeness and faithfulness curves.
+"""Validation of an attribution run (docs/method.md F5): rankings, completeness and faithfulness curves.
 
 Rankings of heads: ``attribution`` (mean over images), ``attribution_per_image`` (each image's own
 attribution), ``single_head`` (mean effect of ablating one head alone), ``attention`` (mean mass the
@@ -17,18 +17,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from ..errors import HeadflowError
-from ..intervene import Baseline, Intervention, InterventionEngine, PreparedPrompt
-from ..models.loading import LoadedModel, load_model
-from ..store import RowStore, read_json, save_npy, write_json
-from .answers import target_values
-from .core import (AttributionResult, _baseline_to, _checked_prompt, _image_baseline, _ImageJob, _load_baseline,
-                   _resample_partner, _worker_model)
-from .params import AttributionParams
+from ..executor import map_images
+from ..intervene import Baseline, Intervention, InterventionEngine
+from ..method import Method, Result, provenance
+from ..models.loading import load_model
+from ..per_image import (ImageJob, baseline_to, checked_prompt, image_baseline, image_targets, load_baseline,
+                         resample_partner, worker_engine, worker_spec)
+from ..answers import target_values
+from ..store import RowStore, ensure_config, read_json, save_npy, write_json
+from .core import AttributionResult
+from .params import AttributionParams, ValidationParams
 
 if TYPE_CHECKING:
     from ..distributed import RayRunner
@@ -57,7 +58,7 @@ def area_under(curve: np.ndarray, grid: list[int]) -> float:
 
 
 @dataclass(frozen=True)
-class ValidationResult:
+class ValidationResult(Result):
     """``validation.json`` of a run: per ranking the curves and their summaries."""
 
     run_dir: Path
@@ -70,66 +71,82 @@ class ValidationResult:
             raise HeadflowError(f"{run_dir} has no validation.json; run 'headflow validate {run_dir}' first.")
         return cls(Path(run_dir), read_json(path))
 
+    def save(self, out: str | Path) -> Path:
+        """Write ``validation.json`` into ``out`` (atomically); returns its path."""
+        write_json(Path(out) / "validation.json", self.data)
+        return Path(out) / "validation.json"
+
     def plot(self, figures_dir: str | Path | None = None) -> list[Path]:
         from .validate_plots import plot_validation
 
         return plot_validation(self, Path(figures_dir) if figures_dir else self.run_dir / "figures")
 
 
-class Validation:
+class Validation(Method):
     """Check an attribution run against single-head ablation, attention weight and random rankings.
 
-    Parameters
-    ----------
-    model : LoadedModel or spec, optional
-        Defaults to the model named in the run's config.
-    k_grid : list of int, optional
-    seed : int
-        Seed of the random ranking.
-    batch_size : int
-    max_images : int, optional
-        Validate on the first ``max_images`` used images only (default: all).
+    ``Validation(model=None, **params).run(RUN_DIR)``: ``model`` defaults to the run's own model; the
+    parameters and their defaults are :class:`~headflow.attribution.params.ValidationParams` (``k_grid``,
+    ``seed`` of the random ranking, ``max_images``, ``batch_size``). The run's masks, baseline, target and
+    question are the attribution run's. Results go into the run directory (``validation.json``,
+    ``single_head.npy``, ``validation/`` with its configuration and resumable rows, ``figures/``).
     """
 
-    def __init__(self, model: LoadedModel | str | None = None, *, k_grid: list[int] | None = None, seed: int = 0,
-                 batch_size: int = 64, max_images: int | None = None) -> None:
-        self.model, self.k_grid, self.seed, self.batch_size = model, k_grid, seed, batch_size
-        self.max_images = max_images
+    Params = ValidationParams
+    stage = "validation"
 
-    def run(self, run_dir: str | Path, dataset=None, runner: "RayRunner | None" = None) -> ValidationResult:
-        """Validate the run in ``run_dir`` (resumable) and write ``validation.json`` and its figures.
+    def run(self, data: "str | Path | AttributionResult", *, out: str | Path | None = None,
+            runner: "RayRunner | None" = None, dataset=None) -> ValidationResult:
+        """Validate the attribution run ``data`` (its directory or result); resumable.
 
-        With ``runner`` (a :class:`headflow.distributed.RayRunner`), both per-image passes (single-head
-        ablations, then the curves) are sharded over Ray workers, each loading the model from its spec;
-        this process writes every row. Results are the same as without a runner.
+        ``out`` must be the run directory (the default): validation reads and writes next to the run's
+        arrays. ``dataset``: the run's images, when they cannot be reloaded from the run's record. With
+        ``runner`` (a :class:`headflow.distributed.RayRunner`), both per-image passes (single-head ablations,
+        then the curves) are sharded over Ray workers; this process writes every row.
         """
-        run_dir = Path(run_dir)
-        result = AttributionResult.load(run_dir)
+        params = self.check()
+        result = data if isinstance(data, AttributionResult) else AttributionResult.load(data)
+        run_dir = result.run_dir
+        if out is not None and Path(out).resolve() != run_dir.resolve():
+            raise HeadflowError(f"Validation writes into the attribution run directory {run_dir}; got out={out}. "
+                                "Leave out unset (or copy the run first with AttributionResult.save).")
         spec = result.config["spec"]
         model = self.model if self.model is not None else spec["model"]
-        worker_model = _worker_model(model) if runner is not None else None  # [ray] fail before any work
-        params = AttributionParams(**{k: spec[k] for k in AttributionParams.model_fields if k in spec})
+        spec_for_workers = worker_spec(model) if runner is not None else None  # [ray] fail before any work
+        run_params = AttributionParams(**{k: spec[k] for k in AttributionParams.model_fields if k in spec})
         lm = load_model(model)
-        dataset = dataset if dataset is not None else _dataset_of(spec)
         n_layers, n_heads = result.attributions.shape[1:]
         if (lm.n_layers, lm.n_heads) != (n_layers, n_heads):
             raise HeadflowError(f"The model has {lm.n_layers}x{lm.n_heads} heads but the run has {n_layers}x{n_heads}; "
                                 "pass the run's own model.")
         n = n_layers * n_heads
-        grid = self.k_grid or default_k_grid(n)
-        engine = InterventionEngine(lm, batch_size=self.batch_size)
-        used = result.images.index[result.images["used"]].tolist()[: self.max_images]
-        shared = _load_baseline(run_dir / "baseline.safetensors")
-        context = _ValidationContext(*(worker_model or (None, None)), self.batch_size, params, shared)
-        local = (engine, context)
+        grid = list(params.k_grid or default_k_grid(n))
+        used = result.images.index[result.images["used"]].tolist()[: params.max_images]
+        resolved = {"k_grid": grid, "n_images": len(used)}
+        config = ensure_config(self.config_dir(run_dir), {"method": "Validation", "run": result.config["spec_hash"],
+                                                          **params.spec()},
+                               {"params": params.model_dump(mode="json"), "resolved": resolved})
+        if (run_dir / "validation.json").exists():
+            return ValidationResult.load(run_dir)  # finished with this configuration
+        dataset = dataset if dataset is not None else dataset_of(spec)
+        engine = InterventionEngine(lm, batch_size=params.batch_size)
+        shared = load_baseline(run_dir / "baseline.safetensors")
+        context = _ValidationContext(*(spec_for_workers or (None, None)), params.batch_size, run_params,
+                                     baseline_to(shared, "cpu") if runner is not None else shared)
 
-        def todo(store: RowStore, extra=lambda row: None) -> list[tuple[int, int, Any]]:
-            return [(row, idx, extra(row)) for row, idx in enumerate(used) if not store.done[row]]
+        def jobs(store: RowStore, extra=lambda row: None):
+            todo = [(row, idx) for row, idx in enumerate(used) if not store.done[row]]
+            return len(todo), ((row, (_image_job_checked(dataset, result, idx, run_params), extra(row)))
+                               for row, idx in todo)
+
+        def fill(store: RowStore, fn, ctx, desc: str, extra=lambda row: None) -> None:
+            n_todo, items = jobs(store, extra)
+            map_images(fn, items, n_items=n_todo, on_result=store.write, local_state=(engine, ctx),
+                       setup=_setup_validation_worker, context=ctx, runner=runner, desc=desc)
 
         # pass A: clean, all-ablated and single-head targets
         single_store = RowStore(run_dir / "validation", "single", len(used), n + 2)
-        _fill(single_store, todo(single_store), dataset, result, params, "validate: single heads",
-              _single_row, _run_single, local, runner)
+        fill(single_store, _single_row, context, "validate: single heads")
         single = np.asarray(single_store.data)
         y_clean, y_all, y_single = single[:, 0], single[:, 1], single[:, 2:]
         single_effect = y_clean[:, None] - y_single
@@ -141,22 +158,24 @@ class Validation:
             # (the ranking always uses the mean over all attributed images)
             "single_head": np.argsort(-single_effect.mean(0), kind="stable"),
             "attention": np.argsort(-attention.mean(0), kind="stable"),
-            "random": np.random.default_rng(self.seed).permutation(n),
+            "random": np.random.default_rng(params.seed).permutation(n),
         }
         per_image = result.attributions.reshape(-1, n)[: len(used)]
 
         # pass B: curves (needs pass A's single-head ranking)
         n_cols = len(RANKINGS) * len(grid) * 2
         curve_store = RowStore(run_dir / "validation", "curves", len(used), n_cols * 2)
-        context = replace(context, orders=orders, grid=list(grid))
-        _fill(curve_store, todo(curve_store, lambda row: np.argsort(-per_image[row], kind="stable")), dataset,
-              result, params, "validate: curves", _curve_row, _run_curve, (engine, context), runner)
-        curves = np.asarray(curve_store.data)
-        data = self._summarise(curves, y_clean, y_all, grid, n, params, result)
-        write_json(run_dir / "validation.json", data)
-        out = ValidationResult(run_dir, data)
-        out.plot()
-        return out
+        fill(curve_store, _curve_row, replace(context, orders=orders, grid=grid), "validate: curves",
+             lambda row: np.argsort(-per_image[row], kind="stable"))
+        resolved["batch_size"] = engine.batch_size
+        data_out = self._summarise(np.asarray(curve_store.data), y_clean, y_all, grid, n, run_params, result)
+        data_out["provenance"] = provenance("Validation", params=params.model_dump(mode="json"), resolved=resolved,
+                                            model=lm.describe(), data=spec.get("data"),
+                                            spec_hash=config["spec_hash"])
+        out_result = ValidationResult(run_dir, data_out)
+        out_result.save(run_dir)
+        out_result.plot()
+        return out_result
 
     def _summarise(self, curves, y_clean, y_all, grid, n, params, result) -> dict[str, Any]:
         n_k = len(grid)
@@ -201,7 +220,7 @@ class Validation:
         }
 
 
-# -- per image: shared by the single-process loops and the Ray workers ------------------------------
+# -- per image: the same functions here and on Ray workers ----------------------------------------
 
 @dataclass(frozen=True)
 class _ValidationContext:
@@ -219,64 +238,45 @@ class _ValidationContext:
     grid: list[int] | None = None
 
 
-def _image_job_checked(dataset, result: AttributionResult, idx: int, params: AttributionParams) -> _ImageJob:
+def _image_job_checked(dataset, result: AttributionResult, idx: int, params: AttributionParams) -> ImageJob:
     """The image, resample partner and answer of used image ``idx``, after checking the data is the run's."""
     ex = dataset[idx]
     if ex.id != result.images.at[idx, "id"]:
         raise HeadflowError(f"Image {idx} of the dataset is {ex.id!r} but the run recorded "
                             f"{result.images.at[idx, 'id']!r}; pass the run's own data.")
-    partner = dataset[_resample_partner(result.images, idx)].image if params.baseline == "resample" else None
-    return _ImageJob(ex.image, partner, int(result.images.at[idx, "answer_id"]),
-                     float(result.images.at[idx, "clean_logit"]))
+    partner = dataset[resample_partner(result.images, idx)].image if params.baseline == "resample" else None
+    return ImageJob(ex.image, partner, int(result.images.at[idx, "answer_id"]),
+                    float(result.images.at[idx, "clean_logit"]))
 
 
-def _fill(store: RowStore, todo: list[tuple[int, int, Any]], dataset, result: AttributionResult,
-          params: AttributionParams, desc: str, compute, worker_fn, local, runner) -> None:
-    """Compute the missing rows of ``store``: here with ``compute``, or on Ray workers with ``worker_fn``.
-
-    ``todo`` holds ``(row, image index, extra)``; each row gets ``compute(engine, ctx, job, extra)``.
-    This process is the only writer either way.
-    """
-    bar = tqdm(total=len(todo), desc=desc, unit="image", disable=not todo)
-
-    def write(row: int, values: np.ndarray) -> None:
-        store.write(row, values)
-        bar.update()
-
-    engine, ctx = local
-    items = ((row, (_image_job_checked(dataset, result, idx, params), extra)) for row, idx, extra in todo)
-    if runner is not None:  # [ray]
-        runner.map(_setup_validation_worker, worker_fn, items, n_items=len(todo), context=ctx, on_result=write)
-    else:
-        for row, (job, extra) in items:
-            write(row, compute(engine, ctx, job, extra))
-    bar.close()
+def _prepared(engine: InterventionEngine, ctx: _ValidationContext, job: ImageJob):
+    """The prompt (checked against the run's record on a worker) and its baseline."""
+    params = ctx.params
+    prompt = checked_prompt(engine, ctx.spec, params.question, job) if ctx.spec else engine.prepare(
+        job.image, params.question)
+    return prompt, image_baseline(engine, prompt, ctx.baseline, params.baseline, params.question, job.partner)
 
 
-def _single_row(engine: InterventionEngine, ctx: _ValidationContext, job: _ImageJob, extra: None,
-                prompt: PreparedPrompt | None = None) -> np.ndarray:
+def _single_row(state: tuple[InterventionEngine, _ValidationContext], item: tuple[ImageJob, None]) -> np.ndarray:
     """Pass A row: ``[y_clean, y_all_ablated, y_without_head_0, …]``, ``n_heads + 2`` float32."""
-    lm, params = engine.lm, ctx.params
-    prompt = prompt if prompt is not None else engine.prepare(job.image, params.question)
-    baseline = _image_baseline(engine, prompt, ctx.baseline, params, job.partner)
-    n_layers, n_heads = lm.n_layers, lm.n_heads
+    (engine, ctx), (job, _) = state, item
+    prompt, baseline = _prepared(engine, ctx, job)
+    n_layers, n_heads = engine.lm.n_layers, engine.lm.n_heads
     everything = torch.ones(n_layers, n_heads, dtype=torch.bool)
     eye = torch.eye(n_layers * n_heads, dtype=torch.bool)
     rows = [Intervention(ablate=everything)] + [Intervention(ablate=m.view(n_layers, n_heads)) for m in eye]
-    ys = target_values(engine.run(prompt, rows, baseline=baseline).logits, job.answer_id, params.target)
-    clean = target_values(prompt.clean_logits[None], job.answer_id, params.target)
+    ys, _ = image_targets(engine, prompt, rows, baseline, job.answer_id, ctx.params.target)
+    clean = target_values(prompt.clean_logits[None], job.answer_id, ctx.params.target)
     return torch.cat([clean, ys]).cpu().numpy()
 
 
-def _curve_row(engine: InterventionEngine, ctx: _ValidationContext, job: _ImageJob, own_order: np.ndarray,
-               prompt: PreparedPrompt | None = None) -> np.ndarray:
+def _curve_row(state: tuple[InterventionEngine, _ValidationContext], item: tuple[ImageJob, np.ndarray]) -> np.ndarray:
     """Pass B row: targets, then correctness, of every (ranking, completeness/faithfulness, k) ablation."""
-    lm, params = engine.lm, ctx.params
-    prompt = prompt if prompt is not None else engine.prepare(job.image, params.question)
-    baseline = _image_baseline(engine, prompt, ctx.baseline, params, job.partner)
-    n_layers, n_heads = lm.n_layers, lm.n_heads
+    (engine, ctx), (job, own_order) = state, item
+    prompt, baseline = _prepared(engine, ctx, job)
+    n_layers, n_heads = engine.lm.n_layers, engine.lm.n_heads
     n = n_layers * n_heads
-    rankings = {**ctx.orders, "attribution_per_image": own_order}
+    rankings = {**ctx.orders, "attribution_per_image": np.array(own_order)}
     rows = []
     for name in RANKINGS:
         for keep_top in (True, False):
@@ -285,37 +285,29 @@ def _curve_row(engine: InterventionEngine, ctx: _ValidationContext, job: _ImageJ
                 top[rankings[name][:k]] = True
                 ablate = top if keep_top else ~top
                 rows.append(Intervention(ablate=torch.from_numpy(ablate).view(n_layers, n_heads)))
-    logits = engine.run(prompt, rows, baseline=baseline).logits
-    ys = target_values(logits, job.answer_id, params.target).cpu().numpy()
+    ys, logits = image_targets(engine, prompt, rows, baseline, job.answer_id, ctx.params.target)
     correct = (logits.argmax(-1) == job.answer_id).float().cpu().numpy()
-    return np.concatenate([ys, correct])
+    return np.concatenate([ys.cpu().numpy(), correct])
 
-
-# -- [ray] Ray workers (headflow.distributed.RayRunner) ---------------------------------------------
 
 def _setup_validation_worker(context: _ValidationContext, device: str):
-    lm = load_model(context.spec, device=device, dtype=context.dtype)
-    # (arrays from Ray's object store are read-only; torch wants writable ones)
+    """[ray] A worker's state (arrays from Ray's object store are read-only; torch wants writable ones)."""
+    engine = worker_engine(context.spec, context.dtype, device, context.batch_size)
     orders = None if context.orders is None else {k: np.array(v) for k, v in context.orders.items()}
-    return InterventionEngine(lm, batch_size=context.batch_size), replace(
-        context, baseline=_baseline_to(context.baseline, lm.device), orders=orders)
+    return engine, replace(context, baseline=baseline_to(context.baseline, engine.lm.device), orders=orders)
 
 
-def _run_single(state, item) -> np.ndarray:
-    (engine, ctx), (job, extra) = state, item
-    return _single_row(engine, ctx, job, extra, prompt=_checked_prompt(engine, ctx, job))
-
-
-def _run_curve(state, item) -> np.ndarray:
-    (engine, ctx), (job, own_order) = state, item
-    return _curve_row(engine, ctx, job, np.array(own_order), prompt=_checked_prompt(engine, ctx, job))
-
-
-def _dataset_of(spec: dict):
+def dataset_of(spec: dict):
+    """Reload a run's images from its recorded data (``load_dataset``'s arguments, options included)."""
     from ..data import load_dataset
 
     data = spec["data"]
+    args = dict(data) if isinstance(data, dict) else {"spec": data, "n": spec["n_images"],
+                                                       "seed": spec.get("data_seed", 0)}
+    if "spec" not in args or args["spec"] == "custom":
+        raise HeadflowError("The run's data was passed in Python and cannot be reloaded; pass dataset= to run().")
     try:
-        return load_dataset(data, n=spec["n_images"], seed=spec.get("data_seed", 0))
-    except ValueError as exc:
-        raise HeadflowError(f"Cannot reload the run's data {data!r}: {exc} Pass the dataset explicitly.") from None
+        return load_dataset(**args)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        raise HeadflowError(f"Cannot reload the run's data {args['spec']!r}: {exc} Pass the dataset explicitly.") \
+            from None

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .plots import plt, save_figure
+from ..figures import new_figure, save_figure
 
 if TYPE_CHECKING:  # pragma: no cover
     from .validate import ValidationResult
@@ -16,7 +16,8 @@ if TYPE_CHECKING:  # pragma: no cover
 def plot_validation(result: "ValidationResult", figures_dir: Path) -> list[Path]:
     data = result.data
     grid = data["k_grid"]
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    fig = new_figure(14, 3.8)
+    axes = fig.subplots(1, 3)
     for name, r in data["rankings"].items():
         axes[0].plot(grid, r["completeness"], label=name)
         axes[1].plot(grid, r["faithfulness"], label=name)
@@ -35,7 +36,8 @@ def plot_validation(result: "ValidationResult", figures_dir: Path) -> list[Path]
     attributions = np.load(result.run_dir / "attributions.npy").mean(0).ravel()
     attention = np.load(result.run_dir / "attention.npy").mean(0).ravel()
     single = np.load(result.run_dir / "single_head.npy").mean(0).ravel()
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
+    fig = new_figure(9, 3.8)
+    axes = fig.subplots(1, 2)
     axes[0].scatter(attention, attributions, s=14)
     axes[0].set_xlabel("attention mass of final token on image (clean)")
     axes[0].set_ylabel("mean attribution")

@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from headflow.data.base import PROBLEM_REASONS, Dataset, Example, ListDataset
 from headflow.data.coco import COCO_ONE_WORD, CocoDataset
 from headflow.data.default import CLASSES, FACTORS, DefaultDataset
@@ -94,7 +96,8 @@ def load_dataset(
     Returns
     -------
     Dataset
-        Items skipped as bad data are counted in ``dataset.problems`` (reason -> count).
+        Items skipped as bad data are counted in ``dataset.problems`` (reason -> count);
+        ``dataset.load_args`` holds this call's arguments, so ``load_dataset(**dataset.load_args)`` loads it again.
 
     Raises
     ------
@@ -123,13 +126,19 @@ def load_dataset(
                 f"specs. Got it with spec {spec!r}; leave it out."
             )
     if spec == "default":
-        return DefaultDataset(n=256 if n is None else n, seed=seed)
-    if spec.startswith("folder:") and len(spec) > len("folder:"):
-        return FolderDataset(spec[len("folder:"):], n=n)
-    if spec.startswith("coco:") and len(spec) > len("coco:"):
+        dataset: Dataset = DefaultDataset(n=256 if n is None else n, seed=seed)
+    elif spec.startswith("folder:") and len(spec) > len("folder:"):
+        dataset = FolderDataset(spec[len("folder:"):], n=n)
+    elif spec.startswith("coco:") and len(spec) > len("coco:"):
         instances, images = _split_coco_spec(spec[len("coco:"):])
-        return CocoDataset(instances, images, n=n, seed=seed, **given)
-    if spec.startswith("hf:") and len(spec) > len("hf:"):
+        dataset = CocoDataset(instances, images, n=n, seed=seed, **given)
+    elif spec.startswith("hf:") and len(spec) > len("hf:"):
         source, split = parse_hf_spec(spec[len("hf:"):])
-        return HFDataset(source, split, n=n, seed=seed, **given)
-    raise ValueError(f"Unknown dataset spec {spec!r}; valid forms: {_VALID_SPECS}.")
+        dataset = HFDataset(source, split, n=n, seed=seed, **given)
+    else:
+        raise ValueError(f"Unknown dataset spec {spec!r}; valid forms: {_VALID_SPECS}.")
+    # how to load it again (a run records this, so `validate` reloads the same data, options included)
+    if spec.startswith("folder:"):  # absolute, so the run can be reopened from another working directory
+        spec = "folder:" + str(Path(spec[len("folder:"):]).resolve())
+    dataset.load_args = {"spec": spec, "n": n, "seed": seed, **given}
+    return dataset

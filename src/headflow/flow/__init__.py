@@ -15,10 +15,9 @@ from typing import TYPE_CHECKING
 
 from .._lazy import lazy_exports
 
-# lazy, as the top-level package: `headflow.flow.cli` (imported by `headflow --help`) needs no torch
-_EXPORTS = {"answer_candidates": "answers", "answer_token": "answers", "DEFAULT_PAIRS": "knockout",
-            "DEFAULT_QUESTION": "knockout", "FlowResult": "knockout", "TokenFlow": "knockout",
-            "parse_pairs": "knockout"}
+# lazy, as the top-level package: `headflow --help` needs no torch
+_EXPORTS = {"DEFAULT_PAIRS": "params", "FlowParams": "params", "FlowResult": "knockout", "TokenFlow": "knockout",
+            "parse_pairs": "params"}
 __all__ = sorted(_EXPORTS)
 
 
@@ -26,5 +25,5 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .answers import answer_candidates, answer_token
-    from .knockout import DEFAULT_PAIRS, DEFAULT_QUESTION, FlowResult, TokenFlow, parse_pairs
+    from .knockout import FlowResult, TokenFlow
+    from .params import DEFAULT_PAIRS, FlowParams, parse_pairs

@@ -16,53 +16,33 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
+from ..answers import resolve_answer_id
 from ..errors import HeadflowError, param_error
-from ..intervene import HeadRef, Intervention, InterventionEngine
+from ..executor import map_images
+from ..intervene import Intervention, InterventionEngine
 from ..intervene.spec import ablation_matrix
+from ..method import Method, Result, provenance
 from ..models.geometry import token_coverage, token_rects
 from ..models.groups import GROUP_NAMES
-from ..store import atomic_write, ensure_config, load_pickle, save_pickle, write_json
+from ..models.loading import load_model
+from ..per_image import worker_engine, worker_spec
+from ..store import ensure_config, load_pickle, save_npz, save_parquet, save_pickle, write_json
 from . import objects as obj
-from .answers import answer_token
+from .params import DEFAULT_PAIRS, FlowParams, pair_name, parse_pairs
 from .stats import (MIN_EFFECT, bootstrap_indices, curve_summary, hurts_somewhere, paired_later_test,
                     weighted_mean_layer)
 
 if TYPE_CHECKING:
     from ..distributed import RayRunner
 
-DEFAULT_PAIRS: tuple[tuple[str, str], ...] = (
-    ("question", "role"), ("question", "final"), ("image", "question"),
-    ("image", "role"), ("image", "final"), ("role", "final"),
-)
-DEFAULT_QUESTION = "What is the main object in the image? Answer in one word."
 C3_EARLY = (("question", "role"), ("question", "final"))
 C3_LATE = (("image", "role"), ("image", "final"))
-
-
-def pair_name(pair: tuple[str, str]) -> str:
-    return f"{pair[0]}->{pair[1]}"
-
-
-def parse_pairs(spec: str | Sequence) -> tuple[tuple[str, str], ...]:
-    """``"question:role,image:final"`` or a sequence of ``(source, target)`` → validated pairs."""
-    items = [p.strip() for p in spec.split(",") if p.strip()] if isinstance(spec, str) else list(spec)
-    pairs = []
-    for item in items:
-        parts = item.replace("->", ":").split(":") if isinstance(item, str) else list(item)
-        if len(parts) != 2 or any(p not in GROUP_NAMES for p in parts):
-            raise HeadflowError(f"A flow pair must be 'source:target' with token groups from "
-                                f"{', '.join(GROUP_NAMES)}. Got {item!r} instead.")
-        pairs.append((str(parts[0]), str(parts[1])))
-    if not pairs:
-        raise HeadflowError("The 'pairs' parameter of TokenFlow must name at least one pair, e.g. 'image:final'.")
-    return tuple(dict.fromkeys(pairs))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -70,7 +50,7 @@ def parse_pairs(spec: str | Sequence) -> tuple[tuple[str, str], ...]:
 
 
 @dataclass(frozen=True)
-class FlowResult:
+class FlowResult(Result):
     """What :class:`TokenFlow` computed.
 
     Attributes
@@ -99,16 +79,10 @@ class FlowResult:
         """Write ``flow.json``, ``flow_windows.parquet``, ``flow_objects.parquet`` and ``token_maps.npz``
         (each atomically) into ``out``."""
         out = Path(out)
-        atomic_write(out / "flow_windows.parquet", lambda p: self.windows.to_parquet(p, index=False))
-        atomic_write(out / "flow_objects.parquet", lambda p: self.objects.to_parquet(p, index=False))
+        save_parquet(out / "flow_windows.parquet", self.windows)
+        save_parquet(out / "flow_objects.parquet", self.objects)
         arrays = {f"{i}/{key}": value for i, m in enumerate(self.token_maps.values()) for key, value in m.items()}
-        arrays["ids"] = np.array(list(self.token_maps), dtype=str)
-
-        def write_npz(p: Path) -> None:
-            with open(p, "wb") as fh:
-                np.savez_compressed(fh, **arrays)
-
-        atomic_write(out / "token_maps.npz", write_npz)
+        save_npz(out / "token_maps.npz", ids=np.array(list(self.token_maps), dtype=str), **arrays)
         write_json(out / "flow.json", self.summary, allow_nan=False)  # last: its presence marks a complete run
         return out
 
@@ -128,11 +102,11 @@ class FlowResult:
                     maps[image_id] = {k.split("/", 1)[1]: data[k] for k in data.files if k.startswith(f"{i}/")}
         return cls(summary, windows, objects, maps)
 
-    def plot(self, out: str | Path) -> list[Path]:
-        """Write the figures (PNG + SVG) into ``out/figures``; returns their paths."""
+    def plot(self, figures_dir: str | Path) -> list[Path]:
+        """Write the figures (PNG + SVG) into ``figures_dir``; returns their paths."""
         from .plots import save_figures
 
-        return save_figures(self, Path(out) / "figures")
+        return save_figures(self, Path(figures_dir))
 
     @property
     def curves(self) -> dict[str, np.ndarray]:
@@ -145,42 +119,17 @@ class FlowResult:
 # method
 
 
-class TokenFlow:
+class TokenFlow(Method):
     """Attention-knockout flow between token groups, per window of layers, with bootstrap summaries.
+
+    ``TokenFlow(model, **params).run(dataset, out=None)``; the parameters and their defaults are
+    :class:`~headflow.flow.params.FlowParams` (``window``, ``pairs``, ``heads``, ``question``,
+    ``n_bootstrap``, ``seed``, ``keep_wrong``, ``objects``, ``object_layers``, ``n_random``, ``n_maps``,
+    ``threshold``, ``batch_size``, ``progress``).
 
     Parameters
     ----------
-    model : LoadedModel
-        From :func:`headflow.load_model`.
-    window : int, optional
-        Layers per knockout window; default ``max(1, round(L / 6))``.
-    pairs : sequence of (source, target) or str
-        Token-group pairs; default :data:`DEFAULT_PAIRS`. ``"question:role,image:final"`` also works.
-    heads : bool Tensor ``[layer, head]`` or iterable of ``(layer, head)`` / :class:`HeadRef`, optional
-        Knock out these heads only (default: all heads).
-    question : str
-        The question asked about every image.
-    n_bootstrap : int
-        Bootstrap resamples over images for all intervals.
-    seed : int
-        Seeds the bootstrap and the random token sets.
-    keep_wrong : bool
-        Keep images the clean model answers wrongly (dropped by default).
-    batch_size : int
-        Rows per forward pass.
-    objects : "auto", True or False
-        Object/background analysis (F10): ``"auto"`` runs it where examples carry masks and the family
-        has patch geometry; ``True`` requires it.
-    object_layers : sequence of int, optional
-        Layers of the object/background and per-token knockouts (default: all).
-    n_random : int
-        Random token sets of the same sizes per image.
-    n_maps : int
-        Images (the first kept ones with masks) that get a per-token effect map.
-    threshold : float
-        Object coverage threshold for object tokens.
-    progress : bool
-        Show a progress bar over images.
+    model : LoadedModel or spec accepted by :func:`headflow.load_model`
 
     Examples
     --------
@@ -192,128 +141,67 @@ class TokenFlow:
     2
     """
 
-    needs_grad = False
-    supports_prefix_kv = True
-
-    def __init__(self, model, *, window: int | None = None, pairs=DEFAULT_PAIRS, heads=None,
-                 question: str = DEFAULT_QUESTION, n_bootstrap: int = 1000, seed: int = 0, keep_wrong: bool = False,
-                 batch_size: int = 64, objects: bool | str = "auto", object_layers: Sequence[int] | None = None,
-                 n_random: int = 8, n_maps: int = 4, threshold: float = 0.5, progress: bool = True) -> None:
-        self.model = model
-        self.window = window
-        self.pairs = pairs
-        self.heads = heads
-        self.question = question
-        self.n_bootstrap = n_bootstrap
-        self.seed = seed
-        self.keep_wrong = keep_wrong
-        self.batch_size = batch_size
-        self.objects = objects
-        self.object_layers = object_layers
-        self.n_random = n_random
-        self.n_maps = n_maps
-        self.threshold = threshold
-        self.progress = progress
-
-    # one declarative table of constraints, checked at the top of run()
-    _CONSTRAINTS: dict[str, tuple[str, Callable[[Any], bool]]] = {
-        "window": ("None or an int in [1, n_layers]", lambda v: v is None or (isinstance(v, int) and v >= 1)),
-        "n_bootstrap": ("an int in [1, inf)", lambda v: isinstance(v, int) and v >= 1),
-        "seed": ("an int", lambda v: isinstance(v, int)),
-        "keep_wrong": ("a bool", lambda v: isinstance(v, bool)),
-        "batch_size": ("an int in [1, inf)", lambda v: isinstance(v, int) and v >= 1),
-        "objects": ("'auto', True or False", lambda v: v in ("auto", True, False)),
-        "n_random": ("an int in [0, inf)", lambda v: isinstance(v, int) and v >= 0),
-        "n_maps": ("an int in [0, inf)", lambda v: isinstance(v, int) and v >= 0),
-        "threshold": ("a float in (0, 1]", lambda v: isinstance(v, (int, float)) and 0 < v <= 1),
-        "question": ("a non-empty str", lambda v: isinstance(v, str) and bool(v.strip())),
-    }
-
-    def get_params(self) -> dict[str, Any]:
-        heads = self.heads
-        if torch.is_tensor(heads) or isinstance(heads, np.ndarray):
-            heads = [[int(l), int(h)] for l, h in np.argwhere(np.asarray(heads))]
-        elif heads is not None:
-            heads = [[int(r.layer), int(r.head)] if isinstance(r, HeadRef) else [int(r[0]), int(r[1])] for r in heads]
-        return {"window": self.window, "pairs": [list(p) for p in parse_pairs(self.pairs)], "heads": heads,
-                "question": self.question, "n_bootstrap": self.n_bootstrap, "seed": self.seed,
-                "keep_wrong": self.keep_wrong, "batch_size": self.batch_size, "objects": self.objects,
-                "object_layers": None if self.object_layers is None else [int(x) for x in self.object_layers],
-                "n_random": self.n_random, "n_maps": self.n_maps, "threshold": float(self.threshold)}
-
-    def _result_params(self) -> dict[str, Any]:
-        """The parameters that define the numbers (not how fast or how verbosely they are computed)."""
-        return {k: v for k, v in self.get_params().items() if k != "batch_size"}
-
-    def _validate(self) -> None:
-        for name, (expected, ok) in self._CONSTRAINTS.items():
-            value = getattr(self, name)
-            if not ok(value):
-                raise param_error(name, "TokenFlow", expected, value)
-        n_layers = self.model.n_layers
-        if self.window is not None and self.window > n_layers:
-            raise param_error("window", "TokenFlow", f"None or an int in [1, {n_layers}]", self.window)
-        if self.object_layers is not None and not all(0 <= int(x) < n_layers for x in self.object_layers):
-            raise param_error("object_layers", "TokenFlow", f"None or layers in [0, {n_layers})",
-                              list(self.object_layers))
+    Params = FlowParams
 
     # -- public -----------------------------------------------------------------------------
-    def run(self, dataset: Sequence, *, out: str | Path | None = None, runner: "RayRunner | None" = None) -> FlowResult:
-        """Run the knockouts on every image of ``dataset`` (a sequence of :class:`headflow.data.Example`);
+    def run(self, data: Sequence, *, out: str | Path | None = None, runner: "RayRunner | None" = None) -> FlowResult:
+        """Run the knockouts on every image of ``data`` (a sequence of :class:`headflow.data.Example`);
         save into ``out`` if given (``flow.json`` and friends, figures under ``out/figures``).
 
-        With ``runner`` (a :class:`headflow.distributed.RayRunner`), the images are sharded over Ray
-        workers, each loading the model from its spec; results are merged in dataset order and are the
-        same as without a runner.
+        Re-running into ``out`` resumes an interrupted run and loads a finished one; a different
+        configuration is refused with the list of what differs. With ``runner`` (a
+        :class:`headflow.distributed.RayRunner`), the images are sharded over Ray workers, each loading the
+        model from its spec; results are merged in dataset order and are the same as without a runner.
         """
-        from ..models.loading import LoadedModel
-
-        if not isinstance(self.model, LoadedModel):
-            raise HeadflowError("TokenFlow needs a loaded model: TokenFlow(headflow.load_model(spec), ...).")
-        self._validate()
-        lm = self.model
+        params = self.check()
+        lm = load_model(self.model)
         n_layers = lm.n_layers
-        window = self.window if self.window is not None else max(1, round(n_layers / 6))
-        heads = None if self.heads is None else ablation_matrix(self.heads, n_layers, lm.n_heads)
-        resolved = {"window_": window, "pairs_": [list(p) for p in parse_pairs(self.pairs)],
+        if params.window is not None and params.window > n_layers:
+            raise param_error("window", "TokenFlow", f"None or an int in [1, {n_layers}]", params.window)
+        if params.object_layers is not None and not all(0 <= x < n_layers for x in params.object_layers):
+            raise param_error("object_layers", "TokenFlow", f"None or layers in [0, {n_layers})",
+                              list(params.object_layers))
+        window = params.window if params.window is not None else max(1, round(n_layers / 6))
+        heads = None if params.heads is None else ablation_matrix([tuple(h) for h in params.heads], n_layers,
+                                                                  lm.n_heads)
+        resolved = {"window_": window, "pairs_": [list(p) for p in params.pairs],
                     "window_starts_": list(range(n_layers - window + 1)),
-                    "object_layers_": list(range(n_layers)) if self.object_layers is None else
-                    [int(x) for x in self.object_layers],
+                    "object_layers_": list(range(n_layers)) if params.object_layers is None else
+                    list(params.object_layers),
                     "n_heads_knocked_": int(heads.sum()) if heads is not None else n_layers * lm.n_heads}
-        progress = _FlowProgress(out, {"method": "TokenFlow", "model": lm.name, **self._result_params(),
-                                       "dataset": getattr(dataset, "name", type(dataset).__name__),
-                                       "n_images": len(dataset), "image_ids": _image_ids(dataset)})
-        result = self._run(dataset, window=window, heads=heads, resolved=resolved, runner=runner, progress=progress)
+        from ..attribution.core import data_record
+
+        spec = {"method": "TokenFlow", "model": lm.name, **params.spec(), "data": data_record(data),
+                "n_images": len(data), "image_ids": _image_ids(data)}
+        config = None
+        if out is not None:
+            config = ensure_config(Path(out), spec, {"params": params.model_dump(mode="json"), "resolved": resolved})
+            if (Path(out) / "flow.json").exists():
+                return FlowResult.load(out)  # finished with this configuration
+        progress = _FlowProgress(out)
+        result = self._run(lm, params, data, window=window, heads=heads, resolved=resolved, runner=runner,
+                           progress=progress, spec_hash=None if config is None else config["spec_hash"])
         if out is not None:
             result.save(out)
-            result.plot(out)
+            result.plot(Path(out) / "figures")
             progress.clear()
         return result
 
     # -- private ----------------------------------------------------------------------------
-    def _run(self, dataset: Sequence, *, window: int, heads: torch.Tensor | None, resolved: dict,
-             runner: "RayRunner | None" = None, progress: "_FlowProgress | None" = None) -> FlowResult:
-        lm = self.model
-        engine = InterventionEngine(lm, batch_size=self.batch_size)
-        pairs = parse_pairs(self.pairs)
+    def _run(self, lm, params: FlowParams, dataset: Sequence, *, window: int, heads: torch.Tensor | None,
+             resolved: dict, runner: "RayRunner | None", progress: "_FlowProgress",
+             spec_hash: str | None) -> FlowResult:
+        engine = InterventionEngine(lm, batch_size=params.batch_size)
         starts = resolved["window_starts_"]
-        plan = _FlowPlan(question=self.question, keep_wrong=self.keep_wrong, objects=self.objects, seed=self.seed,
-                         n_random=self.n_random, threshold=self.threshold, pairs=pairs, window=window,
-                         starts=tuple(starts), heads=heads, object_layers=tuple(resolved["object_layers_"]))
+        plan = _FlowPlan(question=params.question, keep_wrong=params.keep_wrong, objects=params.objects,
+                         seed=params.seed, n_random=params.n_random, threshold=params.threshold, pairs=params.pairs,
+                         window=window, starts=tuple(starts), heads=heads,
+                         object_layers=tuple(resolved["object_layers_"]))
         if runner is None:
-            per_image, maps_done, geometry_error = [], 0, None
-            progress = progress or _FlowProgress(None, {})
-            for index, ex in enumerate(tqdm(dataset, desc="flow", unit="image", disable=not self.progress)):
-                one = progress.get(index, ex.id)
-                if one is None:
-                    one = _flow_image(engine, plan, ex, index, maps=maps_done < self.n_maps,
-                                      geometry=geometry_error is None)
-                    progress.put(index, one)
-                per_image.append(one)
-                maps_done += one.token_map is not None
-                geometry_error = geometry_error or one.geometry_error
+            per_image = _flow_here(engine, plan, dataset, progress, params.n_maps, params.progress)
         else:  # [ray]
-            per_image = self._run_on(runner, engine, plan, dataset, progress or _FlowProgress(None, {}))
+            per_image = _flow_on(runner, worker_spec(self.model), engine, plan, dataset, progress, params)
+        resolved["batch_size"] = engine.batch_size
         records, object_records, maps = [], [], {}
         kept, dropped, skipped_objects = [], [], []
         geometry_error: str | None = None
@@ -333,74 +221,25 @@ class TokenFlow:
                                                  "effect_prob", "effect_logit"])
         objects = pd.DataFrame(object_records, columns=["image_id", "condition", "effect_prob", "effect_logit",
                                                         "n_tokens"])
-        summary = self._summarize(windows, objects, kept, pairs, starts)
+        summary = self._summarize(params, windows, objects, kept, params.pairs, starts)
         summary["images"] = {"n_total": len(kept) + len(dropped), "n_kept": len(kept), "kept": kept,
                              "dropped_wrong": dropped, "no_object_or_background_tokens": skipped_objects}
         if geometry_error is not None:
             summary["objects_skipped_reason"] = geometry_error
-        summary["params"] = self.get_params()
+        summary["params"] = params.model_dump(mode="json")
         summary["resolved"] = resolved
-        summary["provenance"] = _provenance(lm, dataset)
+        from ..attribution.core import data_record
+
+        summary["provenance"] = provenance("TokenFlow", params=summary["params"], resolved=resolved,
+                                           model=lm.describe(), data=data_record(dataset), spec_hash=spec_hash)
         return FlowResult(summary, windows, objects, maps)
 
-    def _run_on(self, runner: "RayRunner", engine: InterventionEngine, plan: "_FlowPlan",
-                dataset: Sequence, progress: "_FlowProgress") -> list["_ImageFlow"]:
-        """[ray] Per-image results in dataset order, the same as the single-process loop's.
-
-        Which images get a token map (the first ``n_maps`` kept ones with masks) and whether object
-        analysis is still tried (not after a geometry error) depend on the images before. So this
-        process first runs the images with masks itself, in order, until that is settled (usually the
-        first ``n_maps`` images); every other image goes to the workers with flags that are then certain.
-        """
-        from ..attribution.core import _worker_model
-
-        spec, dtype = _worker_model(self.model)  # fail before any work
-        results: dict[int, _ImageFlow] = {}
-        maps_done, geometry_error = 0, None
-        bar = tqdm(total=len(dataset), desc="flow", unit="image", disable=not self.progress)
-        for index in range(len(dataset)):
-            if self.objects is False or maps_done >= self.n_maps or geometry_error is not None:
-                break
-            ex = dataset[index]
-            if getattr(ex, "mask", None) is None:
-                continue  # no object analysis, hence no map: a worker can do it
-            one = progress.get(index, ex.id)
-            if one is None:
-                one = _flow_image(engine, plan, ex, index, maps=True, geometry=True)
-                progress.put(index, one)
-            results[index] = one
-            maps_done += one.token_map is not None
-            geometry_error = geometry_error or one.geometry_error
-            bar.update()
-        for index in range(len(dataset)):  # finished by an earlier, interrupted run
-            if index not in results and (one := progress.get(index, None)) is not None:
-                results[index] = one
-                bar.update()
-        todo = [index for index in range(len(dataset)) if index not in results]
-        items = ((index, (dataset[index], index, False, geometry_error is None)) for index in todo)
-
-        def collect(index: int, one: _ImageFlow) -> None:
-            results[index] = one
-            progress.put(index, one)
-            bar.update()
-
-        runner.map(_setup_flow_worker, _run_flow_worker, items, n_items=len(todo), on_result=collect,
-                   context=_FlowWorkerContext(spec, dtype, self.batch_size, plan))
-        bar.close()
-        # an image the workers saw fail the patch geometry switches object analysis off for the images after
-        # it, as in the loop: redo those here without it (families either have patch geometry or not, so rare)
-        first_error = min((i for i, one in results.items() if one.geometry_error is not None), default=None)
-        for index in todo:
-            if first_error is not None and index > first_error and results[index].tried_geometry:
-                results[index] = _flow_image(engine, plan, dataset[index], index, maps=False, geometry=False)
-        return [results[index] for index in range(len(dataset))]
-
-    def _summarize(self, windows: pd.DataFrame, objects: pd.DataFrame, kept: list[str],
+    def _summarize(self, params: FlowParams, windows: pd.DataFrame, objects: pd.DataFrame, kept: list[str],
                    pairs: Sequence[tuple[str, str]], starts: list[int]) -> dict[str, Any]:
         if not kept:
             raise HeadflowError("No image is left to analyse: the clean model answered every image wrongly. "
                                 "Pass keep_wrong=True (--keep-wrong) to keep them.")
-        idx = bootstrap_indices(len(kept), self.n_bootstrap, self.seed)
+        idx = bootstrap_indices(len(kept), params.n_bootstrap, params.seed)
         starts_arr = np.asarray(starts)
         order = {image_id: i for i, image_id in enumerate(kept)}
         per_pair: dict[str, dict[str, np.ndarray]] = {}
@@ -456,12 +295,10 @@ class TokenFlow:
 class _FlowProgress:
     """Per-image results of an unfinished run in ``out/.flow_progress`` (one atomic file per image), so
     that re-running the same command resumes; removed once the result files are written. ``out=None``:
-    nothing is kept. A directory left by a run with other parameters is refused (``ensure_config``)."""
+    nothing is kept. (The run's configuration, checked on every re-run, is ``out/config.json``.)"""
 
-    def __init__(self, out: str | Path | None, spec: dict[str, Any]) -> None:
+    def __init__(self, out: str | Path | None) -> None:
         self.directory = None if out is None else Path(out) / ".flow_progress"
-        if self.directory is not None:
-            ensure_config(self.directory, spec, {})
 
     def _path(self, index: int) -> Path:
         return self.directory / f"{index:07d}.pkl"
@@ -481,6 +318,83 @@ class _FlowProgress:
             import shutil
 
             shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _flow_here(engine: InterventionEngine, plan: "_FlowPlan", dataset: Sequence, progress: _FlowProgress,
+               n_maps: int, show: bool) -> list["_ImageFlow"]:
+    """Per-image results in dataset order, computed in this process.
+
+    Whether an image gets a token map (the first ``n_maps`` kept ones with masks) and whether its object
+    analysis is tried (not after a geometry error) depend on the images before it, so the items are made
+    one at a time from what the finished ones say.
+    """
+    results: dict[int, _ImageFlow] = {}
+    seen = {"maps": 0, "geometry_error": None}
+
+    def record(index: int, one: "_ImageFlow") -> None:
+        results[index] = one
+        progress.put(index, one)
+        seen["maps"] += one.token_map is not None
+        seen["geometry_error"] = seen["geometry_error"] or one.geometry_error
+
+    def items():
+        for index in range(len(dataset)):
+            ex = dataset[index]
+            one = progress.get(index, ex.id)
+            if one is not None:  # finished by an earlier, interrupted run
+                record(index, one)
+                continue
+            yield index, (ex, index, seen["maps"] < n_maps, seen["geometry_error"] is None)
+
+    n_todo = sum(progress.get(index, None) is None for index in range(len(dataset)))
+    map_images(_flow_row, items(), n_items=n_todo, on_result=record, local_state=(engine, plan), desc="flow",
+               progress=show)
+    return [results[index] for index in range(len(dataset))]
+
+
+def _flow_on(runner: "RayRunner", spec: tuple[str, str | None], engine: InterventionEngine, plan: "_FlowPlan",
+             dataset: Sequence, progress: _FlowProgress, params: FlowParams) -> list["_ImageFlow"]:
+    """[ray] Per-image results in dataset order, the same as :func:`_flow_here`'s.
+
+    This process first runs the images with masks itself, in order, until which images get maps and
+    whether object analysis is still tried is settled (usually the first ``n_maps`` images); every other
+    image goes to the workers with flags that are then certain.
+    """
+    results: dict[int, _ImageFlow] = {}
+    maps_done, geometry_error = 0, None
+    for index in range(len(dataset)):
+        if params.objects is False or maps_done >= params.n_maps or geometry_error is not None:
+            break
+        ex = dataset[index]
+        if getattr(ex, "mask", None) is None:
+            continue  # no object analysis, hence no map: a worker can do it
+        one = progress.get(index, ex.id)
+        if one is None:
+            one = _flow_image(engine, plan, ex, index, maps=True, geometry=True)
+            progress.put(index, one)
+        results[index] = one
+        maps_done += one.token_map is not None
+        geometry_error = geometry_error or one.geometry_error
+    for index in range(len(dataset)):  # finished by an earlier, interrupted run
+        if index not in results and (one := progress.get(index, None)) is not None:
+            results[index] = one
+    todo = [index for index in range(len(dataset)) if index not in results]
+
+    def collect(index: int, one: _ImageFlow) -> None:
+        results[index] = one
+        progress.put(index, one)
+
+    map_images(_flow_row, ((index, (dataset[index], index, False, geometry_error is None)) for index in todo),
+               n_items=len(todo), on_result=collect, setup=_setup_flow_worker,
+               context=_FlowWorkerContext(*spec, params.batch_size, plan), runner=runner, desc="flow",
+               progress=params.progress)
+    # an image the workers saw fail the patch geometry switches object analysis off for the images after
+    # it, as in the loop: redo those here without it (families either have patch geometry or not, so rare)
+    first_error = min((i for i, one in results.items() if one.geometry_error is not None), default=None)
+    for index in todo:
+        if first_error is not None and index > first_error and results[index].tried_geometry:
+            results[index] = _flow_image(engine, plan, dataset[index], index, maps=False, geometry=False)
+    return [results[index] for index in range(len(dataset))]
 
 
 def _image_ids(dataset: Sequence) -> list[str] | None:
@@ -531,7 +445,7 @@ def _flow_image(engine: InterventionEngine, plan: _FlowPlan, ex, index: int, *, 
     lm = engine.lm
     tokenizer = getattr(lm.processor, "tokenizer", lm.processor)
     prompt = engine.prepare(ex.image, plan.question)
-    answer = answer_token(tokenizer, ex.label, prompt.clean_logits)
+    answer = resolve_answer_id(tokenizer, ex.label, prompt.clean_logits)
     if int(prompt.clean_logits.argmax()) != answer and not plan.keep_wrong:
         return _ImageFlow(ex.id, kept=False)
     window_keys = [(src, tgt, s) for src, tgt in plan.pairs for s in plan.starts]
@@ -600,30 +514,15 @@ def _flow_image(engine: InterventionEngine, plan: _FlowPlan, ex, index: int, *, 
 class _FlowWorkerContext:
     spec: str
     dtype: str | None
-    batch_size: int
+    batch_size: int | str
     plan: _FlowPlan
 
 
 def _setup_flow_worker(context: _FlowWorkerContext, device: str) -> tuple[InterventionEngine, _FlowPlan]:
-    from ..models.loading import load_model
-
-    lm = load_model(context.spec, device=device, dtype=context.dtype)
-    return InterventionEngine(lm, batch_size=context.batch_size), context.plan
+    return worker_engine(context.spec, context.dtype, device, context.batch_size), context.plan
 
 
-def _run_flow_worker(state: tuple[InterventionEngine, _FlowPlan], item) -> _ImageFlow:
+def _flow_row(state: tuple[InterventionEngine, _FlowPlan], item) -> "_ImageFlow":
+    """One image's knockouts (here or on a worker): ``item`` is ``(example, index, maps, geometry)``."""
     (engine, plan), (ex, index, maps, geometry) = state, item
     return _flow_image(engine, plan, ex, index, maps=maps, geometry=geometry)
-
-
-def _provenance(lm, dataset) -> dict[str, Any]:
-    import platform
-
-    import transformers
-
-    from .. import __version__
-
-    return {"model": lm.describe(), "dataset": getattr(dataset, "name", type(dataset).__name__),
-            "versions": {"headflow": __version__, "torch": torch.__version__,
-                         "transformers": transformers.__version__, "numpy": np.__version__,
-                         "python": platform.python_version()}}

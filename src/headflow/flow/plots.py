@@ -7,13 +7,13 @@ per-token effect maps drawn over example images.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib.figure import Figure
+
+from ..figures import new_figure, save_figure
 
 if TYPE_CHECKING:
     from .knockout import FlowResult
@@ -30,7 +30,7 @@ def plot_curves(result: "FlowResult") -> Figure:
     n = len(pairs)
     cols = min(3, n)
     rows = math.ceil(n / cols)
-    fig = Figure(figsize=(4 * cols, 3 * rows), constrained_layout=True)
+    fig = new_figure(4 * cols, 3 * rows, layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     window = result.summary.get("resolved", {}).get("window_", "?")
     for ax, (name, p) in zip(axes, pairs.items()):
@@ -65,7 +65,7 @@ def plot_objects(result: "FlowResult") -> Figure | None:
     names = ["object", "random_object", "background", "random_background"]
     mean = _nan([objects[k]["prob"]["mean"] for k in names])
     lo, hi = _nan([objects[k]["prob"]["lo"] for k in names]), _nan([objects[k]["prob"]["hi"] for k in names])
-    fig = Figure(figsize=(5, 3.2), constrained_layout=True)
+    fig = new_figure(5, 3.2, layout="constrained")
     ax = fig.subplots()
     err = np.stack([mean - lo, hi - mean])
     ax.bar(range(4), mean, yerr=np.nan_to_num(err), capsize=4, color=["C3", "0.7", "C0", "0.7"])
@@ -97,7 +97,7 @@ def plot_token_maps(result: "FlowResult") -> Figure | None:
     maps = result.token_maps
     if not maps:
         return None
-    fig = Figure(figsize=(9, 3 * len(maps)), constrained_layout=True)
+    fig = new_figure(9, 3 * len(maps), layout="constrained")
     axes = fig.subplots(len(maps), 3, squeeze=False)
     for row, (image_id, m) in zip(axes, maps.items()):
         image = m["image"]
@@ -122,23 +122,10 @@ def plot_token_maps(result: "FlowResult") -> Figure | None:
 
 def save_figures(result: "FlowResult", directory: str | Path) -> list[Path]:
     """Write ``flow_curves``, ``flow_objects`` and ``flow_token_maps`` as PNG and SVG (atomically)."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     written = []
     for name, make in (("flow_curves", plot_curves), ("flow_objects", plot_objects),
                        ("flow_token_maps", plot_token_maps)):
         fig = make(result)
-        if fig is None:
-            continue
-        for ext in ("png", "svg"):
-            path = directory / f"{name}.{ext}"
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-            os.close(fd)
-            try:
-                fig.savefig(tmp, format=ext, dpi=120)
-                os.replace(tmp, path)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-            written.append(path)
+        if fig is not None:
+            written += save_figure(fig, directory, name)
     return written

@@ -17,12 +17,12 @@ import torch
 from PIL import Image
 
 from ..errors import HeadflowError
+from ..method import DEFAULT_BATCH_SIZE
 from ..models.groups import TokenGroups
 from ..models.loading import LoadedModel
 from .attention import STATE_KWARG, ForwardState, LayerBaseline, attention_scope
 from .spec import CompiledBatch, Intervention, compile_rows
 
-BASELINE_KINDS = ("mean", "zero", "blank", "resample", "knockout", "custom")
 PathChoice = Literal["auto", "prefix", "full"]
 
 
@@ -154,7 +154,7 @@ class InterventionEngine:
     True
     """
 
-    def __init__(self, model: LoadedModel, *, batch_size: int | str = 64) -> None:
+    def __init__(self, model: LoadedModel, *, batch_size: int | str = DEFAULT_BATCH_SIZE) -> None:
         if batch_size != "auto" and (not isinstance(batch_size, int) or batch_size < 1):
             raise HeadflowError(f"The 'batch_size' parameter of InterventionEngine must be an int in [1, inf) or "
                                 f"'auto'. Got {batch_size!r} instead.")
@@ -163,7 +163,7 @@ class InterventionEngine:
         self.auto = batch_size == "auto"
         self._calibrate = self.auto and model.device.type == "cpu"
         if self.auto:
-            self.batch_size = 64 if model.device.type == "cpu" else 512
+            self.batch_size = DEFAULT_BATCH_SIZE if model.device.type == "cpu" else 512
         self._timings: dict[int, float] = {}
 
     @contextlib.contextmanager

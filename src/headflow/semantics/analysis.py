@@ -1,6 +1,6 @@
 """``SemanticAnalysis``: is the choice of heads governed by what the image shows or by how it looks?
 
-METHOD.md F8 / claim C2 of arXiv 2509.17588. Per-image head-attribution vectors are compared pair by
+docs/method.md F8 / claim C2 of arXiv 2509.17588. Per-image head-attribution vectors are compared pair by
 pair; if same-class pairs (that differ in appearance) are clearly more similar than different-class
 pairs that share an appearance factor, head selection follows semantic content (verdict ``"class"``).
 
@@ -10,17 +10,19 @@ The analysis object only stores its parameters; all state lives in the returned
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from ..errors import HeadflowError, param_error
-from .result import FactorSummary, SemanticResult
-from .similarity import SIMILARITY_CHOICES, SimilaritySpec, parse_similarity, similarity_matrix
+from ..method import Method, provenance
+from ..store import ensure_config, read_json
+from .params import SemanticParams
+from .result import JSON_NAME, FactorSummary, SemanticResult
+from .similarity import SimilaritySpec, parse_similarity, similarity_matrix
 from .stats import (
     class_head_sets,
     design_pair_means,
@@ -37,51 +39,17 @@ OWNER = "SemanticAnalysis"
 RESERVED_REPRESENTATIONS = ("attribution", "chance")
 
 
-def _is_int(v: object, low: int) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= low
+class SemanticAnalysis(Method):
+    """Class vs appearance analysis of per-image head attributions (docs/method.md F8, claim C2).
 
-
-def _is_factor_list(v: object) -> bool:
-    if v is None:
-        return True
-    return (isinstance(v, (list, tuple)) and len(v) > 0 and all(isinstance(x, str) and x for x in v)
-            and len(set(v)) == len(v))
-
-
-#: Declarative parameter constraints: name -> (check, what the value must be).
-CONSTRAINTS: dict[str, tuple[Callable[[object], bool], str]] = {
-    "similarity": (lambda v: parse_similarity(v) is not None, f"one of {SIMILARITY_CHOICES}"),
-    "factors": (_is_factor_list, "None or a non-empty list of distinct factor names"),
-    "n_permutations": (lambda v: _is_int(v, 1), "an int in [1, inf)"),
-    "top_k": (lambda v: _is_int(v, 1), "an int in [1, inf)"),
-    "seed": (lambda v: _is_int(v, 0), "an int in [0, inf)"),
-    "cv_folds": (lambda v: _is_int(v, 2), "an int in [2, inf)"),
-    "alpha": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1,
-              "a float in (0, 1)"),
-}
-
-
-class SemanticAnalysis:
-    """Class vs appearance analysis of per-image head attributions (METHOD.md F8, claim C2).
-
-    Parameters
-    ----------
-    similarity : str, default "cosine"
-        ``"cosine"`` (cosine of head-standardised vectors), ``"spearman"`` or ``"jaccard:K"``
-        (Jaccard index of top-``K`` head sets; ``K`` clipped to the number of heads).
-    factors : list of str or None, default None
-        Appearance factors to test; ``None`` uses every factor in the data that varies within
-        classes (others are skipped and listed in ``resolved["skipped_factors"]``).
-    n_permutations : int, default 1000
-        Permutations per test (the smallest reachable p-value is ``1 / (n_permutations + 1)``).
-    top_k : int, default 20
-        Size of the top-k head sets (clipped to the number of heads).
-    seed : int, default 0
-        Seeds the permutations, the probe folds and the t-SNE figure.
-    cv_folds : int, default 5
-        Stratified folds for the linear probes (lowered to the smallest class size).
-    alpha : float, default 0.05
-        Significance level of the verdict.
+    ``SemanticAnalysis(**params).fit(attributions, labels, factors)`` analyses arrays in memory;
+    ``.run(RUN_DIR)`` reads a finished attribution run and saves into it. The parameters and their defaults
+    are :class:`~headflow.semantics.params.SemanticParams`: ``similarity`` (``"cosine"`` of head-standardised
+    vectors, ``"spearman"`` or ``"jaccard:K"`` of top-``K`` head sets, ``K`` clipped to the number of heads),
+    ``factors`` (``None``: every factor that varies within classes; others are listed in
+    ``resolved["skipped_factors"]``), ``n_permutations`` (the smallest reachable p-value is
+    ``1 / (n_permutations + 1)``), ``top_k``, ``seed`` (permutations, probe folds, t-SNE), ``cv_folds``
+    (lowered to the smallest class size) and ``significance_level`` of the verdict.
 
     Examples
     --------
@@ -96,35 +64,13 @@ class SemanticAnalysis:
     'class'
     """
 
-    def __init__(self, *, similarity: str = "cosine", factors: Sequence[str] | None = None,
-                 n_permutations: int = 1000, top_k: int = 20, seed: int = 0, cv_folds: int = 5,
-                 alpha: float = 0.05) -> None:
-        self.similarity = similarity
-        self.factors = factors
-        self.n_permutations = n_permutations
-        self.top_k = top_k
-        self.seed = seed
-        self.cv_folds = cv_folds
-        self.alpha = alpha
+    Params = SemanticParams
+    stage = "semantics"
+    needs_model = False
 
-    def get_params(self) -> dict[str, Any]:
-        """The requested parameters (JSON-safe)."""
-        return {"similarity": self.similarity, "factors": None if self.factors is None else list(self.factors),
-                "n_permutations": self.n_permutations, "top_k": self.top_k, "seed": self.seed,
-                "cv_folds": self.cv_folds, "alpha": self.alpha}
-
-    def __repr__(self) -> str:
-        return f"{OWNER}({', '.join(f'{k}={v!r}' for k, v in self.get_params().items())})"
-
-    def _check_params(self) -> SimilaritySpec:
-        for name, (ok, expected) in CONSTRAINTS.items():
-            value = getattr(self, name)
-            if not ok(value):
-                raise param_error(name, OWNER, expected, value)
-        spec = parse_similarity(self.similarity)
-        if spec is None:  # unreachable after CONSTRAINTS; kept so the type is narrowed without assert
-            raise param_error("similarity", OWNER, f"one of {SIMILARITY_CHOICES}", self.similarity)
-        return spec
+    def _check_params(self) -> tuple[SemanticParams, SimilaritySpec]:
+        params = self.check()
+        return params, parse_similarity(params.similarity)
 
     # ------------------------------------------------------------------ public
     def fit(self, attributions: ArrayLike, labels: Sequence[object], factors_table: Mapping[str, Sequence[object]],
@@ -152,54 +98,57 @@ class SemanticAnalysis:
             For a bad parameter, mismatched lengths, missing or non-finite values, a single class,
             or no factor that can be compared with class.
         """
-        spec = self._check_params()
+        params, spec = self._check_params()
         a, lab, table, ctrl = _check_inputs(attributions, labels, factors_table, controls)
-        return self._fit(spec, a, lab, table, ctrl, source=None)
+        return self._fit(params, spec, a, lab, table, ctrl, source=None)
 
-    def run(self, run_dir: str | Path) -> SemanticResult:
-        """Analyse a run directory and write ``semantics.json`` and ``figures/`` into it.
+    def run(self, data: "str | Path", *, out: str | Path | None = None, runner: Any = None) -> SemanticResult:
+        """Analyse an attribution run and write ``semantics.json``, ``semantics_arrays.npz`` and ``figures/``.
 
-        Reads ``attributions.npy`` (rows = rows of ``images.parquet`` whose ``used`` is True),
-        ``label`` and ``factor_<name>`` columns, and the optional controls ``final_hidden.npy``
-        and ``pixels.npy``.
-
-        Parameters
-        ----------
-        run_dir : str or Path
-
-        Returns
-        -------
-        SemanticResult
+        ``data`` is the run directory (or its :class:`~headflow.attribution.AttributionResult`); ``out``
+        defaults to it. Reads ``attributions.npy`` (rows = rows of ``images.parquet`` whose ``used`` is True),
+        ``label`` and ``factor_<name>`` columns, and the optional controls ``final_hidden.npy`` and
+        ``pixels.npy``. A finished analysis with the same configuration is loaded, not recomputed; another
+        configuration is refused with the list of what differs. ``runner`` is accepted for the common
+        signature; nothing here runs a model.
 
         Raises
         ------
         HeadflowError
             If a required file or column is missing or the arrays do not match ``images.parquet``.
         """
-        spec = self._check_params()
-        run_dir = Path(run_dir)
+        params, spec = self._check_params()
+        run_dir = Path(getattr(data, "run_dir", data))
+        out = Path(out) if out is not None else run_dir
         attributions, labels, table, controls = read_run_dir(run_dir)
+        run_config = run_dir / "config.json"
+        run_hash = read_json(run_config).get("spec_hash") if run_config.is_file() else None
+        config = ensure_config(self.config_dir(out), {"method": OWNER, "run": run_hash, "source": str(run_dir.resolve()),
+                                                      **params.spec()}, {"params": params.model_dump(mode="json")})
+        if (out / JSON_NAME).exists():
+            return SemanticResult.load(out)  # finished with this configuration
         a, lab, tab, ctrl = _check_inputs(attributions, labels, table, controls)
-        result = self._fit(spec, a, lab, tab, ctrl, source=str(run_dir))
-        result.save(run_dir)
-        result.plot(run_dir / "figures")
+        result = self._fit(params, spec, a, lab, tab, ctrl, source=str(run_dir), spec_hash=config["spec_hash"])
+        result.save(out)
+        result.plot(out / "figures")
         return result
 
     # ----------------------------------------------------------------- private
-    def _resolve_factors(self, table: dict[str, list[str]], class_codes: NDArray[np.int64]
+    @staticmethod
+    def _resolve_factors(factors: list[str] | None, table: dict[str, list[str]], class_codes: NDArray[np.int64]
                          ) -> tuple[list[str], dict[str, str]]:
-        if self.factors is not None:
-            missing = [f for f in self.factors if f not in table]
+        if factors is not None:
+            missing = [f for f in factors if f not in table]
             if missing:
                 raise param_error("factors", OWNER, f"names of factors in the data ({', '.join(table) or 'none'})",
-                                  list(self.factors))
-        requested = list(self.factors) if self.factors is not None else list(table)
+                                  list(factors))
+        requested = list(factors) if factors is not None else list(table)
         chosen, skipped = [], {}
         for name in requested:
             reason = _factor_problem(class_codes, encode(table[name])[0])
             if reason is None:
                 chosen.append(name)
-            elif self.factors is not None:
+            elif factors is not None:
                 raise HeadflowError(f"Factor {name!r} cannot be compared with class: {reason}. "
                                     "Drop it from --factors.")
             else:
@@ -209,36 +158,40 @@ class SemanticAnalysis:
             raise HeadflowError(f"No appearance factor can be compared with class ({detail}).")
         return chosen, skipped
 
-    def _fit(self, spec: SimilaritySpec, a: NDArray[np.float64], labels: list[str], table: dict[str, list[str]],
-             controls: dict[str, NDArray[np.float64]], source: str | None) -> SemanticResult:
+    def _fit(self, params: SemanticParams, spec: SimilaritySpec, a: NDArray[np.float64], labels: list[str],
+             table: dict[str, list[str]], controls: dict[str, NDArray[np.float64]], source: str | None,
+             spec_hash: str | None = None) -> SemanticResult:
         n, n_layers, n_heads = a.shape
         vectors = a.reshape(n, -1)
         n_total = vectors.shape[1]
         class_codes, classes = encode(labels)
-        factors, skipped = self._resolve_factors(table, class_codes)
+        factors, skipped = self._resolve_factors(params.factors, table, class_codes)
         overall = "style" if "style" in factors else factors[0]
         codes = {f: encode(table[f])[0] for f in factors}
 
         resolved_spec = SimilaritySpec(spec.kind, None if spec.k is None else min(spec.k, n_total))
         sim = similarity_matrix(vectors, resolved_spec)
-        tests = permutation_tests(sim, class_codes, codes, self.n_permutations, self.seed)
+        tests = permutation_tests(sim, class_codes, codes, params.n_permutations, params.seed)
         per_factor = {}
         for f in factors:
             pm = design_pair_means(sim, class_codes, codes[f])
             per_factor[f] = FactorSummary(levels=encode(table[f])[1], mean=pm.mean, n_pairs=pm.n_pairs,
-                                          tests=tests[f], verdict=verdict(tests[f]["class_vs_appearance"], self.alpha))
+                                          tests=tests[f], verdict=verdict(tests[f]["class_vs_appearance"],
+                                                                         params.significance_level))
 
         representations = {"attribution": vectors, **controls}
         targets = {"class": labels, **{f: table[f] for f in factors}}
-        probes = {t: {r: probe(x, y, self.cv_folds, self.seed) for r, x in representations.items()}
+        probes = {t: {r: probe(x, y, params.cv_folds, params.seed) for r, x in representations.items()}
                   for t, y in targets.items()}
 
-        top_k = min(self.top_k, n_total)
+        top_k = min(params.top_k, n_total)
         jac = topk_jaccard(vectors, top_k, {"class": class_codes, "appearance": codes[overall]})
         class_maps = np.stack([a[class_codes == c].mean(axis=0) for c in range(len(classes))])
         shared, specific = class_head_sets(class_maps, classes, top_k)
 
         head = per_factor[overall]
+        resolved = {"similarity_": str(resolved_spec), "factors_": factors, "skipped_factors": skipped,
+                    "overall_factor": overall, "top_k_": top_k, "controls": list(controls)}
         return SemanticResult(
             n_images=n, n_layers=n_layers, n_heads=n_heads, classes=classes, labels=tuple(labels),
             factor_values={f: tuple(table[f]) for f in factors}, overall_factor=overall,
@@ -247,10 +200,10 @@ class SemanticAnalysis:
             between_similarity=head.mean["between"],
             p_class_vs_appearance=head.tests["class_vs_appearance"].p_value, verdict=head.verdict,
             per_factor=per_factor, probes=probes, topk_jaccard=jac, shared_heads=shared,
-            class_specific_heads=specific, parameters=self.get_params(),
-            resolved={"similarity_": str(resolved_spec), "factors_": factors, "skipped_factors": skipped,
-                      "overall_factor": overall, "top_k_": top_k, "controls": list(controls)},
-            provenance=_provenance(source),
+            class_specific_heads=specific, parameters=params.model_dump(mode="json"),
+            resolved=resolved,
+            provenance=provenance(OWNER, params=params.model_dump(mode="json"), resolved=resolved,
+                                  data={"source": source}, spec_hash=spec_hash),
             similarity=sim, vectors=vectors.astype(np.float32), class_maps=class_maps,
         )
 
@@ -370,22 +323,3 @@ def read_run_dir(run_dir: Path) -> tuple[NDArray[np.float32], list[object], dict
                                     "used; the run directory is incomplete or mixed.")
             controls[name] = arr
     return np.asarray(attributions), used["label"].tolist(), table, controls
-
-
-def _provenance(source: str | None) -> dict[str, Any]:
-    import scipy
-    import sklearn
-
-    from .. import __version__
-
-    prov: dict[str, Any] = {"method": "semantics", "paper": "arXiv:2509.17588", "headflow": __version__,
-                            "numpy": np.__version__, "scipy": scipy.__version__, "scikit_learn": sklearn.__version__,
-                            "source": source}
-    if source is not None:
-        config = Path(source) / "config.json"
-        if config.is_file():
-            try:
-                prov["run_spec_hash"] = json.loads(config.read_text()).get("spec_hash")
-            except (OSError, ValueError):
-                prov["run_spec_hash"] = None
-    return prov

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import NDArray
 
-from .result import atomic_write
+from ..figures import new_figure, save_figure
 from .similarity import standardise
 
 if TYPE_CHECKING:
@@ -30,22 +30,11 @@ TSNE_MIN_IMAGES = 30
 
 
 def _new_figure(width: float, height: float) -> "Figure":
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
+    return new_figure(width, height, layout="constrained")
 
 
 def _save(fig: "Figure", directory: Path, stem: str) -> list[Path]:
-    paths = []
-    for ext in ("png", "svg"):
-        path = directory / f"{stem}.{ext}"
-        atomic_write(path, lambda tmp, ext=ext: fig.savefig(tmp, format=ext, dpi=150))
-        paths.append(path)
-        fig.set_layout_engine("none")  # layout is fixed after the first save; don't redo it for the SVG
-    return paths
+    return save_figure(fig, directory, stem)
 
 
 def _colours(n: int) -> NDArray[np.float64]:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -19,6 +17,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import HeadflowError
+from ..method import Result
+from ..store import save_npz, write_json
 from .stats import PermutationTest, ProbeScore
 
 __all__ = ["FactorSummary", "SemanticResult", "JSON_NAME", "ARRAYS_NAME"]
@@ -28,20 +28,6 @@ ARRAYS_NAME = "semantics_arrays.npz"
 SCHEMA_VERSION = 1
 
 Head = tuple[int, int]
-
-
-def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file next to ``path``, then move it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _num(x: float | None) -> float | None:
@@ -101,8 +87,8 @@ class FactorSummary:
 
 
 @dataclass(frozen=True, eq=False)
-class SemanticResult:
-    """Class vs appearance analysis of per-image head attributions (arXiv 2509.17588, METHOD.md F8).
+class SemanticResult(Result):
+    """Class vs appearance analysis of per-image head attributions (arXiv 2509.17588, docs/method.md F8).
 
     Attributes
     ----------
@@ -247,11 +233,6 @@ class SemanticResult:
         directory = Path(directory)
         doc = self.to_dict()
 
-        def write_json(tmp: str) -> None:
-            with open(tmp, "w") as fh:
-                json.dump(doc, fh, indent=2, allow_nan=False)
-                fh.write("\n")
-
         arrays = {
             "similarity": np.asarray(self.similarity, dtype=np.float64),
             "vectors": np.asarray(self.vectors, dtype=np.float32),
@@ -260,12 +241,8 @@ class SemanticResult:
             **{f"factor_{f}": np.array(v, dtype=str) for f, v in self.factor_values.items()},
         }
 
-        def write_npz(tmp: str) -> None:
-            with open(tmp, "wb") as fh:
-                np.savez_compressed(fh, **arrays)
-
-        atomic_write(directory / ARRAYS_NAME, write_npz)
-        atomic_write(directory / JSON_NAME, write_json)
+        save_npz(directory / ARRAYS_NAME, **arrays)
+        write_json(directory / JSON_NAME, doc, allow_nan=False)  # last: its presence marks a saved result
         return directory / JSON_NAME
 
     @classmethod

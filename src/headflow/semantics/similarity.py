@@ -1,4 +1,4 @@
-"""Image-by-image similarity of head-attribution vectors (METHOD.md F8).
+"""Image-by-image similarity of head-attribution vectors (docs/method.md F8).
 
 Every function here is pure: arrays in, arrays out, no state.
 """
@@ -11,9 +11,10 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.stats import rankdata
 
+from .params import SIMILARITY_CHOICES  # noqa: F401  (re-exported for callers)
+
 __all__ = ["SimilaritySpec", "parse_similarity", "similarity_matrix", "standardise", "top_k_membership"]
 
-SIMILARITY_CHOICES = "cosine, spearman, jaccard:K"
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Statistics for class vs appearance (METHOD.md F8): pair means, permutation tests, probes, head sets.
+"""Statistics for class vs appearance (docs/method.md F8): pair means, permutation tests, probes, head sets.
 
 Pure functions on arrays; randomness only through explicit seeds.
 """

@@ -19,8 +19,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..attribution.answers import resolve_answer_id
-from ..attribution.params import DEFAULT_QUESTION
+from ..answers import resolve_answer_id
+from ..executor import map_images
+from ..method import DEFAULT_BATCH_SIZE, DEFAULT_QUESTION
 from ..intervene import Baseline, Intervention, InterventionEngine, Knockout
 from ..models.loading import LoadedModel
 
@@ -57,7 +58,7 @@ class Phenomena:
 
 
 def measure_phenomena(lm: LoadedModel, n_images: int = 480, seed: int = HELD_OUT_SEED,
-                      question: str = DEFAULT_QUESTION, batch_size: int = 64) -> Phenomena:
+                      question: str = DEFAULT_QUESTION, batch_size: int | str = DEFAULT_BATCH_SIZE) -> Phenomena:
     """Measure the four numbers on ``n_images`` fresh images of the default data."""
     from ..data import load_dataset
 
@@ -80,15 +81,18 @@ def measure_phenomena(lm: LoadedModel, n_images: int = 480, seed: int = HELD_OUT
     correct = np.zeros((len(prompts), 2 + n_layers))
     drops_all = np.zeros(len(prompts))
     drops_single = np.zeros((len(prompts), n_layers * n_heads))
-    for i, (prompt, answer) in enumerate(tqdm(list(zip(prompts, answers)), desc="model card: interventions",
-                                              unit="image")):
-        logits = engine.run(prompt, rows, baseline=baseline).logits
+
+    def record(i: int, logits: torch.Tensor) -> None:
+        prompt, answer = prompts[i], answers[i]
         predicted = logits.argmax(-1)
         correct[i, 0] = float(prompt.clean_logits.argmax() == answer)
         correct[i, 1:] = (predicted[: 1 + n_layers] == answer).float().numpy()
         clean = float(prompt.clean_logits[answer])
         drops_all[i] = clean - float(logits[1 + n_layers, answer])
         drops_single[i] = clean - logits[2 + n_layers:, answer].numpy()
+
+    map_images(_intervened_logits, enumerate(prompts), n_items=len(prompts), on_result=record,
+               local_state=(engine, rows, baseline), desc="model card: interventions")
     share = drops_single.mean(0) / drops_all.mean()
     per_layer = correct[:, 2:].mean(0)
     return Phenomena(
@@ -98,3 +102,9 @@ def measure_phenomena(lm: LoadedModel, n_images: int = 480, seed: int = HELD_OUT
         min_accuracy_knockout_single_layer=float(per_layer.min()),
         max_single_head_share=float(share.max()), single_head_share=share.reshape(n_layers, n_heads).tolist(),
         mean_logit_drop_all_heads=float(drops_all.mean()))
+
+
+def _intervened_logits(state, prompt) -> torch.Tensor:
+    """Final logits of every intervention row on one prepared prompt."""
+    engine, rows, baseline = state
+    return engine.run(prompt, rows, baseline=baseline).logits

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+from .errors import HeadflowError
 
-from ..errors import HeadflowError
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 TARGETS = ("logit", "logprob", "margin", "prob")
 

@@ -1,0 +1,243 @@
+"""``headflow attribute | validate | flow | semantics | study | demo``: one command per analysis.
+
+Each command's method options come from the method's parameter model (:mod:`headflow.cli.options`); the
+command only loads the model and data, builds the method, runs it and prints the headline numbers.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from ..attribution.params import AttributionParams, ValidationParams
+from ..errors import HeadflowError
+from ..flow.params import FlowParams
+from ..semantics.params import SemanticParams
+from .options import SHARED, command, fail, method_options, params_from
+
+
+def _ray_runner(address: str | None, workers: int | None):
+    """A connected RayRunner for --ray (None when --ray is not given); connects first so errors come early."""
+    if address is None:
+        if workers is not None:
+            fail("--workers needs --ray (e.g. --ray local).")
+        return None
+    from ..distributed import RayRunner
+
+    runner = RayRunner(address, num_workers=workers)
+    runner.connect()
+    return runner
+
+
+def _load(model: str, device: str, dtype: str | None):
+    from ..models import load_model
+
+    return load_model(model, device=device, dtype=dtype)
+
+
+def _data(values: dict[str, Any]):
+    from ..data import load_dataset
+
+    columns = {k: values.get(k) for k in ("image_column", "label_column", "mask_column")}
+    try:
+        return load_dataset(values["data"], n=values["images"], seed=values["data_seed"],
+                            **{k: v for k, v in columns.items() if v is not None})
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        raise HeadflowError(str(exc)) from None
+
+
+def _shared(*names: str) -> list[inspect.Parameter]:
+    return [SHARED[n] for n in names]
+
+
+DATA_OPTIONS = ("model", "data", "images", "data_seed", "image_column", "label_column", "mask_column")
+RUN_OPTIONS = ("device", "dtype", "ray", "workers")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the analysis commands to ``app``."""
+    ablation_prob = inspect.Parameter(
+        "ablation_prob", inspect.Parameter.KEYWORD_ONLY, annotation=str,
+        default=typer.Option(str(AttributionParams.model_fields["ablation_prob"].default), "--ablation-prob",
+                             help="Bernoulli probability that a head is ablated in a mask; a list (0.05,0.1,0.2) "
+                                  "runs one attribution per value and compares their held-out LDS."))
+
+    @command(app, "attribute", _shared(*DATA_OPTIONS, "out", *RUN_OPTIONS)
+             + method_options(AttributionParams, overrides={"ablation_prob": ablation_prob}))
+    def attribute(**values: Any) -> None:
+        """Head attribution: random head ablations -> linear fit -> per-head attribution (resumable)."""
+        from ..attribution import HeadAttribution, ablation_prob_sweep
+
+        try:
+            probs = [float(v) for v in values["ablation_prob"].split(",") if v.strip()]
+        except ValueError:
+            probs = []
+        if not probs:
+            fail("--ablation-prob must be a number or a comma-separated list like 0.05,0.1,0.2. "
+                 f"Got {values['ablation_prob']!r} instead.")
+        params = params_from(AttributionParams, values, "attribute", skip=("ablation_prob",))
+        out = values["out"]
+        runner = _ray_runner(values["ray"], values["workers"])
+        try:
+            lm = _load(values["model"], values["device"], values["dtype"])
+            dataset = _data(values)
+            if len(probs) > 1:
+                if runner is not None:
+                    fail("--ray runs one attribution; run a sweep without --ray, or one value per command.")
+                sweep = ablation_prob_sweep(lm, dataset, out, probs, **params)
+                for row in sweep["sweep"]:
+                    typer.echo(f"ablation_prob {row['ablation_prob']:<6g} LDS median Pearson "
+                               f"{row['lds_pearson_median']:.3f} / Spearman {row['lds_spearman_median']:.3f}  "
+                               f"({row['run_dir']})")
+                typer.echo(f"best ablation_prob {sweep['best_ablation_prob']:g}; wrote "
+                           f"{out / 'ablation_prob_sweep.json'}")
+                return
+            method = HeadAttribution(lm, ablation_prob=probs[0], **params)
+            result = method.run(dataset, out=out, runner=runner)
+            result.plot()
+        finally:
+            if runner is not None:
+                runner.close()
+        s = result.summary
+        typer.echo(f"{s['n_images']} images x {s['n_masks']} masks, clean accuracy {s['clean_accuracy']:.3f}, "
+                   f"LDS median Pearson {s['lds_pearson_median']:.3f} / Spearman {s['lds_spearman_median']:.3f}")
+        typer.echo("top heads (layer, head, attribution): " +
+                   ", ".join(f"({l},{h},{v:.3f})" for l, h, v in s["top_heads"][:5]))
+        _problems(s.get("data_problems"))
+        typer.echo(f"wrote {out}")
+
+    run_dir = inspect.Parameter("run_dir", inspect.Parameter.KEYWORD_ONLY, annotation=Path,
+                                default=typer.Argument(..., help="An attribution run directory."))
+    model_opt = inspect.Parameter("model", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str],
+                                  default=typer.Option(None, "--model", help="Defaults to the run's model."))
+
+    @command(app, "validate", [run_dir, model_opt, *_shared(*RUN_OPTIONS), *method_options(ValidationParams)])
+    def validate(**values: Any) -> None:
+        """Rankings (attribution, single-head, attention weight, random) and completeness/faithfulness curves."""
+        from ..attribution import Validation
+        from ..store import read_json
+
+        run = values["run_dir"]
+        if not (run / "config.json").exists():
+            fail(f"{run} is not an attribution run directory (no config.json); run 'headflow attribute --out {run}' "
+                 "first.")
+        params = params_from(ValidationParams, values, "validate")
+        runner = _ray_runner(values["ray"], values["workers"])
+        try:
+            spec = values["model"] or read_json(run / "config.json")["spec"]["model"]
+            result = Validation(_load(spec, values["device"], values["dtype"]), **params).run(run, runner=runner)
+        finally:
+            if runner is not None:
+                runner.close()
+        for name, r in result.data["rankings"].items():
+            typer.echo(f"  {name:<22} k80 completeness {str(r['k80_completeness']):>5}  k80 faithfulness "
+                       f"{str(r['k80_faithfulness']):>5}  AUC {r['auc_completeness']:.3f} / {r['auc_faithfulness']:.3f}")
+        subset = result.data["subset"]
+        typer.echo(f"C1 holds: {result.data['c1']['holds']}; distinct subset (k80 attribution "
+                   f"{subset['k80_attribution']} vs random {subset['k80_random']}): {subset['holds']}; "
+                   f"wrote {run / 'validation.json'}")
+
+    heads = inspect.Parameter("heads", inspect.Parameter.KEYWORD_ONLY, annotation=str, default=typer.Option(
+        "all", "--heads", help="all | top:K (needs --from-run) | FILE (.npy/.json/.txt)."))
+    from_run = inspect.Parameter("from_run", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
+                                 default=typer.Option(None, "--from-run",
+                                                      help="Head-attribution run directory for top:K."))
+
+    @command(app, "flow", _shared(*DATA_OPTIONS, "out", *RUN_OPTIONS)
+             + method_options(FlowParams, overrides={"heads": heads}) + [from_run])
+    def flow(**values: Any) -> None:
+        """Token-level information flow by attention knockout (F9) and object/background tokens (F10)."""
+        from ..flow import TokenFlow
+        from ..flow.heads import resolve_heads
+
+        params = params_from(FlowParams, values, "flow", skip=("heads",))
+        out = values["out"]
+        runner = _ray_runner(values["ray"], values["workers"])
+        try:
+            lm = _load(values["model"], values["device"], values["dtype"])
+            dataset = _data(values)
+            params["heads"] = resolve_heads(values["heads"], values["from_run"], lm.n_layers, lm.n_heads)
+            result = TokenFlow(lm, **params).run(dataset, out=out, runner=runner)
+        finally:
+            if runner is not None:
+                runner.close()
+        s = result.summary
+        typer.echo(f"headflow flow: {s['images']['n_kept']}/{s['images']['n_total']} images kept, "
+                   f"window {s['resolved']['window_']} → {out}")
+        for name, p in s["pairs"].items():
+            m = p["mean_layer"]["value"]
+            typer.echo(f"  {name:<18} peak layer {p['peak_layer']['value']:>3}   mean layer "
+                       f"{'n/a' if m is None else f'{m:.2f}'}")
+        typer.echo(f"  C3: {s['c3'].get('verdict')}   C4: {s['c4'].get('verdict')}")
+
+    sem_run = inspect.Parameter("run_dir", inspect.Parameter.KEYWORD_ONLY, annotation=Path, default=typer.Argument(
+        ..., help="Run directory with attributions.npy and images.parquet."))
+    as_json = inspect.Parameter("as_json", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+                                default=typer.Option(False, "--json", help="Print semantics.json instead of a summary."))
+
+    @command(app, "semantics", [sem_run, *method_options(SemanticParams), as_json])
+    def semantics(**values: Any) -> None:
+        """Is head selection governed by class or by appearance? Writes semantics.json and figures/ into RUN_DIR."""
+        from ..semantics import SemanticAnalysis
+
+        result = SemanticAnalysis(**params_from(SemanticParams, values, "semantics")).run(values["run_dir"])
+        if values["as_json"]:
+            typer.echo(json.dumps(result.to_dict(), indent=2))
+        else:
+            typer.echo(result.summary())
+            typer.echo(f"wrote {values['run_dir'] / 'semantics.json'} and figures to {values['run_dir'] / 'figures'}")
+
+    quick = inspect.Parameter("quick", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=typer.Option(
+        False, "--quick", help="Small sizes (a few minutes on CPU)."))
+    masks = inspect.Parameter("masks", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[int], default=typer.Option(
+        None, "--masks", help="Attribution masks (default: the plan's)."))
+    seed = inspect.Parameter("seed", inspect.Parameter.KEYWORD_ONLY, annotation=int, default=typer.Option(
+        0, "--seed", help="Seed of every analysis (masks, random ranking, bootstrap, permutations)."))
+    keep_wrong = inspect.Parameter("keep_wrong", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+                                   default=typer.Option(False, "--keep-wrong",
+                                                        help="Keep images the clean model answers wrongly."))
+    batch = [p for p in method_options(AttributionParams) if p.name == "batch_size"]
+
+    @command(app, "study", [*_shared("model", "data", "images", "data_seed", "out", "device", "dtype"), quick, masks,
+                            seed, keep_wrong, *batch])
+    def study(**values: Any) -> None:
+        """The whole study: attribution, validation, token flow, semantics, HTML report."""
+        from dataclasses import replace
+
+        from ..study import FULL, QUICK, run_study
+        from .options import from_cli
+
+        plan = QUICK if values["quick"] else FULL
+        if values["images"] is not None:
+            plan = replace(plan, images=values["images"])
+        if values["masks"] is not None:
+            plan = replace(plan, masks=values["masks"])
+        batch_size = from_cli("batch_size", AttributionParams.model_fields["batch_size"], values["batch_size"], "study")
+        path = run_study(values["model"], values["data"], values["out"], plan=plan, seed=values["seed"],
+                         data_seed=values["data_seed"], batch_size=batch_size, device=values["device"],
+                         dtype=values["dtype"], keep_wrong=values["keep_wrong"], log=typer.echo)
+        typer.echo(f"report: {path}")
+
+    demo_out = inspect.Parameter("out", inspect.Parameter.KEYWORD_ONLY, annotation=Path, default=typer.Option(
+        Path("runs/demo"), "--out", help="Study directory."))
+    demo_quick = quick.replace(default=typer.Option(False, "--quick",
+                                                    help="Small sizes (about 3 minutes on 2 CPU cores)."))
+
+    @command(app, "demo", [demo_out, demo_quick, SHARED["device"]])
+    def demo(**values: Any) -> None:
+        """The study on the embedded default model and data; prints the report path."""
+        from ..study import FULL, QUICK, run_study
+
+        path = run_study("default", "default", values["out"], plan=QUICK if values["quick"] else FULL,
+                         device=values["device"], log=typer.echo)
+        typer.echo(f"report: {path}")
+
+
+def _problems(problems: dict | None) -> None:
+    """Print the skipped-item counts of the data (nothing when there were none)."""
+    if problems:
+        typer.echo("skipped data items: " + ", ".join(f"{reason} {count}" for reason, count in problems.items()))

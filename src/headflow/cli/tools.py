@@ -1,0 +1,86 @@
+"""``headflow check | inspect | report | model-card``: exactness checks, a model's groups, the report, the
+default model's card numbers."""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from .options import SHARED, command
+
+
+def register(app: typer.Typer) -> None:
+    """Add the tool commands to ``app``."""
+    as_json = inspect.Parameter("as_json", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+                                default=typer.Option(False, "--json", help="Print JSON instead of a table."))
+    seed = inspect.Parameter("seed", inspect.Parameter.KEYWORD_ONLY, annotation=int,
+                             default=typer.Option(0, "--seed", help="Seed of the random interventions checked."))
+
+    @command(app, "check", [SHARED["model"], as_json, SHARED["device"], SHARED["dtype"], seed])
+    def check(**values: Any) -> None:
+        """Run the exactness invariants (a)-(d) on MODEL; exits 1 if any fails."""
+        from ..intervene.check import run_checks
+        from ..models import load_model
+
+        lm = load_model(values["model"], device=values["device"], dtype=values["dtype"])
+        results = run_checks(lm, seed=values["seed"])
+        ok = all(r.passed for r in results)
+        if values["as_json"]:
+            typer.echo(json.dumps({"model": lm.describe(), "passed": ok, "checks": [r.to_dict() for r in results]},
+                                  indent=2))
+        else:
+            typer.echo(f"headflow check: {lm.name} ({lm.describe()['class']}, {lm.n_layers} layers x {lm.n_heads} "
+                       f"heads, {lm.n_kv_heads} kv heads)")
+            for r in results:
+                typer.echo(f"  {'PASS' if r.passed else 'FAIL'}  {r.name:<22} max|dlogit| = {r.max_abs_diff:.2e}"
+                           f"  (tol {r.tolerance:.0e})  {r.description}")
+        raise typer.Exit(code=0 if ok else 1)
+
+    @command(app, "inspect", [SHARED["model"], SHARED["device"], SHARED["dtype"]])
+    def inspect_(**values: Any) -> None:
+        """Print the model's family, head counts and the token groups of a sample prompt."""
+        from ..intervene.check import CHECK_QUESTION, check_image
+        from ..models import load_model
+
+        lm = load_model(values["model"], device=values["device"], dtype=values["dtype"])
+        _, groups = lm.encode(check_image(), CHECK_QUESTION)
+        typer.echo(json.dumps({"model": lm.describe(), "groups": groups.describe()}, indent=2))
+
+    run_dir = inspect.Parameter("run_dir", inspect.Parameter.KEYWORD_ONLY, annotation=Path, default=typer.Argument(
+        ..., help="A study or attribution run directory."))
+
+    @command(app, "report", [run_dir])
+    def report(**values: Any) -> None:
+        """Write RUN_DIR/report.html: a self-contained page with every figure and number of the run."""
+        from ..report import write_report
+
+        typer.echo(f"report: {write_report(values['run_dir'])}")
+
+    card_model = inspect.Parameter("model", inspect.Parameter.KEYWORD_ONLY, annotation=str, default=typer.Argument(
+        "default", help="Model spec (default: the embedded model)."))
+    images = inspect.Parameter("images", inspect.Parameter.KEYWORD_ONLY, annotation=int, default=typer.Option(
+        480, "--images", help="Fresh held-out images."))
+
+    @command(app, "model-card", [card_model, images, as_json, SHARED["device"]])
+    def model_card(**values: Any) -> None:
+        """Recompute the default model's phenomenon numbers (accuracy, knockouts, single-head share)."""
+        from ..models import load_model
+        from ..zoo.phenomena import measure_phenomena
+
+        result = measure_phenomena(load_model(values["model"], device=values["device"]), n_images=values["images"])
+        if values["as_json"]:
+            typer.echo(json.dumps(result.to_dict(), indent=2))
+        else:
+            typer.echo(f"held-out accuracy {result.accuracy:.3f} on {result.n_images} images "
+                       f"(chance {result.chance:.3f})")
+            typer.echo(f"image->text knocked out in all layers: accuracy {result.accuracy_knockout_all_layers:.3f}")
+            typer.echo("... in one layer: " + ", ".join(f"L{i} {a:.3f}" for i, a in
+                                                       enumerate(result.accuracy_knockout_single_layer)))
+            typer.echo(f"largest single-head share of the all-heads logit drop: {result.max_single_head_share:.3f}")
+            for name, ok in result.checks.items():
+                typer.echo(f"  {'PASS' if ok else 'FAIL'}  {name}")
+        raise typer.Exit(code=0 if all(result.checks.values()) else 1)

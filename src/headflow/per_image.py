@@ -1,0 +1,162 @@
+"""The per-image sequence every model-running analysis shares: prepare → baseline → run → target.
+
+Contract (each step a public function, used by attribution, validation, flow and the default model's
+phenomena, here and on Ray workers alike):
+
+1. :meth:`InterventionEngine.prepare` runs the clean prompt once (prefix cache, clean logits, image keys
+   and values) — :func:`checked_prompt` does it on a worker and checks the clean logit against the run's
+   record, so a worker with another model fails loudly instead of computing wrong rows;
+2. :func:`image_baseline` gives the baseline keys/values the ablated heads see at image positions (a run's
+   shared mean/blank baseline, zeros, a knockout, or another image's keys/values for ``resample``);
+3. :meth:`InterventionEngine.run` evaluates every intervention row of the image in batches;
+4. :func:`target_values` (``headflow.answers``) reads the scalar target per row.
+
+Where state lives: nothing here keeps state; an :class:`ImageJob` carries what one image needs and a
+:class:`~headflow.intervene.Baseline` the baseline; the caller owns the engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from .answers import target_values
+from .errors import HeadflowError
+from .intervene import Baseline, Intervention, InterventionEngine, PreparedPrompt
+from .intervene.attention import LayerBaseline
+from .models.loading import LoadedModel, load_model
+
+@dataclass(frozen=True)
+class ImageJob:
+    """What one image's rows need: the image, its resample partner (or None) and its recorded answer."""
+
+    image: Image.Image
+    partner: Image.Image | None
+    answer_id: int
+    clean_logit: float
+
+
+def resample_partner(table: pd.DataFrame, idx: int) -> int:
+    """The next image (cyclically) of a different class: the deterministic ``resample`` baseline source."""
+    labels = table["label"].tolist()
+    n = len(labels)
+    for step in range(1, n):
+        other = (idx + step) % n
+        if labels[other] != labels[idx]:
+            return other
+    raise HeadflowError("The 'resample' baseline needs images of at least two classes.")
+
+
+def image_job(dataset, table: pd.DataFrame, idx: int, baseline: str) -> ImageJob:
+    """The :class:`ImageJob` of image ``idx`` of ``dataset``, from the run's image table."""
+    partner = dataset[resample_partner(table, idx)].image if baseline == "resample" else None
+    return ImageJob(dataset[idx].image, partner, int(table.at[idx, "answer_id"]), float(table.at[idx, "clean_logit"]))
+
+
+def image_baseline(engine: InterventionEngine, prompt: PreparedPrompt, shared: Baseline | None, kind: str,
+                   question: str, partner: Image.Image | None) -> Baseline:
+    """The baseline of one prompt: the run's ``shared`` one (mean, blank), or one made for this image."""
+    if kind in ("mean", "blank"):
+        return shared
+    if kind == "knockout":
+        return Baseline.knockout()
+    if kind == "zero":
+        return Baseline.zero(prompt)
+    return Baseline.of_prompt(engine.prepare(partner, question), kind="resample")
+
+
+def image_targets(engine: InterventionEngine, prompt: PreparedPrompt, rows: list[Intervention],
+                  baseline: Baseline | None, answer_id: int, target: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``rows`` on ``prompt``; returns (targets ``[row]`` float32, logits ``[row, vocab]``)."""
+    logits = engine.run(prompt, rows, baseline=baseline).logits
+    return target_values(logits, answer_id, target), logits
+
+
+def mask_rows(masks: np.ndarray, n_layers: int, n_heads: int) -> list[Intervention]:
+    """Ablation rows from boolean masks ``[row, n_layers * n_heads]``."""
+    tensor = torch.from_numpy(np.ascontiguousarray(masks)).view(-1, n_layers, n_heads)
+    return [Intervention(ablate=m) for m in tensor]
+
+
+# -- the run's shared baseline ----------------------------------------------------------------------
+
+def accumulate_kv(total: list[LayerBaseline] | None, kv: list[LayerBaseline], n: int) -> list[LayerBaseline]:
+    """Running mean of image keys/values (per-head mean over positions when counts differ)."""
+    if total is not None and total[0].keys.shape[1] != kv[0].keys.shape[1]:
+        kv = [LayerBaseline(b.keys.mean(1, keepdim=True), b.values.mean(1, keepdim=True)) for b in kv]
+        total = [LayerBaseline(t.keys.mean(1, keepdim=True), t.values.mean(1, keepdim=True)) for t in total]
+    if total is None:
+        return [LayerBaseline(b.keys.float() / n, b.values.float() / n) for b in kv]
+    return [LayerBaseline(t.keys + b.keys.float() / n, t.values + b.values.float() / n) for t, b in zip(total, kv)]
+
+
+def baseline_to(baseline: Baseline | None, device) -> Baseline | None:
+    """The baseline with its tensors on ``device``."""
+    if baseline is None or baseline.layers is None:
+        return baseline
+    return Baseline(baseline.kind, [LayerBaseline(b.keys.to(device), b.values.to(device)) for b in baseline.layers])
+
+
+def save_baseline(path: Path, baseline: Baseline) -> None:
+    """Write a baseline's keys/values as safetensors (atomically)."""
+    from safetensors.torch import save_file
+
+    from .store import atomic_write
+
+    tensors = {}
+    for i, layer in enumerate(baseline.layers):
+        tensors[f"keys.{i}"] = layer.keys.contiguous().cpu()
+        tensors[f"values.{i}"] = layer.values.contiguous().cpu()
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"kind": baseline.kind}))
+
+
+def load_baseline(path: Path) -> Baseline | None:
+    """Read a baseline written by :func:`save_baseline` (None when the run has none)."""
+    if not path.exists():
+        return None
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), "pt") as f:
+        kind = f.metadata().get("kind", "mean")
+    tensors = load_file(str(path))
+    n = len([k for k in tensors if k.startswith("keys.")])
+    return Baseline(kind, [LayerBaseline(tensors[f"keys.{i}"], tensors[f"values.{i}"]) for i in range(n)])
+
+
+# -- [ray] workers --------------------------------------------------------------------------------
+
+def worker_spec(model: Any) -> tuple[str, str | None]:
+    """The spec (and dtype) a Ray worker loads the model from; a model built in Python cannot be shipped."""
+    if isinstance(model, (str, Path)):
+        return str(model), None
+    name = getattr(model, "name", None) if isinstance(model, LoadedModel) else None
+    if name and (name == "default" or name.startswith("tiny:") or Path(name).is_dir()
+                 or (name.count("/") == 1 and not name.startswith(("/", ".")))):
+        return name, str(model.dtype).replace("torch.", "")
+    got = f"a LoadedModel named {name!r}" if name else f"a {type(model).__name__}"
+    raise HeadflowError(
+        f"With a Ray runner each worker loads the model from its spec, but the model is {got}, which cannot be "
+        "shipped to workers. Pass a spec instead: 'default', 'tiny:<family>', a local directory or a hub id.")
+
+
+def worker_engine(spec: str, dtype: str | None, device: str, batch_size: int | str) -> InterventionEngine:
+    """A worker's engine: the model loaded from its spec on the worker's device."""
+    return InterventionEngine(load_model(spec, device=device, dtype=dtype), batch_size=batch_size)
+
+
+def checked_prompt(engine: InterventionEngine, spec: str, question: str, job: ImageJob) -> PreparedPrompt:
+    """Prepare a worker's image and check its clean logit against the run's record (same model?)."""
+    prompt = engine.prepare(job.image, question)
+    got = float(prompt.clean_logits[job.answer_id])
+    if not np.isclose(got, job.clean_logit, rtol=1e-2, atol=1e-2):
+        raise HeadflowError(
+            f"The Ray worker's model ({spec!r}) gives a clean logit of {got:.4f} where this run recorded "
+            f"{job.clean_logit:.4f}; the worker loaded a different model. Pass the run's model spec.")
+    return prompt

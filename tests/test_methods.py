@@ -1,0 +1,138 @@
+"""Every method checks its configuration against its run directory: a finished run with the same
+configuration is loaded (not recomputed), another configuration is refused with the list of what differs
+and leaves the earlier result byte-identical. The study resumes by configuration, not by file existence."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+from typer.testing import CliRunner
+
+from headflow import HeadflowError
+from headflow.attribution import HeadAttribution, Validation
+from headflow.cli import app
+from headflow.data import load_dataset
+from headflow.flow import TokenFlow
+from headflow.semantics import SemanticAnalysis
+
+
+@pytest.fixture(scope="module")
+def attribution_run(tmp_path_factory, tiny_models):
+    out = tmp_path_factory.mktemp("methods") / "run"
+    data = load_dataset("default", n=4)
+    HeadAttribution(tiny_models("llava"), n_masks=16, n_val=8, keep_wrong=True).run(data, out=out)
+    return out, data
+
+
+def _no_model_runs(monkeypatch):
+    """Make any forward pass of the engine fail: a loaded result must not compute."""
+    from headflow.intervene import InterventionEngine
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the engine ran, but a finished run should have been loaded")
+
+    monkeypatch.setattr(InterventionEngine, "run", refuse)
+    monkeypatch.setattr(InterventionEngine, "prepare", refuse)
+
+
+def test_validation_loads_a_finished_run_and_refuses_another_seed(attribution_run, tiny_models, monkeypatch):
+    out, data = attribution_run
+    first = Validation(tiny_models("llava"), max_images=2).run(out, dataset=data)
+    before = (out / "validation.json").read_bytes()
+    assert first.data["provenance"]["params"]["seed"] == 0  # the seed is recorded
+    with monkeypatch.context() as patch:
+        _no_model_runs(patch)
+        again = Validation(tiny_models("llava"), max_images=2).run(out, dataset=data)
+    assert again.data == first.data
+    with pytest.raises(HeadflowError, match=r"different configuration \(differs in: seed\)"):
+        Validation(tiny_models("llava"), max_images=2, seed=1).run(out, dataset=data)
+    assert (out / "validation.json").read_bytes() == before
+
+
+def test_a_finished_flow_run_refuses_another_window(tiny_models, tmp_path, monkeypatch):
+    out = tmp_path / "flow"
+    data = load_dataset("default", n=2)
+    flow = TokenFlow(tiny_models("llava"), keep_wrong=True, n_bootstrap=10, n_maps=0, progress=False)
+    first = flow.run(data, out=out)
+    before = (out / "flow.json").read_bytes()
+    with monkeypatch.context() as patch:
+        _no_model_runs(patch)
+        assert flow.run(data, out=out).summary == json.loads(before)
+    with pytest.raises(HeadflowError, match=r"different configuration \(differs in: window\)"):
+        TokenFlow(tiny_models("llava"), window=2, keep_wrong=True, n_bootstrap=10, n_maps=0,
+                  progress=False).run(data, out=out)
+    assert (out / "flow.json").read_bytes() == before and first.summary["resolved"]["window_"] == 1
+
+
+def test_semantics_refuses_other_parameters(tmp_path):
+    from test_semantics import _write_run_dir
+
+    _write_run_dir(tmp_path, n_used=24)
+    SemanticAnalysis(n_permutations=20, cv_folds=2).run(tmp_path)
+    before = (tmp_path / "semantics.json").read_bytes()
+    with pytest.raises(HeadflowError, match=r"different configuration \(differs in: n_permutations\)"):
+        SemanticAnalysis(n_permutations=30, cv_folds=2).run(tmp_path)
+    assert (tmp_path / "semantics.json").read_bytes() == before
+
+
+def test_study_resumes_by_configuration(tmp_path, monkeypatch):
+    from headflow.study import StudyPlan, run_study
+
+    plan = StudyPlan(images=4, masks=16, val_masks=8, validate_images=2, flow_images=2, flow_maps=0, permutations=10,
+                     bootstrap=10)
+    out = tmp_path / "study"
+    run_study("tiny:llava", "default", out, plan=plan, keep_wrong=True, log=lambda m: None)
+    summary = (out / "summary.json").read_bytes()
+    with monkeypatch.context() as patch:
+        _no_model_runs(patch)  # every step finished with this configuration: loaded, not recomputed
+        run_study("tiny:llava", "default", out, plan=plan, keep_wrong=True, log=lambda m: None)
+    assert (out / "summary.json").read_bytes() == summary
+    (out / "validation.json").unlink()  # a step whose result is gone is recomputed (its rows are reused)
+    run_study("tiny:llava", "default", out, plan=plan, keep_wrong=True, log=lambda m: None)
+    assert (out / "validation.json").exists()
+    with pytest.raises(HeadflowError, match=r"different configuration \(differs in: seed\)"):
+        run_study("tiny:llava", "default", out, plan=plan, seed=1, keep_wrong=True, log=lambda m: None)
+
+
+def test_validate_reloads_hf_data_with_its_column_options(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    images = []
+    for k in range(4):
+        im = Image.new("RGB", (32, 24), (240, 240, 240))
+        draw = ImageDraw.Draw(im)
+        (draw.ellipse if k % 2 == 0 else draw.rectangle)((6, 4, 24, 20), fill=(200, 30, 30))
+        images.append(im)
+    features = datasets.Features({"picture": datasets.Image(), "kind": datasets.Value("string")})
+    ds = datasets.Dataset.from_dict({"picture": images, "kind": ["circle", "square"] * 2}, features=features)
+    saved = tmp_path / "saved"
+    ds.save_to_disk(str(saved))
+    out = tmp_path / "run"
+    runner = CliRunner()
+    res = runner.invoke(app, ["attribute", "--model", "tiny:llava", "--data", f"hf:{saved}", "--image-column",
+                              "picture", "--label-column", "kind", "--out", str(out), "--masks", "16", "--val-masks",
+                              "8", "--keep-wrong"])
+    assert res.exit_code == 0, res.output
+    recorded = json.loads((out / "config.json").read_text())["spec"]["data"]
+    assert recorded["image_column"] == "picture" and recorded["label_column"] == "kind"
+    res = runner.invoke(app, ["validate", str(out), "--max-images", "2"])  # reloads the data by itself
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "validation.json").read_text())["n_images"] == 2
+    assert np.isfinite(np.load(out / "single_head.npy")).all()
+
+
+def test_cli_errors_are_one_line_and_debug_shows_the_traceback(tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(app, ["attribute", "--model", "tiny:llava", "--out", str(tmp_path / "r"), "--masks", "3"])
+    assert res.exit_code == 2
+    assert res.output.strip().splitlines() == [
+        "error: The 'n_masks' parameter of HeadAttribution must be an int in [8, inf) or None. Got 3 instead."]
+    res = runner.invoke(app, ["--debug", "attribute", "--model", "tiny:llava", "--out", str(tmp_path / "r"),
+                              "--masks", "3"])
+    assert res.exit_code == 1 and isinstance(res.exception, HeadflowError)
+    res = runner.invoke(app, ["flow", "--out", str(tmp_path / "f"), "--object-layers", "a,b"])
+    assert res.exit_code == 2 and "'--object-layers' option of flow must be a comma-separated list of ints" in res.output
+    assert not Path(tmp_path / "f").exists()
