@@ -6,11 +6,10 @@ import torch
 from headflow import Baseline, HeadflowError, Intervention, InterventionEngine, Knockout, load_model
 from headflow.intervene import attention as attention_module
 from headflow.intervene.check import CHECK_QUESTION, check_image, random_rows, run_checks
+from headflow.models.adapter import family_names
 
-FAMILIES = ["llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "internvl"]
 
-
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", family_names())
 def test_check_invariants_pass(tiny_models, family):
     results = run_checks(tiny_models(family))
     assert [r.name for r in results] == ["a_clean_vs_hf", "b_identity_ablation", "c_prefix_vs_full", "d_same_seed"]
@@ -50,7 +49,7 @@ def test_knockout_image_to_text_equals_ablation_with_knockout_baseline(llava):
     assert torch.allclose(ablated, knocked.logits, atol=1e-5)
 
 
-@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+@pytest.mark.parametrize("family", family_names())
 def test_ablation_changes_only_that_heads_output(tiny_models, family):
     """Hook o_proj's input: ablating (l, h) changes head h's slice in layer l only, at text positions only."""
     lm = tiny_models(family)

@@ -14,6 +14,7 @@ from headflow.answers import resolve_answer_id
 from headflow.flow import DEFAULT_PAIRS, FlowResult, TokenFlow, parse_pairs
 from headflow.flow import objects as obj
 from headflow.flow.stats import bootstrap_indices, curve_summary, paired_later_test
+from headflow.models.adapter import family_names
 
 QUESTION = "What is the main object in the image? Answer in one word."
 
@@ -64,7 +65,7 @@ def flow_rows(lm, prompt, ex):
     return rows + o_rows + t_rows[:4]
 
 
-@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+@pytest.mark.parametrize("family", family_names())
 def test_flow_rows_prefix_path_equals_full_prompt(tiny_models, family):
     lm = tiny_models(family)
     ex = example(1)

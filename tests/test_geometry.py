@@ -6,6 +6,7 @@ import torch
 from PIL import Image
 
 from headflow import HeadflowError
+from headflow.models.adapter import family_names
 from headflow.models.geometry import classify_tokens, coverage_from_rects, token_coverage, token_rects
 
 QUESTION = "What is shown ?"
@@ -87,7 +88,7 @@ def test_internvl_single_tile(tiny_models):
     np.testing.assert_array_equal(cov, expected)
 
 
-@pytest.mark.parametrize("family", ["llava_next", "qwen2_5_vl", "internvl"])
+@pytest.mark.parametrize("family", family_names())
 @pytest.mark.parametrize("size", [(64, 64), (96, 64), (40, 150)])
 def test_geometry_token_count_matches_prompt(tiny_models, family, size):
     lm = tiny_models(family)

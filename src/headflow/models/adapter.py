@@ -1,13 +1,21 @@
-"""Family adapters: what differs between LVLM families, declared in one small class per family.
+"""Family adapters: what differs between LVLM families, declared in one class per family.
 
-Adding a family is one file in ``models/families/`` with a subclass of :class:`FamilyAdapter`
-decorated with :func:`register_adapter`; nothing else needs editing.
+A family is one file, ``models/families/<name>.py``: a subclass of :class:`FamilyAdapter` decorated with
+:func:`register_adapter` that carries everything family-specific, including its patch geometry
+(:meth:`FamilyAdapter.token_rects`) and its tiny random-weight test model (:meth:`FamilyAdapter.tiny`).
+Every module in that package is imported on first use of the registry (:func:`family_names`,
+:func:`adapter_class`, :func:`adapter_for`), so nothing else needs editing: ``tiny:<name>`` and every
+family test (they parametrise over :func:`family_names`) pick a new file up by themselves. How to add one:
+``models/families/README.md``.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from typing import Any, ClassVar, Sequence
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -15,12 +23,44 @@ from ..errors import HeadflowError
 from .groups import TokenGroups, derive_groups
 
 ADAPTERS: dict[str, type["FamilyAdapter"]] = {}
+_families_imported = False
 
 
 def register_adapter(cls: type["FamilyAdapter"]) -> type["FamilyAdapter"]:
-    """Class decorator: make a family adapter known to :func:`adapter_for` and ``tiny:<name>``."""
+    """Class decorator: make a family adapter known to :func:`adapter_for` and ``tiny:<name>``.
+
+    Raises
+    ------
+    HeadflowError
+        If the class has no ``name``, or another class already registered that name (e.g. a copied
+        adapter file whose ``name`` was not changed, which would silently replace the original).
+    """
+    if not cls.name:
+        raise HeadflowError(f"Adapter {cls.__qualname__} needs a family name: set its class attribute 'name'.")
+    other = ADAPTERS.get(cls.name)
+    if other is not None and (other.__module__, other.__qualname__) != (cls.__module__, cls.__qualname__):
+        raise HeadflowError(f"Family name {cls.name!r} of {cls.__module__}.{cls.__qualname__} is already taken by "
+                            f"{other.__module__}.{other.__qualname__}; give the new adapter its own 'name'.")
     ADAPTERS[cls.name] = cls
     return cls
+
+
+def _import_families() -> None:
+    """Import every module of :mod:`headflow.models.families` once; each registers its adapters."""
+    global _families_imported
+    if _families_imported:
+        return
+    from . import families
+
+    for module in pkgutil.iter_modules(families.__path__, f"{families.__name__}."):
+        importlib.import_module(module.name)
+    _families_imported = True
+
+
+def family_names() -> list[str]:
+    """Names of all registered families (``tiny:<name>``), sorted; imports the built-in family modules."""
+    _import_families()
+    return sorted(ADAPTERS)
 
 
 class FamilyAdapter:
@@ -28,15 +68,14 @@ class FamilyAdapter:
 
     Class attributes declare the family: ``name`` (used in ``tiny:<name>``), ``model_types`` (the
     ``config.model_type`` values it serves). Methods have working defaults for transformers 5.x
-    ``*ForConditionalGeneration`` classes; a family overrides only what differs.
+    ``*ForConditionalGeneration`` classes; a family overrides only what differs, and adds its patch
+    geometry (:meth:`token_rects`) and its tiny test model (:meth:`tiny`).
     """
 
     name: ClassVar[str] = ""
     model_types: ClassVar[tuple[str, ...]] = ()
     #: sub-config of the language model, as ``set_attn_implementation`` expects it
     text_config_key: ClassVar[str] = "text_config"
-    #: whether the language model gets multi-axis (M-RoPE) position ids
-    mrope: ClassVar[bool] = False
 
     def __init__(self, model: torch.nn.Module, processor: Any) -> None:
         self.model = model
@@ -76,17 +115,31 @@ class FamilyAdapter:
         groups = derive_groups(ids, self.image_token_id(), plain["input_ids"][0].tolist())
         return dict(inputs), groups
 
+    # -- patch geometry --------------------------------------------------------------------
+    def token_rects(self, image_size: tuple[int, int], inputs: dict) -> np.ndarray:
+        """Rectangles ``Float[ndarray, "image_token 4"]`` = ``(y0, y1, x0, x1)`` in the original image's
+        pixels (NaN: a token without a region), in the order of the prompt's image tokens, computed by
+        replaying the processor's resize / pad / crop / tile steps (shared math: :mod:`.geometry`).
+
+        The default has none and raises; object/background analysis is then switched off.
+        """
+        supported = sorted(n for n, c in ADAPTERS.items() if c.token_rects is not FamilyAdapter.token_rects)
+        raise HeadflowError(
+            f"No patch geometry for family {self.name!r}; object/background analysis supports "
+            f"{', '.join(supported)}. Add a token_rects(image_size, inputs) method to its adapter.")
+
+    # -- tiny test model -------------------------------------------------------------------
     @classmethod
     def tiny(cls, seed: int = 0) -> tuple[torch.nn.Module, Any]:
-        """A tiny random-weight model of this family with a locally built processor."""
-        from .tiny import build_tiny
-
-        return build_tiny(cls.name, seed=seed)
+        """A tiny random-weight model of this family (fp32, eval mode, weights fully determined by
+        ``seed``) with a locally built processor: what ``tiny:<name>`` and the tests load."""
+        raise HeadflowError(f"Family {cls.name!r} has no tiny test model; add a tiny(seed) classmethod to its "
+                            "adapter (see headflow/models/families/README.md).")
 
 
 def adapter_for(model: torch.nn.Module, processor: Any) -> FamilyAdapter:
     """The registered adapter for a loaded model, or a clear error naming the supported families."""
-    from . import families  # noqa: F401  (registers the built-in adapters)
+    _import_families()
 
     model_type = getattr(model.config, "model_type", None)
     for cls in ADAPTERS.values():
@@ -100,8 +153,8 @@ def adapter_for(model: torch.nn.Module, processor: Any) -> FamilyAdapter:
 
 
 def adapter_class(name: str) -> type[FamilyAdapter]:
-    from . import families  # noqa: F401
-
+    """The registered adapter class of family ``name``, or an error listing the registered families."""
+    names = family_names()
     if name not in ADAPTERS:
-        raise HeadflowError(f"Unknown family {name!r}. Supported: {', '.join(sorted(ADAPTERS))}.")
+        raise HeadflowError(f"Unknown family {name!r}. Supported: {', '.join(names)}.")
     return ADAPTERS[name]

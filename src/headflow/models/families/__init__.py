@@ -1,3 +1,5 @@
-"""Built-in family adapters; importing this package registers them."""
+"""Built-in family adapters, one module per family (see README.md here for adding one).
 
-from . import internvl, llava, llava_next, qwen2_vl  # noqa: F401
+There is no import list: :mod:`headflow.models.adapter` imports every module of this package on first use
+of the registry, and each module registers its adapters with ``@register_adapter``.
+"""

@@ -1,7 +1,34 @@
 """InternVL, the transformers-native ``InternVLForConditionalGeneration`` (``-hf`` checkpoints, Qwen2 LM)."""
 
-from .. import geometry
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ...errors import HeadflowError
 from ..adapter import FamilyAdapter, register_adapter
+from ..geometry import grid_rects, size_value
+from ..tiny import (
+    BASE_WORDS,
+    QWEN_SPECIAL_TOKENS,
+    build_word_tokenizer,
+    content_loop,
+    image_only_processor_cls,
+    seeded_model,
+)
+
+# InternVL3 (Qwen2 LM) style: image placeholder "<IMG_CONTEXT>" expanded by the processor
+# into "<img><IMG_CONTEXT>*N</img>".
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    + content_loop("<IMG_CONTEXT>\n", "<video>\n")
+    + "<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 
 @register_adapter
@@ -9,5 +36,113 @@ class InternVLAdapter(FamilyAdapter):
     name = "internvl"
     model_types = ("internvl",)
 
-    def token_rects(self, image_size, inputs):  # patch geometry of object/background analysis
-        return geometry.internvl_rects(self.processor, self.model.config, image_size, inputs)
+    def token_rects(self, image_size, inputs):
+        """The image resized to a ``cols x rows`` canvas of tiles (row-major), then the thumbnail (whole image
+        in one tile) when there is more than one tile; ``image_seq_length`` tokens per tile."""
+        processor = self.processor
+        width, height = image_size
+        ip = processor.image_processor
+        th, tw = size_value(ip.size, "height"), size_value(ip.size, "width")
+        per_tile = int(getattr(processor, "image_seq_length", None) or self.model.config.image_seq_length)
+        q = int(round(math.sqrt(per_tile)))
+        if q * q != per_tile:
+            raise HeadflowError(f"InternVL patch geometry needs a square token grid per tile; got {per_tile} tokens.")
+        cols = rows = 1
+        if getattr(ip, "crop_to_patches", False) and int(ip.max_patches) > 1:
+            from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import get_optimal_tiled_canvas
+
+            cols, rows = get_optimal_tiled_canvas((height, width), (th, tw), int(ip.min_patches), int(ip.max_patches))
+        sy, sx = height / (rows * th), width / (cols * tw)
+        tiles = [grid_rects(q, q, r * th * sy, c * tw * sx, th / q * sy, tw / q * sx)
+                 for r in range(rows) for c in range(cols)]
+        if rows * cols > 1:
+            tiles.append(grid_rects(q, q, 0.0, 0.0, height / q, width / q))
+        return np.concatenate(tiles)
+
+    @classmethod
+    def tiny(cls, seed=0):
+        """InternViT (2 layers, tile 32 px, patch 4; up to 4 tiles + thumbnail, 16 tokens per tile) with the
+        pixel-shuffle projector + a 2-layer Qwen2 LM (4 heads, 2 KV heads)."""
+        from transformers import (
+            GotOcr2ImageProcessorPil,
+            InternVLConfig,
+            InternVLForConditionalGeneration,
+            InternVLProcessor,
+            Qwen2Config,
+        )
+        from transformers.models.internvl.configuration_internvl import InternVLVisionConfig
+        from transformers.utils import is_torchvision_available
+
+        tile, patch, downsample = 32, 4, 0.5
+        image_seq_length = int((tile // patch) ** 2 * downsample**2)  # 16 tokens per tile
+        tok = build_word_tokenizer(
+            BASE_WORDS,
+            QWEN_SPECIAL_TOKENS,
+            image_token="<IMG_CONTEXT>",
+            extra_special_tokens={
+                "start_image_token": "<img>",
+                "end_image_token": "</img>",
+                "context_image_token": "<IMG_CONTEXT>",
+                "video_token": "<video>",
+            },
+            chat_template=CHAT_TEMPLATE,
+            bos_token=None,
+            eos_token="<|im_end|>",
+            pad_token="<|endoftext|>",
+        )
+        image_processor = GotOcr2ImageProcessorPil(
+            size={"height": tile, "width": tile},
+            crop_to_patches=True,  # dynamic tiling + thumbnail, as in InternVL checkpoints
+            min_patches=1,
+            max_patches=4,
+        )
+        if is_torchvision_available():
+            from transformers import InternVLVideoProcessor
+
+            processor = InternVLProcessor(
+                image_processor=image_processor,
+                tokenizer=tok,
+                video_processor=InternVLVideoProcessor(size={"height": tile, "width": tile}),
+                image_seq_length=image_seq_length,
+                chat_template=CHAT_TEMPLATE,
+            )
+        else:
+            processor = image_only_processor_cls(InternVLProcessor)(
+                image_processor=image_processor,
+                tokenizer=tok,
+                image_seq_length=image_seq_length,
+                chat_template=CHAT_TEMPLATE,
+            )
+        vision = InternVLVisionConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=[tile, tile],
+            patch_size=[patch, patch],
+        )
+        text = Qwen2Config(
+            vocab_size=len(tok),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=1024,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+            pad_token_id=tok.pad_token_id,
+            bos_token_id=None,
+            eos_token_id=tok.eos_token_id,
+            tie_word_embeddings=False,
+        )
+        config = InternVLConfig(
+            vision_config=vision,
+            text_config=text,
+            image_token_id=tok.context_image_token_id,
+            image_seq_length=image_seq_length,
+            downsample_ratio=downsample,
+            vision_feature_layer=-1,
+            vision_feature_select_strategy="default",
+            tie_word_embeddings=False,
+        )
+        return seeded_model(InternVLForConditionalGeneration, config, seed), processor

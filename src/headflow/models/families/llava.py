@@ -1,7 +1,22 @@
 """LLaVA-1.5 (``llava``): CLIP tower, 2-layer projector, Llama/Vicuna LM, ``USER: <image>\\n... ASSISTANT:``."""
 
-from .. import geometry
+from __future__ import annotations
+
+import numpy as np
+
 from ..adapter import FamilyAdapter, register_adapter
+from ..geometry import grid_rects, size_value
+from ..tiny import BASE_WORDS, build_word_tokenizer, clip_vision_config, content_loop, seeded_model
+
+# USER: <image>\n{question} ASSISTANT:
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ message['content'] if message['content'] is string else message['content'][0]['text'] }} "
+    "{% elif message['role'] == 'user' %}USER: " + content_loop("<image>\n") + " "
+    "{% elif message['role'] == 'assistant' %}ASSISTANT: " + content_loop("") + "</s>"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
 
 
 @register_adapter
@@ -9,5 +24,88 @@ class LlavaAdapter(FamilyAdapter):
     name = "llava"
     model_types = ("llava",)
 
-    def token_rects(self, image_size, inputs):  # patch geometry of object/background analysis
-        return geometry.llava_rects(self.processor, self.model.config, image_size, inputs)
+    def token_rects(self, image_size, inputs):
+        """[pad to square] → resize (shortest edge or exact size) → centre crop → patch grid."""
+        config = self.model.config
+        width, height = image_size
+        ip = self.processor.image_processor
+        oy = ox = 0.0
+        h, w = float(height), float(width)
+        if getattr(ip, "do_pad", False):  # LlavaImageProcessor.pad_to_square: image centred on the long side
+            side = max(height, width)
+            if width > height:
+                oy = float((side - height) // 2)
+            else:
+                ox = float((side - width) // 2)
+            h = w = float(side)
+        rh, rw = h, w
+        if getattr(ip, "do_resize", True):
+            short_edge = size_value(ip.size, "shortest_edge")
+            if short_edge:
+                short, long = (w, h) if w <= h else (h, w)
+                new_long = int(short_edge * long / short)
+                rh, rw = (new_long, short_edge) if w <= h else (short_edge, new_long)
+            else:
+                rh, rw = size_value(ip.size, "height"), size_value(ip.size, "width")
+        sy, sx = h / rh, w / rw  # processed px → (padded) original px
+        top = left = 0
+        ch, cw = rh, rw
+        if getattr(ip, "do_center_crop", False):
+            ch, cw = size_value(ip.crop_size, "height"), size_value(ip.crop_size, "width")
+            top, left = int((rh - ch) / 2.0), int((rw - cw) / 2.0)
+        patch = int(config.vision_config.patch_size)
+        rows, cols = int(ch) // patch, int(cw) // patch
+        rects = grid_rects(rows, cols, top * sy - oy, left * sx - ox, patch * sy, patch * sx)
+        if getattr(config, "vision_feature_select_strategy", "default") == "full":
+            rects = np.concatenate([np.full((1, 4), np.nan), rects])
+        return rects
+
+    @classmethod
+    def tiny(cls, seed=0):
+        """CLIP 32 px / patch 8 (4x4 = 16 image tokens, CLS dropped) + a 2-layer Llama LM (4 heads, MHA)."""
+        from transformers import (
+            CLIPImageProcessorPil,
+            LlamaConfig,
+            LlavaConfig,
+            LlavaForConditionalGeneration,
+            LlavaProcessor,
+        )
+
+        image_size, patch_size = 32, 8  # 4x4 = 16 patches (+ CLS, dropped by "default")
+        tok = build_word_tokenizer(BASE_WORDS, [], image_token="<image>", chat_template=CHAT_TEMPLATE)
+        image_processor = CLIPImageProcessorPil(
+            size={"shortest_edge": image_size},
+            crop_size={"height": image_size, "width": image_size},
+        )
+        processor = LlavaProcessor(
+            image_processor=image_processor,
+            tokenizer=tok,
+            patch_size=patch_size,
+            vision_feature_select_strategy="default",
+            num_additional_image_tokens=1,
+            chat_template=CHAT_TEMPLATE,
+        )
+        text = LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            head_dim=16,
+            max_position_embeddings=512,
+            pad_token_id=tok.pad_token_id,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            tie_word_embeddings=False,
+        )
+        config = LlavaConfig(
+            vision_config=clip_vision_config(image_size, patch_size),
+            text_config=text,
+            image_token_index=tok.image_token_id,
+            image_seq_length=(image_size // patch_size) ** 2,
+            vision_feature_select_strategy="default",
+            vision_feature_layer=-2,
+            pad_token_id=tok.pad_token_id,
+        )
+        return seeded_model(LlavaForConditionalGeneration, config, seed), processor

@@ -1,7 +1,23 @@
 """LLaVA-NeXT (``llava_next``): any-resolution tiles, e.g. Mistral or Vicuna LM."""
 
-from .. import geometry
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ...errors import HeadflowError
 from ..adapter import FamilyAdapter, register_adapter
+from ..geometry import grid_rects
+from ..tiny import BASE_WORDS, build_word_tokenizer, clip_vision_config, content_loop, seeded_model
+
+# [INST] <image>\n{question} [/INST]
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}[INST] " + content_loop("<image>\n") + " [/INST]"
+    "{% elif message['role'] == 'assistant' %} " + content_loop("") + "</s>"
+    "{% endif %}{% endfor %}"
+)
 
 
 @register_adapter
@@ -9,5 +25,97 @@ class LlavaNextAdapter(FamilyAdapter):
     name = "llava_next"
     model_types = ("llava_next",)
 
-    def token_rects(self, image_size, inputs):  # patch geometry of object/background analysis
-        return geometry.llava_next_rects(self.processor, self.model.config, image_size, inputs)
+    def token_rects(self, image_size, inputs):
+        """Anyres: base image (squashed to the tile size), then the unpadded tile grid row by row, each row
+        followed by a newline token (NaN)."""
+        from transformers.image_processing_utils import select_best_resolution
+
+        config = self.model.config
+        width, height = image_size
+        ip = self.processor.image_processor
+        tile = int(config.vision_config.image_size)
+        g = tile // int(config.vision_config.patch_size)
+        base = grid_rects(g, g, 0.0, 0.0, height / g, width / g)
+        if getattr(config, "vision_feature_select_strategy", "default") == "full":
+            raise HeadflowError("Patch geometry for LLaVA-NeXT with vision_feature_select_strategy='full' is not "
+                                "supported; object/background analysis needs the 'default' strategy.")
+        pinpoints = [list(p) for p in (getattr(config, "image_grid_pinpoints", None) or ip.image_grid_pinpoints)]
+        bh, bw = select_best_resolution((height, width), pinpoints)
+        scale_w, scale_h = bw / width, bh / height
+        if scale_w < scale_h:
+            nw, nh = bw, min(math.ceil(height * scale_w), bh)
+        else:
+            nh, nw = bh, min(math.ceil(width * scale_h), bw)
+        paste_y, paste_x = (bh - nh) // 2, (bw - nw) // 2
+        fh, fw = (bh // tile) * g, (bw // tile) * g  # feature grid over the padded canvas
+        cell = tile / g  # canvas px per feature cell
+        # unpad_image, in feature units
+        if width / height > fw / fh:
+            new_h = int(round(height * (fw / width), 7))
+            pad = (fh - new_h) // 2
+            r0, r1, c0, c1 = pad, fh - pad, 0, fw
+        else:
+            new_w = int(round(width * (fh / height), 7))
+            pad = (fw - new_w) // 2
+            r0, r1, c0, c1 = 0, fh, pad, fw - pad
+        sy, sx = height / nh, width / nw
+        rows = []
+        for r in range(r0, r1):
+            row = grid_rects(1, c1 - c0, (r * cell - paste_y) * sy, (c0 * cell - paste_x) * sx, cell * sy, cell * sx)
+            rows.extend([row, np.full((1, 4), np.nan)])
+        return np.concatenate([base, *rows])
+
+    @classmethod
+    def tiny(cls, seed=0):
+        """CLIP 32 px / patch 8 with any-resolution pinpoints up to 64x64 + a 2-layer Mistral LM (4 heads,
+        2 KV heads)."""
+        from transformers import (
+            LlavaNextConfig,
+            LlavaNextForConditionalGeneration,
+            LlavaNextImageProcessorPil,
+            LlavaNextProcessor,
+            MistralConfig,
+        )
+
+        image_size, patch_size = 32, 8
+        pinpoints = [[32, 64], [64, 32], [64, 64]]
+        tok = build_word_tokenizer(BASE_WORDS, [], image_token="<image>", chat_template=CHAT_TEMPLATE)
+        image_processor = LlavaNextImageProcessorPil(
+            size={"shortest_edge": image_size},
+            crop_size={"height": image_size, "width": image_size},
+            image_grid_pinpoints=pinpoints,
+        )
+        processor = LlavaNextProcessor(
+            image_processor=image_processor,
+            tokenizer=tok,
+            patch_size=patch_size,
+            vision_feature_select_strategy="default",
+            num_additional_image_tokens=1,
+            chat_template=CHAT_TEMPLATE,
+        )
+        text = MistralConfig(
+            vocab_size=len(tok),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            max_position_embeddings=1024,
+            sliding_window=None,
+            pad_token_id=tok.pad_token_id,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            tie_word_embeddings=False,
+        )
+        config = LlavaNextConfig(
+            vision_config=clip_vision_config(image_size, patch_size),
+            text_config=text,
+            image_token_index=tok.image_token_id,
+            image_grid_pinpoints=pinpoints,
+            image_seq_length=(image_size // patch_size) ** 2,
+            vision_feature_select_strategy="default",
+            vision_feature_layer=-2,
+            pad_token_id=tok.pad_token_id,
+        )
+        return seeded_model(LlavaNextForConditionalGeneration, config, seed), processor
