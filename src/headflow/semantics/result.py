@@ -110,7 +110,7 @@ class SemanticResult(Result):
     p_class_vs_appearance : float
         Two-sided permutation p-value of ``within_class - within_appearance`` (overall factor).
     verdict : str
-        Claim C2: ``"class"``, ``"appearance"`` or ``"neither"`` (overall factor, at ``alpha``).
+        Claim C2: ``"class"``, ``"appearance"`` or ``"neither"`` (overall factor, at ``significance_level``).
     per_factor : dict[str, FactorSummary]
     probes : dict[str, dict[str, ProbeScore]]
         ``{target: {representation: ProbeScore}}``; targets are ``class`` and each factor,

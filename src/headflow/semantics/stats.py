@@ -311,8 +311,8 @@ def class_head_sets(class_maps: NDArray[np.floating], classes: tuple[str, ...],
     return shared, specific
 
 
-def verdict(test: PermutationTest, alpha: float) -> str:
+def verdict(test: PermutationTest, significance_level: float) -> str:
     """``"class"`` / ``"appearance"`` when the class-vs-appearance difference is significant, else ``"neither"``."""
-    if not np.isfinite(test.p_value) or test.p_value >= alpha or test.difference == 0:
+    if not np.isfinite(test.p_value) or test.p_value >= significance_level or test.difference == 0:
         return "neither"
     return "class" if test.difference > 0 else "appearance"
