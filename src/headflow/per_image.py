@@ -84,6 +84,14 @@ def mask_rows(masks: np.ndarray, n_layers: int, n_heads: int) -> list[Interventi
     return [Intervention(ablate=m) for m in tensor]
 
 
+def data_record(dataset) -> dict[str, Any]:
+    """How a run records its data: ``load_dataset``'s arguments where known (so the data can be reloaded)."""
+    args = getattr(dataset, "load_args", None)
+    if args:
+        return dict(args)
+    return {"spec": getattr(dataset, "name", None) or "custom", "n": len(dataset)}
+
+
 # -- the run's shared baseline ----------------------------------------------------------------------
 
 def accumulate_kv(total: list[LayerBaseline] | None, kv: list[LayerBaseline], n: int) -> list[LayerBaseline]:
@@ -107,17 +115,21 @@ def save_baseline(path: Path, baseline: Baseline) -> None:
     """Write a baseline's keys/values as safetensors (atomically)."""
     from safetensors.torch import save_file
 
-    from .store import atomic_write
+    from .store import save_recorded
 
     tensors = {}
     for i, layer in enumerate(baseline.layers):
         tensors[f"keys.{i}"] = layer.keys.contiguous().cpu()
         tensors[f"values.{i}"] = layer.values.contiguous().cpu()
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"kind": baseline.kind}))
+    save_recorded(path, lambda tmp: save_file(tensors, str(tmp), metadata={"kind": baseline.kind}))
 
 
-def load_baseline(path: Path) -> Baseline | None:
-    """Read a baseline written by :func:`save_baseline` (None when the run has none)."""
+def load_baseline(path: Path, *, rebuild_hint: str | None = None) -> Baseline | None:
+    """Read a baseline written by :func:`save_baseline` (None when the run has none), after checking its
+    integrity record (a recorded baseline that is missing or changed is an error, never "no baseline")."""
+    from .store import verify_file
+
+    verify_file(path, rebuild_hint=rebuild_hint)
     if not path.exists():
         return None
     from safetensors import safe_open

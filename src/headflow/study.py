@@ -17,7 +17,7 @@ from typing import Callable
 
 from .errors import HeadflowError
 from .method import DEFAULT_BATCH_SIZE
-from .store import write_json
+from .store import run_lock, write_json
 
 
 @dataclass(frozen=True)
@@ -50,13 +50,21 @@ def run_study(model: str, data: str, out: str | Path, *, plan: StudyPlan = FULL,
     ``data_seed`` the dataset. Re-running resumes: each step checks its configuration against what ``out``
     holds (see the module docstring).
     """
+    from .models import load_model
+
+    out = Path(out)
+    lm = load_model(model, device=device, dtype=dtype)
+    with run_lock(out):  # one writer per study directory (each step locks it again: the lock is re-entrant)
+        return _steps(lm, model, data, out, plan, seed, data_seed, batch_size, keep_wrong, log)
+
+
+def _steps(lm, model: str, data: str, out: Path, plan: StudyPlan, seed: int, data_seed: int,
+           batch_size: int | str, keep_wrong: bool, log: Callable[[str], None]) -> Path:
     from .attribution import HeadAttribution, Validation
     from .data import load_dataset
     from .flow import TokenFlow
-    from .models import load_model
     from .semantics import SemanticAnalysis
 
-    out = Path(out)
     started = time.time()
     steps = ["attribution", "validation", "flow", "semantics", "report"]
     timings: dict[str, float] = {}
@@ -65,7 +73,6 @@ def run_study(model: str, data: str, out: str | Path, *, plan: StudyPlan = FULL,
         timings[name] = round(time.time() - started, 1)
         log(f"[{steps.index(name) + 1}/{len(steps)}] {name} ... (elapsed {time.time() - started:.0f}s)")
 
-    lm = load_model(model, device=device, dtype=dtype)
     try:
         dataset = load_dataset(data, n=plan.images, seed=data_seed)
     except (ValueError, TypeError, FileNotFoundError) as exc:

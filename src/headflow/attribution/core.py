@@ -37,9 +37,10 @@ from ..intervene import Baseline, InterventionEngine
 from ..intervene.attention import LayerBaseline
 from ..method import Method, Result, provenance, versions
 from ..models.loading import LoadedModel, load_model
-from ..per_image import (ImageJob, accumulate_kv, baseline_to, checked_prompt, image_baseline, image_job,
+from ..per_image import (ImageJob, data_record, accumulate_kv, baseline_to, checked_prompt, image_baseline, image_job,
                          image_targets, load_baseline, mask_rows, save_baseline, worker_engine, worker_spec)
-from ..store import RowStore, ensure_config, read_json, save_npy, save_parquet, write_json
+from ..store import (RowStore, ensure_config, load_npy, read_json, read_parquet, run_lock, save_npy, save_parquet,
+                     write_json)
 from .fit import datamodeling_scores, design_rank, fit_linear, predict
 from .params import AttributionParams
 
@@ -51,14 +52,6 @@ def sample_masks(n: int, n_heads: int, prob: float, seed: int) -> np.ndarray:
     """Seeded i.i.d. Bernoulli(``prob``) ablation masks ``[n, n_heads]`` (True = ablated)."""
     gen = torch.Generator().manual_seed(seed)
     return (torch.rand(n, n_heads, generator=gen) < prob).numpy()
-
-
-def data_record(dataset) -> dict[str, Any]:
-    """How a run records its data: ``load_dataset``'s arguments where known (so the data can be reloaded)."""
-    args = getattr(dataset, "load_args", None)
-    if args:
-        return dict(args)
-    return {"spec": getattr(dataset, "name", None) or "custom", "n": len(dataset)}
 
 
 class HeadAttribution(Method):
@@ -103,9 +96,15 @@ class HeadAttribution(Method):
             raise HeadflowError("The dataset is empty; pass at least one image.")
         lm = load_model(self.model)
         out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="headflow-attribution-"))
+        _check_memory(params.n_masks or max(512, 4 * lm.n_layers * lm.n_heads), params, lm, len(data))
+        with run_lock(out):  # one writer per run directory
+            return self._run(lm, params, data, out, runner, spec_for_workers)
+
+    def _run(self, lm: LoadedModel, params: AttributionParams, data, out: Path, runner, spec_for_workers
+             ) -> "AttributionResult":
+        hint = rebuild_hint(out)
         n_heads = lm.n_layers * lm.n_heads
         n_masks = params.n_masks or max(512, 4 * n_heads)
-        _check_memory(n_masks + params.n_val, n_heads, len(data))
         spec = {"method": "HeadAttribution", "model": lm.name, "model_class": type(lm.model).__name__,
                 "data": data_record(data), "n_images": len(data),
                 "image_ids": [ex.id for ex in _iter(data)] if len(data) <= 4096 else None,
@@ -113,8 +112,8 @@ class HeadAttribution(Method):
         engine = InterventionEngine(lm, batch_size=params.batch_size)
         resolved = {"n_masks": n_masks, "n_heads": n_heads, "n_layers": lm.n_layers, "heads_per_layer": lm.n_heads}
         config = ensure_config(out, spec, {"params": params.model_dump(mode="json"), "resolved": resolved,
-                                           "model": lm.describe(), "versions": versions()})
-        table, baseline = self._clean_pass(engine, data, params, out)
+                                           "model": lm.describe(), "versions": versions()}, rebuild_hint=hint)
+        table, baseline = self._clean_pass(engine, data, params, out, hint)
         masks = sample_masks(n_masks, n_heads, params.ablation_prob, params.seed)
         val_masks = sample_masks(params.n_val, n_heads, params.ablation_prob, params.seed + 1_000_003)
         save_npy(out / "masks.npy", masks)
@@ -123,7 +122,7 @@ class HeadAttribution(Method):
         if not used:
             raise HeadflowError("No image is answered correctly by the clean model, so none is left to analyse; "
                                 "pass keep_wrong=True (--keep-wrong) to keep them.")
-        store = RowStore(out, "targets", len(used), n_masks + params.n_val)
+        store = RowStore(out, "targets", len(used), n_masks + params.n_val, rebuild_hint=hint)
         todo = [(row, idx) for row, idx in enumerate(used) if not store.done[row]]
         context = _TargetsContext(*(spec_for_workers or (None, None)), params.batch_size, params,
                                   baseline_to(baseline, "cpu") if runner is not None else baseline,
@@ -139,11 +138,15 @@ class HeadAttribution(Method):
 
     # -- pass 1: clean runs ------------------------------------------------------------------
     def _clean_pass(self, engine: InterventionEngine, dataset, params: AttributionParams,
-                    out: Path) -> tuple[pd.DataFrame, Baseline | None]:
+                    out: Path, hint: str) -> tuple[pd.DataFrame, Baseline | None]:
         table_path = out / "images.parquet"
         if table_path.exists():
-            table = pd.read_parquet(table_path)
-            return table, load_baseline(out / "baseline.safetensors")
+            table = read_parquet(table_path, rebuild_hint=hint)
+            baseline = load_baseline(out / "baseline.safetensors", rebuild_hint=hint)
+            if baseline is None and params.baseline in ("mean", "blank"):
+                raise HeadflowError(f"{out / 'baseline.safetensors'} is missing, but images.parquet marks the clean "
+                                    f"pass complete. Delete the run directory to recompute: {hint}.")
+            return table, baseline
         lm = engine.lm
         tokenizer = getattr(lm.processor, "tokenizer", lm.processor)
         records, attention, hidden, pixels = [], [], [], []
@@ -258,8 +261,11 @@ class AttributionResult(Result):
         if not (run_dir / "summary.json").exists():
             raise HeadflowError(f"{run_dir} is not a finished attribution run (no summary.json); run "
                                 "'headflow attribute' with --out pointing there first.")
-        return cls(run_dir, np.load(run_dir / "attributions.npy"), pd.read_parquet(run_dir / "images.parquet"),
-                   read_json(run_dir / "summary.json"), read_json(run_dir / "config.json"))
+        hint = rebuild_hint(run_dir)
+        return cls(run_dir, load_npy(run_dir / "attributions.npy", rebuild_hint=hint),
+                   read_parquet(run_dir / "images.parquet", rebuild_hint=hint),
+                   read_json(run_dir / "summary.json", rebuild_hint=hint),
+                   read_json(run_dir / "config.json", rebuild_hint=hint))
 
     def save(self, out: str | Path) -> Path:
         """Copy the result's files to another directory; returns it."""
@@ -319,9 +325,16 @@ def _iter(dataset):
         yield dataset[i]
 
 
-def _check_memory(n_rows: int, n_heads: int, n_images: int) -> None:
+def rebuild_hint(out: Path) -> str:
+    """The command that recomputes an attribution run (named in every integrity error of the run)."""
+    return f"headflow attribute --out {out} with the options in {out / 'config.json'}"
+
+
+def _check_memory(n_masks: int, params: AttributionParams, lm: LoadedModel, n_images: int) -> None:
     """Refuse, before touching the run directory, a design whose fit would not fit in memory."""
     import os
+
+    n_rows, n_heads = n_masks + params.n_val, lm.n_layers * lm.n_heads
 
     needed = 8 * (n_rows * (n_heads + 1) + n_rows * n_images) * 3  # float64 design and targets, with working copies
     try:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..figures import new_figure, save_figure
+from ..store import read_parquet
 
 if TYPE_CHECKING:  # pragma: no cover
     from .core import AttributionResult
@@ -28,9 +29,7 @@ def plot_attribution(result: "AttributionResult", figures_dir: Path) -> list[Pat
     fig.colorbar(im, ax=ax, shrink=0.8)
     paths = save_figure(fig, figures_dir, "attribution_heatmap")
 
-    import pandas as pd
-
-    lds = pd.read_parquet(result.run_dir / "lds.parquet")
+    lds = read_parquet(result.run_dir / "lds.parquet")
     fig = new_figure(5, 3.2)
     ax = fig.subplots()
     ax.hist([lds["lds_pearson"].dropna(), lds["lds_spearman"].dropna()], bins=20, range=(-1, 1),

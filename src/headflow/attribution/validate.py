@@ -27,8 +27,8 @@ from ..models.loading import load_model
 from ..per_image import (ImageJob, baseline_to, checked_prompt, image_baseline, image_targets, load_baseline,
                          resample_partner, worker_engine, worker_spec)
 from ..answers import target_values
-from ..store import RowStore, ensure_config, read_json, save_npy, write_json
-from .core import AttributionResult
+from ..store import RowStore, ensure_config, load_npy, read_json, run_lock, save_npy, write_json
+from .core import AttributionResult, rebuild_hint
 from .params import AttributionParams, ValidationParams
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ class ValidationResult(Result):
         path = Path(run_dir) / "validation.json"
         if not path.exists():
             raise HeadflowError(f"{run_dir} has no validation.json; run 'headflow validate {run_dir}' first.")
-        return cls(Path(run_dir), read_json(path))
+        return cls(Path(run_dir), read_json(path, rebuild_hint=f"headflow validate {run_dir}"))
 
     def save(self, out: str | Path) -> Path:
         """Write ``validation.json`` into ``out`` (atomically); returns its path."""
@@ -110,6 +110,12 @@ class Validation(Method):
         if out is not None and Path(out).resolve() != run_dir.resolve():
             raise HeadflowError(f"Validation writes into the attribution run directory {run_dir}; got out={out}. "
                                 "Leave out unset (or copy the run first with AttributionResult.save).")
+        with run_lock(run_dir):  # one writer per run directory
+            return self._run(params, result, runner, dataset)
+
+    def _run(self, params: ValidationParams, result: AttributionResult, runner, dataset) -> ValidationResult:
+        run_dir = result.run_dir
+        hint = f"headflow validate {run_dir} (after: rm -r {run_dir / 'validation'})"
         spec = result.config["spec"]
         model = self.model if self.model is not None else spec["model"]
         spec_for_workers = worker_spec(model) if runner is not None else None  # [ray] fail before any work
@@ -125,12 +131,12 @@ class Validation(Method):
         resolved = {"k_grid": grid, "n_images": len(used)}
         config = ensure_config(self.config_dir(run_dir), {"method": "Validation", "run": result.config["spec_hash"],
                                                           **params.spec()},
-                               {"params": params.model_dump(mode="json"), "resolved": resolved})
+                               {"params": params.model_dump(mode="json"), "resolved": resolved}, rebuild_hint=hint)
         if (run_dir / "validation.json").exists():
             return ValidationResult.load(run_dir)  # finished with this configuration
         dataset = dataset if dataset is not None else dataset_of(spec)
         engine = InterventionEngine(lm, batch_size=params.batch_size)
-        shared = load_baseline(run_dir / "baseline.safetensors")
+        shared = load_baseline(run_dir / "baseline.safetensors", rebuild_hint=rebuild_hint(run_dir))
         context = _ValidationContext(*(spec_for_workers or (None, None)), params.batch_size, run_params,
                                      baseline_to(shared, "cpu") if runner is not None else shared)
 
@@ -145,14 +151,14 @@ class Validation(Method):
                        setup=_setup_validation_worker, context=ctx, runner=runner, desc=desc)
 
         # pass A: clean, all-ablated and single-head targets
-        single_store = RowStore(run_dir / "validation", "single", len(used), n + 2)
+        single_store = RowStore(run_dir / "validation", "single", len(used), n + 2, rebuild_hint=hint)
         fill(single_store, _single_row, context, "validate: single heads")
         single = np.asarray(single_store.data)
         y_clean, y_all, y_single = single[:, 0], single[:, 1], single[:, 2:]
         single_effect = y_clean[:, None] - y_single
         save_npy(run_dir / "single_head.npy", single_effect.reshape(-1, n_layers, n_heads).astype(np.float32))
 
-        attention = np.load(run_dir / "attention.npy").reshape(-1, n)[: len(used)]
+        attention = load_npy(run_dir / "attention.npy", rebuild_hint=rebuild_hint(run_dir)).reshape(-1, n)[: len(used)]
         orders = {
             "attribution": np.argsort(-result.mean_attribution.ravel(), kind="stable"),
             # (the ranking always uses the mean over all attributed images)
@@ -164,7 +170,7 @@ class Validation(Method):
 
         # pass B: curves (needs pass A's single-head ranking)
         n_cols = len(RANKINGS) * len(grid) * 2
-        curve_store = RowStore(run_dir / "validation", "curves", len(used), n_cols * 2)
+        curve_store = RowStore(run_dir / "validation", "curves", len(used), n_cols * 2, rebuild_hint=hint)
         fill(curve_store, _curve_row, replace(context, orders=orders, grid=grid), "validate: curves",
              lambda row: np.argsort(-per_image[row], kind="stable"))
         resolved["batch_size"] = engine.batch_size

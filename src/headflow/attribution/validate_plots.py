@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..figures import new_figure, save_figure
+from ..store import load_npy
 
 if TYPE_CHECKING:  # pragma: no cover
     from .validate import ValidationResult
@@ -33,9 +34,9 @@ def plot_validation(result: "ValidationResult", figures_dir: Path) -> list[Path]
     axes[2].legend(fontsize=7)
     paths = save_figure(fig, figures_dir, "validation_curves")
 
-    attributions = np.load(result.run_dir / "attributions.npy").mean(0).ravel()
-    attention = np.load(result.run_dir / "attention.npy").mean(0).ravel()
-    single = np.load(result.run_dir / "single_head.npy").mean(0).ravel()
+    attributions = load_npy(result.run_dir / "attributions.npy").mean(0).ravel()
+    attention = load_npy(result.run_dir / "attention.npy").mean(0).ravel()
+    single = load_npy(result.run_dir / "single_head.npy").mean(0).ravel()
     fig = new_figure(9, 3.8)
     axes = fig.subplots(1, 2)
     axes[0].scatter(attention, attributions, s=14)

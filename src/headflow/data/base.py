@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import overload
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 __all__ = [
     "Example",
@@ -23,6 +23,7 @@ __all__ = [
     "PROBLEM_REASONS",
     "ProblemLog",
     "decode_image",
+    "to_rgb",
     "one_word_label",
     "walk_order",
 ]
@@ -170,6 +171,7 @@ PROBLEM_REASONS: dict[str, str] = {
     "missing_label": "the label is missing or empty",
     "label_not_one_word": "the label is not a single word and has no one-word mapping",
     "bad_annotation": "the item's annotation is malformed (e.g. an unknown category or a broken segmentation)",
+    "bad_manifest_row": "the manifest row is malformed (not an object, no 'image', or more fields than the header)",
 }
 """Reasons a loader may skip an item for, with what each means. Loaders count them in ``problems``."""
 
@@ -216,8 +218,58 @@ def mask_problem(mask: np.ndarray, image: Image.Image) -> str | None:
     return None
 
 
+ALPHA_BACKGROUND = (255, 255, 255)
+"""Colour that transparent pixels (RGBA, LA, palette or grey images with transparency) are composited on."""
+
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert an image of any PIL mode to 8-bit RGB, as it is meant to be seen.
+
+    * EXIF orientation is applied (``ImageOps.exif_transpose``): a phone photo stored sideways is upright.
+    * 16-bit grey (``I;16*``, and ``I``, which PNG and most TIFFs use for 16-bit data) is scaled to
+      8 bits (``round(v / 257)``, so 65535 -> 255; values outside ``[0, 65535]`` saturate) instead of
+      being clipped to white. Float images (``F``) in ``[0, 1]`` are scaled by 255, others clipped to
+      ``[0, 255]``.
+    * Transparency (``RGBA``, ``LA``, ``PA``, palette or grey images with a transparent colour) is
+      composited on :data:`ALPHA_BACKGROUND` rather than dropped, which would show whatever colour the
+      transparent pixels happen to hold.
+    * ``1``, ``L``, ``P``, ``CMYK``, ``YCbCr`` and ``RGB`` use PIL's own conversion.
+
+    Raises
+    ------
+    OSError
+        If the mode cannot be converted (e.g. ``LAB``).
+    """
+    try:
+        image = ImageOps.exif_transpose(image) or image
+    except Exception:  # noqa: BLE001 - a broken EXIF block: keep the stored orientation
+        pass
+    mode = image.mode
+    try:
+        if mode in _SIXTEEN_BIT:
+            values = np.asarray(image).astype(np.float64)
+            grey = np.clip(np.round(values / 257.0), 0, 255).astype(np.uint8)
+            return Image.fromarray(grey, "L").convert("RGB")
+        if mode == "F":
+            values = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0)
+            scale = 255.0 if values.size and values.max() <= 1.0 and values.min() >= 0.0 else 1.0
+            return Image.fromarray(np.clip(np.round(values * scale), 0, 255).astype(np.uint8), "L").convert("RGB")
+        if mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in image.info:
+            rgba = image.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (*ALPHA_BACKGROUND, 255))
+            return Image.alpha_composite(background, rgba).convert("RGB")
+        return image.convert("RGB")
+    except (ValueError, TypeError) as err:
+        raise OSError(f"cannot convert an image of mode {mode!r} to RGB: {err}") from err
+
+
 def decode_image(source: str | Path | bytes, mode: str = "RGB") -> Image.Image:
     """Open and fully decode an image from a path or encoded bytes, converted to ``mode``.
+
+    ``mode="RGB"`` goes through :func:`to_rgb` (EXIF orientation, 16-bit scaling, transparency); other
+    modes (``"L"`` for masks) apply the EXIF orientation and PIL's conversion.
 
     Raises
     ------
@@ -230,6 +282,12 @@ def decode_image(source: str | Path | bytes, mode: str = "RGB") -> Image.Image:
     try:
         with Image.open(fh) as im:
             im.load()
+            if mode == "RGB":
+                return to_rgb(im)
+            try:
+                im = ImageOps.exif_transpose(im) or im
+            except Exception:  # noqa: BLE001 - a broken EXIF block: keep the stored orientation
+                pass
             return im.convert(mode)
     except FileNotFoundError:
         raise

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from headflow.data import export_folder, load_dataset
+from headflow.errors import HeadflowError
 
 data_app = typer.Typer(help="Datasets: export the embedded default set as an image folder.", no_args_is_help=True)
 
@@ -28,7 +29,11 @@ def export(
         ds = load_dataset(spec, n=n, seed=seed)
     except ValueError as err:
         raise typer.BadParameter(str(err), param_hint="--spec") from err
-    path = export_folder(ds, out)
+    try:
+        path = export_folder(ds, out)
+    except HeadflowError as err:  # a file in the way, no space, read-only: one line, exit code 2
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(code=2) from None
     typer.echo(f"wrote {len(ds)} examples to {path}")
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from headflow.data.base import Dataset, Example, ProblemLog, decode_image, mask_problem, one_word_label, walk_order
-from headflow.errors import HeadflowError, param_error
+from headflow.errors import HeadflowError, MissingFileError, param_error
 
 __all__ = ["COCO_ONE_WORD", "CocoDataset", "CocoItem"]
 
@@ -124,8 +124,9 @@ class CocoDataset(Dataset):
 
     Raises
     ------
-    FileNotFoundError
-        If the annotation file or the image folder does not exist.
+    MissingFileError
+        If the annotation file or the image folder does not exist (a ``HeadflowError`` and a
+        ``FileNotFoundError``).
     HeadflowError
         If a parameter is invalid, the file is not a COCO instances file, or pycocotools is missing.
 
@@ -150,10 +151,15 @@ class CocoDataset(Dataset):
         self._check_params(n, seed, min_area_frac, single_instance_only, label_map)
         self.instances_json = Path(instances_json)
         self.images_dir = Path(images_dir)
+        if not self.instances_json.exists():
+            raise MissingFileError(f"COCO annotation file {str(self.instances_json)!r} does not exist. Use "
+                                   "'coco:INSTANCES_JSON:IMAGES_DIR' with an existing instances_*.json.")
         if not self.instances_json.is_file():
-            raise FileNotFoundError(f"COCO annotation file {str(self.instances_json)!r} does not exist.")
+            raise HeadflowError(f"COCO annotation file {str(self.instances_json)!r} is a folder, not a file. Use "
+                                "the instances_*.json inside it, e.g. annotations/instances_val2017.json.")
         if not self.images_dir.is_dir():
-            raise FileNotFoundError(f"COCO image folder {str(self.images_dir)!r} does not exist.")
+            raise MissingFileError(f"COCO image folder {str(self.images_dir)!r} does not exist or is not a folder. "
+                                   "Use the folder holding the images, e.g. val2017.")
         self.n, self.seed = n, seed
         self.min_area_frac = float(min_area_frac)
         self.single_instance_only = bool(single_instance_only)
@@ -170,9 +176,13 @@ class CocoDataset(Dataset):
             self._coco.dataset = raw
             with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
                 self._coco.createIndex()
-        except (ValueError, KeyError, TypeError) as err:
+        except OSError as err:
+            raise HeadflowError(f"Cannot read COCO annotation file {str(self.instances_json)!r}: "
+                                f"{err.strerror or err}.") from None
+        except (ValueError, KeyError, TypeError) as err:  # JSON and UTF-8 decode errors are ValueErrors
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise HeadflowError(
-                f"{str(self.instances_json)!r} is not a COCO instances file ({err}). "
+                f"{str(self.instances_json)!r} is not a COCO instances file ({reason}). "
                 "Use an instances_*.json from the COCO annotations archive."
             ) from err
 

@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from headflow.data.base import Dataset, Example, ProblemLog, decode_image, mask_problem, one_word_label, walk_order
-from headflow.errors import HeadflowError, param_error
+from headflow.errors import HeadflowError, MissingFileError, param_error
 
 __all__ = ["HFDataset", "parse_hf_spec"]
 
@@ -60,13 +60,22 @@ def _import_datasets():  # noqa: ANN202 - datasets is optional
 def _load(source: str, split: str | None) -> Any:
     """The ``datasets.Dataset`` for ``source`` and ``split``."""
     hfd = _import_datasets()
-    path = Path(source)
+    path = Path(source).expanduser()
+    if not path.exists() and _looks_like_path(source):
+        raise MissingFileError(
+            f"Could not load Hugging Face dataset {source!r}: that folder does not exist. Check the path after "
+            "'hf:' (a hub name has the form 'owner/name')."
+        )
+    if path.exists() and not path.is_dir():
+        raise HeadflowError(f"Hugging Face dataset {source!r} is a file, not a folder. Use 'hf:' with the folder "
+                            "written by save_to_disk or a folder datasets.load_dataset reads.")
     saved = path.is_dir() and ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file())
     try:
         obj = hfd.load_from_disk(str(path)) if saved else hfd.load_dataset(source)
     except Exception as err:  # noqa: BLE001 - datasets raises many types; report them in one form
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else "no message"
         raise HeadflowError(
-            f"Could not load Hugging Face dataset {source!r}: {type(err).__name__}: {err}. "
+            f"Could not load Hugging Face dataset {source!r}: {type(err).__name__}: {reason}. "
             "Use a folder written by Dataset.save_to_disk, a local folder datasets.load_dataset reads "
             "(e.g. an imagefolder), or a hub name already in the local cache."
         ) from err
@@ -82,9 +91,19 @@ def _load(source: str, split: str | None) -> Any:
         return obj[split]
     if split is not None:
         info = getattr(obj, "split", None)
-        if info is not None and str(info) != split:
-            raise HeadflowError(f"Hugging Face dataset {source!r} holds the single split {str(info)!r}, not {split!r}.")
+        if info is None:
+            raise HeadflowError(f"Hugging Face dataset {source!r} has no splits, so split {split!r} does not exist. "
+                                f"Use 'hf:{source}' without ':{split}'.")
+        if str(info) != split:
+            raise HeadflowError(f"Hugging Face dataset {source!r} holds the single split {str(info)!r}, not {split!r}. "
+                                f"Use 'hf:{source}' or 'hf:{source}:{info}'.")
     return obj
+
+
+def _looks_like_path(source: str) -> bool:
+    """Whether ``source`` is meant as a local path rather than a hub name (``owner/name`` or ``name``)."""
+    return (source.startswith(("/", "./", "../", "~", "\\")) or source in (".", "..")
+            or source.count("/") > 1 or "\\" in source or (len(source) > 1 and source[1] == ":"))
 
 
 def _feature_kind(feature: Any) -> str:

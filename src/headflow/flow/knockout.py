@@ -13,7 +13,6 @@ Where state lives: :class:`TokenFlow` only stores parameters; :meth:`TokenFlow.r
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -31,8 +30,9 @@ from ..method import Method, Result, provenance
 from ..models.geometry import token_coverage, token_rects
 from ..models.groups import GROUP_NAMES
 from ..models.loading import load_model
-from ..per_image import worker_engine, worker_spec
-from ..store import ensure_config, load_pickle, save_npz, save_parquet, save_pickle, write_json
+from ..per_image import data_record, worker_engine, worker_spec
+from ..store import (ensure_config, load_pickle, read_json, read_parquet, run_lock, save_npz, save_parquet, save_pickle,
+                     verify_file, write_json)
 from . import objects as obj
 from .params import DEFAULT_PAIRS, FlowParams, pair_name, parse_pairs
 from .stats import (MIN_EFFECT, bootstrap_indices, curve_summary, hurts_somewhere, paired_later_test,
@@ -91,10 +91,12 @@ class FlowResult(Result):
         out = Path(out)
         if not (out / "flow.json").exists():
             raise HeadflowError(f"{out} holds no flow.json; run `headflow flow --out {out}` first.")
-        summary = json.loads((out / "flow.json").read_text())
-        windows = pd.read_parquet(out / "flow_windows.parquet")
-        objects = pd.read_parquet(out / "flow_objects.parquet") if (out / "flow_objects.parquet").exists() \
-            else pd.DataFrame()
+        hint = f"headflow flow --out {out} with the options in {out / 'config.json'}"
+        summary = read_json(out / "flow.json", rebuild_hint=hint)
+        windows = read_parquet(out / "flow_windows.parquet", rebuild_hint=hint)
+        objects = read_parquet(out / "flow_objects.parquet", rebuild_hint=hint) \
+            if (out / "flow_objects.parquet").exists() else pd.DataFrame()
+        verify_file(out / "token_maps.npz", rebuild_hint=hint)
         maps: dict[str, dict[str, np.ndarray]] = {}
         if (out / "token_maps.npz").exists():
             with np.load(out / "token_maps.npz") as data:
@@ -169,21 +171,22 @@ class TokenFlow(Method):
                     "object_layers_": list(range(n_layers)) if params.object_layers is None else
                     list(params.object_layers),
                     "n_heads_knocked_": int(heads.sum()) if heads is not None else n_layers * lm.n_heads}
-        from ..attribution.core import data_record
-
         spec = {"method": "TokenFlow", "model": lm.name, **params.spec(), "data": data_record(data),
                 "n_images": len(data), "image_ids": _image_ids(data)}
-        config = None
-        if out is not None:
-            config = ensure_config(Path(out), spec, {"params": params.model_dump(mode="json"), "resolved": resolved})
-            if (Path(out) / "flow.json").exists():
+        if out is None:
+            return self._run(lm, params, data, window=window, heads=heads, resolved=resolved, runner=runner,
+                             progress=_FlowProgress(None), spec_hash=None)
+        out = Path(out)
+        with run_lock(out):  # one writer per run directory
+            config = ensure_config(out, spec, {"params": params.model_dump(mode="json"), "resolved": resolved},
+                                   rebuild_hint=f"headflow flow --out {out} with the options in {out / 'config.json'}")
+            if (out / "flow.json").exists():
                 return FlowResult.load(out)  # finished with this configuration
-        progress = _FlowProgress(out)
-        result = self._run(lm, params, data, window=window, heads=heads, resolved=resolved, runner=runner,
-                           progress=progress, spec_hash=None if config is None else config["spec_hash"])
-        if out is not None:
+            progress = _FlowProgress(out)
+            result = self._run(lm, params, data, window=window, heads=heads, resolved=resolved, runner=runner,
+                               progress=progress, spec_hash=config["spec_hash"])
             result.save(out)
-            result.plot(Path(out) / "figures")
+            result.plot(out / "figures")
             progress.clear()
         return result
 
@@ -228,8 +231,6 @@ class TokenFlow(Method):
             summary["objects_skipped_reason"] = geometry_error
         summary["params"] = params.model_dump(mode="json")
         summary["resolved"] = resolved
-        from ..attribution.core import data_record
-
         summary["provenance"] = provenance("TokenFlow", params=summary["params"], resolved=resolved,
                                            model=lm.describe(), data=data_record(dataset), spec_hash=spec_hash)
         return FlowResult(summary, windows, objects, maps)

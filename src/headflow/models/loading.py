@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -9,7 +11,7 @@ from typing import Any, Sequence
 import torch
 from PIL import Image
 
-from ..errors import HeadflowError
+from ..errors import HeadflowError, MissingFileError
 from .adapter import FamilyAdapter, adapter_class, adapter_for
 from .groups import TokenGroups
 
@@ -109,9 +111,22 @@ def load_model(
         (loaded with ``AutoModelForImageTextToText`` and ``AutoProcessor``), or a loaded pair.
     device, dtype
         Where and in which precision to run. ``dtype=None`` keeps the checkpoint's dtype
-        (float32 for tiny models).
+        (float32 for tiny models). The device is checked first (:func:`resolve_device`).
     seed : int
         Weight seed for ``tiny:`` models.
+
+    Raises
+    ------
+    HeadflowError
+        One line for a device this machine lacks, an unknown dtype, a local path that does not exist
+        (never reported as a bad hub id), a directory that is not a model, a broken ``config.json`` or
+        a truncated weights file (see :func:`check_model_dir`), or a model transformers cannot load.
+
+    Notes
+    -----
+    ``LoadedModel.name`` (and ``describe()["name"]``) is ``"default"``, ``"tiny:<family>"``, a hub id, or
+    the *absolute* path of a local directory, so a run that records it can be reopened from any
+    working directory.
 
     Examples
     --------
@@ -122,35 +137,193 @@ def load_model(
     if isinstance(spec, LoadedModel):
         return spec
     torch_dtype = _resolve_dtype(dtype)
+    device = resolve_device(device)
     if isinstance(spec, tuple):
         if len(spec) != 2:
             raise HeadflowError("A loaded model must be passed as a (model, processor) pair.")
         model, processor = spec
         name = getattr(model.config, "_name_or_path", "") or type(model).__name__
+        if name and Path(name).expanduser().is_dir():
+            name = str(Path(name).expanduser().resolve())
     elif isinstance(spec, (str, Path)) and str(spec).startswith("tiny:"):
         family = str(spec).split(":", 1)[1]
         model, processor = adapter_class(family).tiny(seed=seed)
         name = str(spec)
+    elif not isinstance(spec, (str, Path)):
+        raise HeadflowError(f"Cannot load a model from a {type(spec).__name__}. Use 'default', 'tiny:<family>', a "
+                            "local directory, a hub id, or a (model, processor) pair.")
     else:
-        path = default_model_dir() if str(spec) == "default" else spec
-        if str(spec) == "default" and not (Path(path) / "config.json").exists():
+        path = default_model_dir() if str(spec) == "default" else Path(spec).expanduser()
+        if str(spec) == "default" and not (path / "config.json").exists():
             raise HeadflowError(f"The embedded default model is missing at {path}; reinstall headflow.")
-        model, processor = _from_pretrained(str(path), torch_dtype)
-        name = str(spec)
+        local = path.exists() or _looks_like_path(str(spec))
+        if local:
+            check_model_dir(path)
+            path = path.resolve()
+        model, processor = _from_pretrained(str(path), torch_dtype, local=local)
+        name = "default" if str(spec) == "default" else str(path) if local else str(spec)
     model = model.to(device=device, dtype=torch_dtype) if torch_dtype else model.to(device=device)
     model.eval()
     return LoadedModel(model=model, processor=processor, adapter=adapter_for(model, processor), name=name)
 
 
-def _from_pretrained(path: str, dtype: torch.dtype | None) -> tuple[torch.nn.Module, Any]:
+def available_devices() -> list[str]:
+    """Devices this machine can run on, e.g. ``["cpu", "cuda:0", "cuda:1"]``."""
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        devices.append("mps")
+    return devices
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device``, checked to exist on this machine.
+
+    Raises
+    ------
+    HeadflowError
+        If the string is not a device, or the device is not available here (e.g. ``"cuda"`` on a
+        machine without CUDA); the message lists the available devices.
+    """
+    available = available_devices()
+    listing = f"Available here: {', '.join(available)}."
+    try:
+        dev = device if isinstance(device, torch.device) else torch.device(str(device).strip())
+    except (RuntimeError, ValueError, TypeError):
+        raise HeadflowError(f"Unknown device {device!r}. {listing}") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise HeadflowError(f"Device {str(device)!r} needs CUDA, which this machine does not have (torch "
+                                f"{torch.__version__}, CUDA build: {torch.version.cuda or 'no'}). {listing}")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise HeadflowError(f"Device {str(device)!r} does not exist: this machine has "
+                                f"{torch.cuda.device_count()} CUDA device(s). {listing}")
+        return dev
+    if dev.type == "mps":
+        if "mps" not in available:
+            raise HeadflowError(f"Device {str(device)!r} (Apple MPS) is not available on this machine. {listing}")
+        return dev
+    backend = getattr(torch, dev.type, None)
+    if backend is None or not hasattr(backend, "is_available") or not backend.is_available():
+        raise HeadflowError(f"Device {str(device)!r} is not available on this machine. {listing}")
+    return dev
+
+
+def _looks_like_path(spec: str) -> bool:
+    """Whether ``spec`` is meant as a local path, not a hub id (``name`` or ``owner/name``)."""
+    return (spec.startswith(("/", "./", "../", "~", "\\")) or spec in (".", "..") or spec.count("/") > 1
+            or "\\" in spec or (len(spec) > 1 and spec[1] == ":"))
+
+
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                 "pytorch_model.bin.index.json")
+
+
+def check_model_dir(path: str | Path) -> None:
+    """Check that ``path`` is a loadable model directory before handing it to transformers.
+
+    Checks, cheaply (headers only): the directory exists; ``config.json`` exists and is valid JSON
+    naming a ``model_type``; there is a weights file; every ``*.safetensors`` file has a readable
+    header and the size its header implies (a truncated download is caught here).
+
+    Raises
+    ------
+    HeadflowError
+        One line naming the directory or file and what is missing or broken
+        (:class:`~headflow.errors.MissingFileError` if the directory does not exist).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise MissingFileError(f"Model directory {str(path)!r} does not exist (resolved: {path.resolve()}). Check the "
+                               "path, or use 'default', 'tiny:<family>' or a hub id such as 'owner/name'.")
+    if not path.is_dir():
+        raise HeadflowError(f"Model path {str(path)!r} is a file, not a model directory. Use the directory that holds "
+                            "config.json and the weights.")
+    config = path / "config.json"
+    if not config.is_file():
+        found = ", ".join(sorted(p.name for p in path.iterdir())[:6]) or "nothing"
+        raise HeadflowError(f"{str(path)!r} is not a model directory: it has no config.json (it holds: {found}). "
+                            "Use a directory written by save_pretrained or downloaded from the hub.")
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise HeadflowError(f"{config} is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}). "
+                            "Restore it from the model's source.") from None
+    except UnicodeDecodeError as exc:
+        raise HeadflowError(f"{config} is not UTF-8 text ({exc.reason} at byte {exc.start}). "
+                            "Restore it from the model's source.") from None
+    if not isinstance(data, dict) or "model_type" not in data:
+        raise HeadflowError(f"{config} has no 'model_type', so transformers cannot tell which model it is. "
+                            "Restore it from the model's source.")
+    shards = sorted(path.glob("*.safetensors"))
+    if not shards and not any((path / name).is_file() for name in _WEIGHT_FILES) and not list(path.glob("*.bin")):
+        raise HeadflowError(f"{str(path)!r} has a config.json but no weights (none of {', '.join(_WEIGHT_FILES)}). "
+                            "Copy or download the weights into it.")
+    for shard in shards:
+        problem = _safetensors_problem(shard)
+        if problem:
+            raise HeadflowError(f"{shard} {problem}. Download or copy the weights again.")
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """Why ``path`` is not a complete safetensors file (``None`` if its header and size agree)."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(8)
+            if len(raw) < 8:
+                return f"is not a safetensors file (only {size} bytes)"
+            (n,) = struct.unpack("<Q", raw)
+            if n > min(size - 8, 100 * 2**20):
+                return "is not a safetensors file (its header length is garbage)"
+            header = json.loads(f.read(n).decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return "is not a safetensors file (its header is not JSON)"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if not isinstance(header, dict):
+        return "is not a safetensors file (its header is not a JSON object)"
+    try:
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except (KeyError, TypeError, ValueError, IndexError):
+        return "is not a safetensors file (its header has no valid data_offsets)"
+    want = 8 + n + end
+    if size < want:
+        return f"is truncated ({size} bytes, its header needs {want})"
+    return None
+
+
+def _from_pretrained(path: str, dtype: torch.dtype | None, *, local: bool = False) -> tuple[torch.nn.Module, Any]:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    what = f"model directory {path!r}" if local else f"model {path!r}"
     try:
         processor = AutoProcessor.from_pretrained(path)
-        model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype or "auto", attn_implementation="sdpa")
+        model, info = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype or "auto", attn_implementation="sdpa",
+                                                                  output_loading_info=True)
     except OSError as exc:
-        raise HeadflowError(
-            f"Cannot load model {path!r}: {str(exc).splitlines()[0]} "
-            "Use 'default', 'tiny:<family>', a local directory, or a hub id reachable from this machine."
-        ) from exc
+        fix = ("Check that the directory is a complete save_pretrained output (config, weights, processor "
+               "and tokenizer files)." if local else
+               "Use 'default', 'tiny:<family>', a local directory, or a hub id reachable from this machine.")
+        raise HeadflowError(f"Cannot load {what}: {_first_line(exc)} {fix}") from exc
+    except Exception as exc:  # noqa: BLE001 - transformers/safetensors raise many types for broken files
+        raise HeadflowError(f"Cannot load {what}: {type(exc).__name__}: {_first_line(exc)} "
+                            "Check that it is a complete, supported image-text model.") from exc
+    missing = sorted(info.get("missing_keys") or [])
+    mismatched = sorted(str(k[0]) if isinstance(k, tuple) else str(k) for k in info.get("mismatched_keys") or [])
+    if missing or mismatched:  # transformers would fill them with random values: a silently wrong model
+        kind, keys = ("missing", missing) if missing else ("of the wrong shape", mismatched)
+        shown = ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+        raise HeadflowError(f"Cannot load {what}: {len(keys)} weights are {kind} in its weights files ({shown}), so "
+                            "they would be random. Use weights that match its config.json.")
     return model, processor
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    line = text.splitlines()[0].strip() if text else type(exc).__name__
+    return line if line.endswith((".", "!", "?")) else line + "."

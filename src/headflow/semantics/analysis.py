@@ -19,7 +19,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from ..errors import HeadflowError, param_error
 from ..method import Method, provenance
-from ..store import ensure_config, read_json
+from ..store import ensure_config, load_npy, read_json, read_parquet, run_lock
 from .params import SemanticParams
 from .result import JSON_NAME, FactorSummary, SemanticResult
 from .similarity import SimilaritySpec, parse_similarity, similarity_matrix
@@ -120,6 +120,10 @@ class SemanticAnalysis(Method):
         params, spec = self._check_params()
         run_dir = Path(getattr(data, "run_dir", data))
         out = Path(out) if out is not None else run_dir
+        with run_lock(out):  # one writer per run directory
+            return self._run(params, spec, run_dir, out)
+
+    def _run(self, params: SemanticParams, spec: SimilaritySpec, run_dir: Path, out: Path) -> SemanticResult:
         attributions, labels, table, controls = read_run_dir(run_dir)
         run_config = run_dir / "config.json"
         run_hash = read_json(run_config).get("spec_hash") if run_config.is_file() else None
@@ -298,13 +302,14 @@ def read_run_dir(run_dir: Path) -> tuple[NDArray[np.float32], list[object], dict
     for name in ("attributions.npy", "images.parquet"):
         if not (run_dir / name).is_file():
             raise HeadflowError(f"{run_dir} has no {name}; run the attribution step first.")
-    frame = pd.read_parquet(run_dir / "images.parquet")
+    hint = f"headflow attribute --out {run_dir} with the options in {run_dir / 'config.json'}"
+    frame = read_parquet(run_dir / "images.parquet", rebuild_hint=hint)
     missing = [c for c in ("used", "label") if c not in frame.columns]
     if missing:
         raise HeadflowError(f"{run_dir / 'images.parquet'} lacks column(s) {', '.join(missing)}; "
                             f"it has {', '.join(map(str, frame.columns))}.")
     used = frame[frame["used"].astype(bool)].reset_index(drop=True)
-    attributions = np.load(run_dir / "attributions.npy", mmap_mode="r")
+    attributions = load_npy(run_dir / "attributions.npy", mmap_mode="r", rebuild_hint=hint)
     if attributions.shape[0] != len(used):
         raise HeadflowError(f"{run_dir / 'attributions.npy'} has {attributions.shape[0]} rows but images.parquet "
                             f"marks {len(used)} rows used; the run directory is incomplete or mixed.")
@@ -317,7 +322,7 @@ def read_run_dir(run_dir: Path) -> tuple[NDArray[np.float32], list[object], dict
     for name in ("final_hidden", "pixels"):
         path = run_dir / f"{name}.npy"
         if path.is_file():
-            arr = np.load(path)
+            arr = load_npy(path, rebuild_hint=hint)
             if arr.shape[0] != len(used):
                 raise HeadflowError(f"{path} has {arr.shape[0]} rows but images.parquet marks {len(used)} rows "
                                     "used; the run directory is incomplete or mixed.")

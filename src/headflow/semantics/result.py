@@ -7,7 +7,6 @@ On disk a result is two files in one directory, both written atomically (tempora
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ from numpy.typing import NDArray
 
 from ..errors import HeadflowError
 from ..method import Result
-from ..store import save_npz, write_json
+from ..store import read_json, save_npz, verify_file, write_json
 from .stats import PermutationTest, ProbeScore
 
 __all__ = ["FactorSummary", "SemanticResult", "JSON_NAME", "ARRAYS_NAME"]
@@ -260,8 +259,9 @@ class SemanticResult(Result):
             if not path.is_file():
                 raise HeadflowError(f"No semantics result in {directory}: {path.name} is missing. "
                                     "Run `headflow semantics` on the run directory first.")
-        with open(json_path) as fh:
-            d = json.load(fh)
+        hint = f"headflow semantics {directory}"
+        verify_file(npz_path, rebuild_hint=hint)
+        d = read_json(json_path, rebuild_hint=hint)
         if int(d.get("schema_version", 0)) > SCHEMA_VERSION:
             raise HeadflowError(f"{json_path} has schema version {d['schema_version']}; this headflow reads "
                                 f"up to {SCHEMA_VERSION}. Upgrade headflow.")
