@@ -44,15 +44,15 @@ def timed(fn, repeats: int) -> tuple[float, object]:
 
 def floor_forward(lm, prompt, rows: int, batch: int) -> torch.Tensor:
     """(4): the suffix alone, plain SDPA, no cache: position ids as in the real prompt."""
-    split = prompt.split
+    prefix_length = prompt.prefix_length
     outs = []
     with torch.no_grad():
         for start in range(0, rows, batch):
             n = min(batch, rows - start)
-            embeds = prompt.embeds[:, split:].expand(n, -1, -1)
+            embeds = prompt.embeds[:, prefix_length:].expand(n, -1, -1)
             pos = prompt.position_ids
-            pos = (torch.arange(split, prompt.groups.length, device=embeds.device)[None].expand(n, -1) if pos is None
-                   else pos[..., split:].expand(*pos.shape[:-2], n, -1))
+            pos = (torch.arange(prefix_length, prompt.groups.length, device=embeds.device)[None].expand(n, -1) if pos is None
+                   else pos[..., prefix_length:].expand(*pos.shape[:-2], n, -1))
             outs.append(lm.model(inputs_embeds=embeds, position_ids=pos, use_cache=False, logits_to_keep=1).logits)
     return torch.cat(outs)
 
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
     t3, t4 = statistics.median(times3), statistics.median(times4)
     result = {"shape": args.shape, "device": args.device, "dtype": args.dtype, "n_layers": n_layers,
               "n_heads": n_heads, "n_kv_heads": lm.n_kv_heads, "prompt_tokens": prompt.groups.length,
-              "image_tokens": len(prompt.groups.image), "suffix_tokens": prompt.groups.length - prompt.split,
+              "image_tokens": len(prompt.groups.image), "suffix_tokens": prompt.groups.length - prompt.prefix_length,
               "masks": len(rows), "naive_masks": len(naive_rows), "batch_size": args.batch_size,
               "rate_naive": len(naive_rows) / t1, "rate_prefix": len(rows) / t3, "rate_floor": len(rows) / t4}
     target = lambda y: target_values(y, answer, "logit")  # noqa: E731

@@ -11,7 +11,7 @@ Two computations:
 * **full** (reference path, whole prompt): keys/values of ablated heads' text queries are swapped
   for baseline keys/values by appending the baseline block as extra keys and a per-(row, head,
   query, key) bool mask; knockouts AND the mask; one SDPA call.
-* **suffix** (fast path): only the text suffix is run, as many rows; the shared prefix keys and
+* **prefix** (the fast path): only the text suffix is run, as many rows; the shared prefix keys and
   values (system + image) are never copied per row. Attention is split into blocks over disjoint key
   sets (prefix non-image, real image, baseline image, suffix), each computed by the SDPA kernel with
   its log-sum-exp, and merged exactly. Rows' queries are folded into one batch against the shared
@@ -48,12 +48,12 @@ class LayerBaseline:
 class ForwardState:
     """Everything one forward pass needs to know (lives for that pass only).
 
-    ``mode`` is ``"full"`` (queries are the whole prompt) or ``"suffix"`` (queries start at
-    ``offset``; ``prefix[layer]`` holds the shared keys/values of positions ``< offset``).
+    ``mode`` is ``"full"`` (queries are the whole prompt) or ``"prefix"`` (the prefix path: queries start
+    at ``prefix_length``; ``prefix[layer]`` holds the shared keys/values of positions ``< prefix_length``).
     """
 
     mode: str
-    offset: int
+    prefix_length: int
     length: int
     image_positions: torch.Tensor
     text_start: int
@@ -124,8 +124,8 @@ def headflow_attention(
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     if state.record is not None:
         state.record[layer] = (key.detach(), value.detach())
-    if state.mode == "suffix":
-        return _suffix_attention(query, key, value, attention_mask, scale, state, layer)
+    if state.mode == "prefix":
+        return _prefix_path_attention(query, key, value, attention_mask, scale, state, layer)
     if not state.touches(layer):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
@@ -185,7 +185,7 @@ def _full_attention(query, key, value, mask, scale, state: ForwardState, layer: 
 
 
 # ----------------------------------------------------------------------------------------------
-# suffix path (fast): blocks over disjoint key sets, merged by log-sum-exp
+# prefix path (fast): blocks over disjoint key sets, merged by log-sum-exp
 
 
 def _cpu_flash_ok(query: torch.Tensor) -> bool:
@@ -276,12 +276,12 @@ def _ablated_only_block(query: torch.Tensor, keys: torch.Tensor, values: torch.T
     return out_bh, full_lse.view(n_kv, batch, rep, s).transpose(0, 1).reshape(batch, n_heads, s)
 
 
-def _suffix_attention(query, key, value, mask, scale, state: ForwardState, layer: int):
+def _prefix_path_attention(query, key, value, mask, scale, state: ForwardState, layer: int):
     batch, n_heads, s, _ = query.shape
     n_kv = key.shape[1]
     rep = n_heads // n_kv
     device = query.device
-    offset = state.offset
+    offset = state.prefix_length
     prefix_k, prefix_v = state.prefix[layer]
     image = state.image_positions.to(device)
     is_image = torch.zeros(offset, dtype=torch.bool, device=device)

@@ -54,8 +54,9 @@ class PreparedPrompt:
     final_hidden: torch.Tensor
 
     @property
-    def split(self) -> int:
-        """Prefix length: the first position whose query an ablation touches."""
+    def prefix_length(self) -> int:
+        """Where the prefix path splits the prompt: the shared prefix (system + image) is positions
+        ``< prefix_length``; the first position whose query an ablation touches."""
         return self.groups.text_start
 
     @property
@@ -175,7 +176,7 @@ class InterventionEngine:
     def prepare(self, image: Image.Image | Sequence[Image.Image], question: str) -> PreparedPrompt:
         """Encode, run the clean prompt once, and record keys/values, embeddings and position ids."""
         inputs, groups = self.lm.encode(image, question)
-        state = ForwardState(mode="full", offset=0, length=groups.length,
+        state = ForwardState(mode="full", prefix_length=0, length=groups.length,
                              image_positions=torch.tensor(groups.image), text_start=groups.text_start,
                              record={}, capture_attention=True)
         captured: dict[str, torch.Tensor | None] = {}
@@ -231,7 +232,7 @@ class InterventionEngine:
         if compiled.ablate is not None and baseline is None:
             raise HeadflowError("Rows ablate heads but no baseline was given; pass baseline=Baseline.mean(prompts) "
                                 "or Baseline.knockout().")
-        use_prefix = compiled.first_query >= prompt.split and self._prefix_allowed(prompt)
+        use_prefix = compiled.first_query >= prompt.prefix_length and self._prefix_allowed(prompt)
         if path == "prefix" and not use_prefix:
             raise HeadflowError("The prefix path cannot serve this batch: a row intervenes on a query at or before the "
                                 "image. Use path='auto' or 'full'.")
@@ -286,13 +287,13 @@ class InterventionEngine:
         if layers is not None:
             layers = [LayerBaseline(b.keys.to(device), b.values.to(device)) for b in layers]
         state = ForwardState(
-            mode=mode, offset=prompt.split if mode == "suffix" else 0, length=prompt.groups.length,
+            mode=mode, prefix_length=prompt.prefix_length if mode == "prefix" else 0, length=prompt.groups.length,
             image_positions=torch.tensor(prompt.groups.image, device=device), text_start=prompt.groups.text_start,
             batch=chunk.to(device), baseline_kind=baseline.kind if baseline is not None else "none",
             baseline=layers, capture_attention=capture)
-        if mode == "suffix":
-            split = prompt.split
-            state.prefix = [(k[:, :, :split], v[:, :, :split]) for k, v in zip(prompt.keys, prompt.values)]
+        if mode == "prefix":
+            prefix_length = prompt.prefix_length
+            state.prefix = [(k[:, :, :prefix_length], v[:, :, :prefix_length]) for k, v in zip(prompt.keys, prompt.values)]
         return state
 
     def _forward(self, state: ForwardState, **model_inputs) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -311,10 +312,10 @@ class InterventionEngine:
         return self._forward(state, inputs_embeds=embeds, position_ids=position_ids)
 
     def _run_prefix(self, prompt, chunk, baseline, capture):
-        state = self._state(prompt, chunk, baseline, "suffix", capture)
-        rows, split = chunk.size, prompt.split
-        embeds = prompt.embeds[:, split:].expand(rows, -1, -1)
-        position_ids = _expand_positions(prompt.position_ids, rows, split, prompt.groups.length, embeds.device)
+        state = self._state(prompt, chunk, baseline, "prefix", capture)
+        rows, prefix_length = chunk.size, prompt.prefix_length
+        embeds = prompt.embeds[:, prefix_length:].expand(rows, -1, -1)
+        position_ids = _expand_positions(prompt.position_ids, rows, prefix_length, prompt.groups.length, embeds.device)
         return self._forward(state, inputs_embeds=embeds, position_ids=position_ids)
 
 

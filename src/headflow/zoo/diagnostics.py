@@ -73,7 +73,7 @@ class FlowControl:
             if self.baseline is None:
                 raise ValueError("FlowControl.ablate needs baseline keys/values for every layer.")
             baseline = [LayerBaseline(*self.baseline[layer]) for layer in range(ablate.shape[1])]
-        return ForwardState(mode="full", offset=0, length=length, image_positions=positions, text_start=text_start,
+        return ForwardState(mode="full", prefix_length=0, length=length, image_positions=positions, text_start=text_start,
                             batch=batch, baseline_kind="mean" if ablate is not None else "none", baseline=baseline,
                             record={} if self.record is not None else None,
                             capture_all_queries=self.image_attention)
