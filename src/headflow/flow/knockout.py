@@ -32,7 +32,7 @@ from ..models.groups import GROUP_NAMES
 from ..models.loading import load_model
 from ..per_image import data_record, worker_engine, worker_spec
 from ..store import (ensure_config, load_pickle, read_json, read_parquet, run_lock, save_npz, save_parquet, save_pickle,
-                     verify_file, write_json)
+                     spec_hash, verify_file, write_json)
 from . import objects as obj
 from .params import DEFAULT_PAIRS, FlowParams, pair_name, parse_pairs
 from .stats import (MIN_EFFECT, bootstrap_indices, curve_summary, hurts_somewhere, paired_later_test,
@@ -175,7 +175,7 @@ class TokenFlow(Method):
                 "n_images": len(data), "image_ids": _image_ids(data)}
         if out is None:
             return self._run(lm, params, data, window=window, heads=heads, resolved=resolved, runner=runner,
-                             progress=_FlowProgress(None), spec_hash=None)
+                             progress=_FlowProgress(None), spec_hash=spec_hash(spec))
         out = Path(out)
         with run_lock(out):  # one writer per run directory
             config = ensure_config(out, spec, {"params": params.model_dump(mode="json"), "resolved": resolved},
