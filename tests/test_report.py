@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 
 from headflow.errors import HeadflowError
-from headflow.report import SECTION_IDS, write_report
+from headflow.report import SECTION_IDS, SECTIONS, MissingKeyError, render_report, write_report
 from headflow.report.claims import VERDICTS
 from headflow.report.fmt import fmt, fmt_ci, fmt_layer, fmt_p, fmt_pct
+from headflow.report.markup import esc
 
 pytestmark = pytest.mark.slow
 
@@ -203,15 +204,200 @@ def test_not_a_run_directory(tmp_path):
         write_report(tmp_path / "nope")
 
 
-def test_default_model_card_is_included(attribution_only, tmp_path, monkeypatch):
+def test_default_model_card_is_included(study, attribution_only, tmp_path, monkeypatch):
     import headflow.report.run as run_mod
 
     card = tmp_path / "MODEL_CARD.md"
     card.write_text("# default\nA tiny LLaVA <trained> on the default data.\n")
     monkeypatch.setattr(run_mod, "model_card_path", lambda: card)
-    (attribution_only / "study.json").write_text(json.dumps({"model": "default", "data": "default"}))
+    # the study's own study.json (every key the report reads), as if run on the embedded default model
+    (attribution_only / "study.json").write_text(json.dumps({**read(study, "study.json"), "model": "default"}))
     html = write_report(attribution_only).read_text()
     assert 'id="model-card-text"' in html and "A tiny LLaVA &lt;trained&gt; on the default data." in html
+
+
+# ----------------------------------------------------------------------------------------------
+# the section table
+
+
+def section_slice(html: str, sid: str) -> str:
+    """The HTML of ``<section id=sid>`` (sections do not nest)."""
+    start = html.index(f'<section id="{sid}"')
+    return html[start:html.index("</section>", start)]
+
+
+def test_every_section_of_the_table_renders_on_a_full_study(study, page):
+    html = (study / "report.html").read_text()
+    assert SECTION_IDS == tuple(entry.id for entry in SECTIONS)
+    assert [sid for sid in page.sections if sid != "other-figures"] == list(SECTION_IDS)  # page order = table order
+    for entry in SECTIONS:
+        assert page.sections[entry.id]["data-status"] == "present", entry.id
+        part = section_slice(html, entry.id)
+        assert f"<h2>{esc(entry.title)}</h2>" in part
+        for fig in entry.figures:  # each listed figure is embedded inside its own section
+            assert f'data-name="{fig.name}" data-path="{fig.path}"' in part, (entry.id, fig.name)
+    assert "other-figures" not in page.sections  # every figure of a study belongs to some entry
+
+
+def copy_run(study: Path, dst: Path) -> Path:
+    """The study's result files and PNG figures (what the report reads), nothing else."""
+    from headflow.report.run import FIGURE_DIRS, SOURCES
+
+    for rel in [s.file for s in SOURCES] + [str(p.relative_to(study)) for sub in FIGURE_DIRS
+                                            for p in (study / sub).glob("*.png")]:
+        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(study / rel, dst / rel)
+    return dst
+
+
+def edit_json(run: Path, rel: str, change) -> None:
+    doc = read(run, rel)
+    change(doc)
+    (run / rel).write_text(json.dumps(doc))
+
+
+def pop_path(doc: dict, dotted: str, rename: bool) -> None:
+    *parents, last = dotted.split(".")
+    for key in parents:
+        doc = doc[key]
+    value = doc.pop(last)
+    if rename:
+        doc[last + "_renamed"] = value
+
+
+@pytest.mark.parametrize("rel,key,rename", [
+    ("validation.json", "rankings.random.k80_completeness", False),
+    ("validation.json", "subset", True),
+    ("validation.json", "c1.rule", False),
+    ("flow/flow.json", "c3.p_wilcoxon", True),
+    ("flow/flow.json", "objects.background.prob.n", False),
+    ("flow/flow.json", "resolved.window_", True),
+    ("semantics.json", "effects.class_vs_appearance.cohens_d", False),
+    ("semantics.json", "resolved_parameters.skipped_factors", True),
+    ("summary.json", "lds_spearman_quartiles", True),
+    ("config.json", "model.n_kv_heads", False),
+    ("study.json", "seconds", False),
+])
+def test_a_renamed_or_deleted_key_fails_the_report_naming_file_and_key(study, tmp_path, rel, key, rename):
+    run = copy_run(study, tmp_path / "run")
+    assert 'data-status="missing"' not in render_report(run)  # the untouched copy renders in full
+    edit_json(run, rel, lambda doc: pop_path(doc, key, rename))
+    with pytest.raises(MissingKeyError, match=re.escape(f"{rel} has no key '{key}'")) as info:
+        write_report(run)
+    assert isinstance(info.value, KeyError) and isinstance(info.value, HeadflowError)
+    assert (info.value.file, info.value.key) == (rel, key)
+    assert not (run / "report.html").exists()  # nothing half-written
+
+
+def test_cli_report_names_the_missing_key(study, tmp_path):
+    from typer.testing import CliRunner
+
+    from headflow.cli import app
+
+    run = copy_run(study, tmp_path / "run")
+    edit_json(run, "validation.json", lambda doc: pop_path(doc, "rankings.random.k80_completeness", False))
+    result = CliRunner().invoke(app, ["report", str(run)])
+    assert result.exit_code == 2
+    assert "validation.json has no key 'rankings.random.k80_completeness'" in result.output
+
+
+def test_optional_keys_stay_optional(study, tmp_path):
+    """What the writers legitimately leave out: C3 not tested, object knockouts not run (null), no reason."""
+    run = copy_run(study, tmp_path / "run")
+
+    def no_objects(flow):
+        flow["c3"] = {"verdict": "not tested", "reason": "needs question->role/final and image->role/final pairs"}
+        flow["objects"] = None
+        flow["c4"] = {"verdict": "not tested", "reason": "no masks or no patch geometry"}
+    edit_json(run, "flow/flow.json", no_objects)
+    page = Page(write_report(run).read_text())
+    html = (run / "report.html").read_text()
+    assert page.sections["flow"]["data-status"] == "present"
+    assert page.sections["objects"]["data-status"] == "missing"
+    assert "The object/background knockouts were not run: no masks or no patch geometry." in html
+    assert "<strong>C3</strong> not tested: needs question-&gt;role/final" in html
+    assert {c["data-claim"]: c["data-verdict"] for c in page.claims}["C3"] == "not run"
+    # figures of a section that is not in the run are still shown, under "Other figures"
+    assert 'data-path="flow/figures/flow_objects.png"' in section_slice(html, "other-figures")
+    edit_json(run, "flow/flow.json", lambda flow: flow.update(objects_skipped_reason="no patch <geometry>"))
+    assert "were not run: no patch &lt;geometry&gt;." in write_report(run).read_text()
+
+
+LABEL = ("<script>alert(\"x\")</script> & <b>bold</b> <img src=x onerror=alert(1)> $\\alpha$ 50% "
+         "\u00fcn\u00efc\u00f6d\u00e9 \u2192 \u732b \U0001f600 '\"" + "very long label " * 60)
+
+
+def test_unsafe_labels_stay_escaped(study, tmp_path):
+    """Labels and factor names from the JSON (HTML, ``$``, quotes, unicode, very long) reach the page escaped."""
+    run = copy_run(study, tmp_path / "run")
+
+    def semantics(sem):
+        old = sem["overall_factor"]
+        sem["overall_factor"] = sem["resolved_parameters"]["overall_factor"] = LABEL
+        sem["per_factor"] = {(LABEL if k == old else k): v for k, v in sem["per_factor"].items()}
+        sem["probe_accuracy"][LABEL] = sem["probe_accuracy"].pop("class")
+        sem["probe_p_value"][LABEL] = sem["probe_p_value"].pop("class")
+        sem["resolved_parameters"]["skipped_factors"][LABEL] = LABEL
+
+    def flow(f):
+        f["pairs"] = {(LABEL if k == "role->final" else k): v for k, v in f["pairs"].items()}
+        f["objects"][LABEL] = f["objects"].pop("random_object")
+        f["effect"] = LABEL
+
+    def config(c):
+        c["spec"]["question"] = c["model"]["name"] = c["model"]["family"] = LABEL
+
+    edit_json(run, "semantics.json", semantics)
+    edit_json(run, "flow/flow.json", flow)
+    edit_json(run, "config.json", config)
+    edit_json(run, "study.json", lambda s: s.update(model=LABEL, data=LABEL))
+    edit_json(run, "validation.json",
+              lambda v: v["rankings"].update({LABEL: v["rankings"].pop("attribution_per_image")}))
+    html = write_report(run).read_text()
+    page = Page(html)
+    assert not {"script", "b"} & page.tags and sum(img.get("src") == "x" for img in page.images) == 0
+    assert not any("onerror" in img for img in page.images)  # the label sits in alt text, not as an attribute
+    assert html.count(esc(LABEL)) >= 10  # title, header, model card, tables, captions, notes: all whole, escaped
+    assert re.search(r"<title>headflow report: (.*?)</title>", html).group(1) == esc(LABEL)
+    assert "<script" not in html and "<b>" not in html and "&lt;script&gt;" in html
+    assert all(page.sections[sid]["data-status"] == "present" for sid in SECTION_IDS)
+
+
+def test_adding_a_section_is_one_entry_and_one_builder(study, attribution_only, monkeypatch):
+    import headflow.report.html as page_mod
+    from headflow.report.sections import Built, Figure, Section
+
+    shutil.copy(study / "figures/lds_hist.png", attribution_only / "figures/extra_plot.png")
+    html = write_report(attribution_only).read_text()
+    assert 'data-path="figures/extra_plot.png"' in section_slice(html, "other-figures")  # not lost before
+
+    def extra_section(inp):
+        s = inp["attribution"]
+        return Built(f"<p>{esc(s['n_images'])} images <i>x</i></p>", captions={"extra_plot": "An <extra> plot."})
+
+    def reads_undeclared(inp):
+        return Built(str(inp["validation"]))
+
+    entry = Section("extra", "Extra <section>", extra_section, reads=("attribution",),
+                    figures=(Figure("extra_plot", "figures/extra_plot.png"),))
+    needs_flow = Section("needs-flow", "Needs flow", extra_section, reads=("attribution", "flow"))
+    monkeypatch.setattr(page_mod, "SECTIONS", (*SECTIONS, entry, needs_flow))
+    html = write_report(attribution_only).read_text()
+    page = Page(html)
+    assert page.sections["extra"]["data-status"] == "present" and "other-figures" not in page.sections
+    part = section_slice(html, "extra")
+    assert "<h2>Extra &lt;section&gt;</h2>" in part and 'data-path="figures/extra_plot.png"' in part
+    n_images = read(attribution_only, "summary.json")["n_images"]
+    assert "An &lt;extra&gt; plot." in part and f"<p>{n_images} images <i>x</i></p>" in part
+    assert page.sections["needs-flow"]["data-status"] == "missing"
+    assert "<code>flow/flow.json</code> is missing. Run <code>headflow flow --out DIR/flow</code>" in \
+        section_slice(html, "needs-flow")
+    assert 'href="#extra"' in html and "needs-flow" in re.search(r'data-missing="([^"]*)"', html).group(1)
+
+    monkeypatch.setattr(page_mod, "SECTIONS", (*SECTIONS, Section("bad", "Bad", reads_undeclared,
+                                                                  reads=("attribution",))))
+    with pytest.raises(LookupError, match="'bad' reads 'validation'"):
+        render_report(attribution_only)
 
 
 def test_formatting():

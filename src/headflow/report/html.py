@@ -1,9 +1,11 @@
-"""The self-contained HTML report of a study directory: ``write_report(run_dir) -> run_dir/report.html``.
+"""The report page: ``render_report(run_dir)`` assembles it from :data:`~headflow.report.sections.SECTIONS`,
+``write_report(run_dir)`` writes it to ``run_dir/report.html``.
 
 The page has no external resource: figures are PNG data URIs, the CSS is inline, there is no script
 and no font download, so it opens offline and can be mailed as one file. Every number on it is read
-from the run's JSON files (see :mod:`headflow.report.run`); the text around them is fixed. Stable
-hooks for tests and tooling:
+from the run's JSON files (see :mod:`headflow.report.run`); the text around them is fixed. This module
+knows no section: it walks the table, marks a section missing where a file it ``reads`` is absent (or its
+builder says so), embeds the entry's figures, then the builder's body. Stable hooks for tests and tooling:
 
 * ``<section id="claims|model|attribution|lds|validation|attention|flow|objects|semantics">`` with
   ``class="section"`` plus ``missing`` and ``data-status="missing"`` where its analysis was not run;
@@ -14,31 +16,17 @@ hooks for tests and tooling:
 
 from __future__ import annotations
 
-import base64
-import html
-import os
-import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Sequence
 
-from .run import FIGURES, RunView, read_run
+from ..store import atomic_write
+from .markup import callout, esc, figure
+from .run import RunView, read_run
+from .sections import SECTION_IDS, SECTIONS, Built, Inputs, Section, missing_note
 
 __all__ = ["write_report", "render_report", "SECTION_IDS"]
 
-#: Section ids, in page order.
-SECTION_IDS = ("claims", "model", "attribution", "lds", "validation", "attention", "flow", "objects", "semantics")
-SECTION_TITLES = {
-    "claims": "Claims of the paper vs this run",
-    "model": "Model and data",
-    "attribution": "Head attribution",
-    "lds": "Held-out check (linear datamodeling score)",
-    "validation": "Completeness and faithfulness",
-    "attention": "Attribution vs attention weight",
-    "flow": "Token-level flow (attention knockout)",
-    "objects": "Object and background image tokens",
-    "semantics": "Semantic class vs appearance",
-    "other-figures": "Other figures",
-}
+#: The page's last section, not in the table: figures of the run that no section lists.
+OTHER_FIGURES = ("other-figures", "Other figures")
 
 MISSING_CLASS = ' class="missing"'
 
@@ -78,120 +66,99 @@ pre { background:var(--panel); padding:0.7rem; overflow-x:auto; font-size:0.82re
 
 
 # ----------------------------------------------------------------------------------------------
-# primitives
+# page
 
 
-def esc(value: Any) -> str:
-    """HTML-escape any value's string form."""
-    return html.escape(str(value), quote=True)
-
-
-def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], *, id: str | None = None,
-          cls: str = "data", keys: Sequence[str | None] | None = None) -> str:
-    """A table; every cell is escaped and numeric-looking cells are right-aligned. ``keys`` (per column)
-    adds ``data-key`` attributes to that column's cells."""
-    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
-    body = []
-    for row in rows:
-        cells = []
-        for j, cell in enumerate(row):
-            key = keys[j] if keys is not None and j < len(keys) else None
-            attrs = f' data-key="{esc(key)}"' if key else ""
-            text = esc(cell)
-            num = _numeric(str(cell))
-            num_attr = ' class="num"' if num else ""
-            cells.append(f"<td{num_attr}{attrs}>{text}</td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    id_attr = f' id="{esc(id)}"' if id else ""
-    return f'<table class="{esc(cls)}"{id_attr}><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
-
-
-def _numeric(text: str) -> bool:
-    t = text.strip().replace("%", "").replace("\u2212", "-")
-    if not t or t == "n/a":
-        return t == "n/a"
-    head = t.split(" [", 1)[0]
-    try:
-        float(head)
-        return True
-    except ValueError:
-        return False
-
-
-def badge(verdict: str) -> str:
-    return f'<span class="badge verdict-{esc(verdict.replace(" ", "-"))}">{esc(verdict)}</span>'
-
-
-def callout(text_html: str, cls: str = "") -> str:
-    return f'<div class="callout {esc(cls)}">{text_html}</div>'
-
-
-def figure(view: RunView, name: str, relative: str, caption: str) -> str:
-    """An embedded PNG (data URI) with a caption, or a note where the file is absent."""
-    path = view.figure(relative)
-    if path is None:
-        return (f'<p class="note figure-missing" data-name="{esc(name)}">Figure <code>{esc(relative)}</code> '
-                "was not found in the run directory.</p>")
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return (f'<figure id="fig-{esc(name)}"><img class="figure" data-name="{esc(name)}" data-path="{esc(relative)}" '
-            f'alt="{esc(caption)}" src="data:image/png;base64,{data}"><figcaption>{esc(caption)}</figcaption></figure>')
-
-
-def section(sid: str, body: str, *, missing: str | None = None) -> str:
-    """``<section id=sid>`` with its title; ``missing`` (why) marks it as not run."""
-    title = SECTION_TITLES.get(sid, sid)
+def section_html(sid: str, title: str, body: str, *, missing: str | None = None) -> str:
+    """``<section id=sid>`` with its title; ``missing`` (why, HTML) marks it as not run."""
     if missing is not None:
         return (f'<section id="{esc(sid)}" class="section missing" data-status="missing"><h2>{esc(title)}</h2>'
                 + callout(f"<strong>Not in this run.</strong> {missing}") + "</section>")
     return f'<section id="{esc(sid)}" class="section" data-status="present"><h2>{esc(title)}</h2>{body}</section>'
 
 
-def section_figures(view: RunView, sid: str, captions: dict[str, str]) -> str:
-    return "".join(figure(view, name, rel, captions.get(name, name)) for name, rel in FIGURES.get(sid, ()))
+def build_section(view: RunView, entry: Section) -> tuple[str, str | None]:
+    """``(body_html, None)`` for a section that is in the run, ``("", why)`` for one that is not.
+
+    Raises :class:`~headflow.report.doc.MissingKeyError` where a file the section reads lacks a key.
+    """
+    absent = [source for source in entry.reads if not view.has(source)]
+    if absent:
+        return "", missing_note(absent[0])
+    built: Built = entry.build(Inputs(view, entry))
+    if built.missing is not None:
+        return "", built.missing
+    extra = set(built.captions) - {f.name for f in entry.figures}
+    if extra:
+        raise LookupError(f"report section {entry.id!r} captions figures its SECTIONS entry does not list: "
+                          f"{sorted(extra)}")
+    figures = "".join(figure(view.figure(f.path), f.name, f.path, built.captions[f.name]) for f in entry.figures)
+    return figures + built.html, None
 
 
-# ----------------------------------------------------------------------------------------------
-# page
+def other_figures(view: RunView, shown: set[str]) -> str:
+    """Figures present in the run directory that no rendered section showed (so none is silently left out)."""
+    return "".join(figure(view.figure(rel), rel.rsplit("/", 1)[-1].removesuffix(".png"), rel, rel)
+                   for rel in sorted(view.figures) if rel not in shown)
 
 
 def render_report(run_dir: str | Path) -> str:
-    """The report of ``run_dir`` as one HTML string (nothing written)."""
-    from .sections import BUILDERS, other_figures
+    """The report of ``run_dir`` as one HTML string (nothing written).
 
+    Raises
+    ------
+    HeadflowError
+        If ``run_dir`` holds no finished attribution run, or (as
+        :class:`~headflow.report.doc.MissingKeyError`) a result file lacks a key a section reads.
+    """
     view = read_run(run_dir)
-    bodies: list[tuple[str, str, bool]] = []
-    for sid in SECTION_IDS:
-        body, missing = BUILDERS[sid](view)
-        bodies.append((sid, section(sid, body, missing=missing), missing is not None))
-    extra = other_figures(view)
+    parts: list[tuple[str, str, str, bool]] = []  # id, title, html, missing
+    shown: set[str] = set()
+    for entry in SECTIONS:
+        body, missing = build_section(view, entry)
+        parts.append((entry.id, entry.title, section_html(entry.id, entry.title, body, missing=missing),
+                      missing is not None))
+        if missing is None:
+            shown |= {f.path for f in entry.figures}
+    extra = other_figures(view, shown)
     if extra:
-        bodies.append(("other-figures", section("other-figures", extra), False))
-    nav = "".join(f'<li><a href="#{sid}"{MISSING_CLASS if miss else ""}>{esc(SECTION_TITLES[sid])}</a></li>'
-                  for sid, _, miss in bodies)
-    missing_ids = [sid for sid, _, miss in bodies if miss]
-    header = _header(view, missing_ids)
+        sid, title = OTHER_FIGURES
+        parts.append((sid, title, section_html(sid, title, extra), False))
+    nav = "".join(f'<li><a href="#{esc(sid)}"{MISSING_CLASS if miss else ""}>{esc(title)}</a></li>'
+                  for sid, title, _, miss in parts)
+    missing_ids = [(sid, title) for sid, title, _, miss in parts if miss]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-            f"<title>headflow report: {esc(_model_name(view))}</title><style>{CSS}</style></head><body>"
-            f"{header}<nav id=\"toc\"><ul>{nav}</ul></nav>"
-            + "".join(b for _, b, _ in bodies) + "</body></html>\n")
+            f"<title>headflow report: {esc(model_name(view))}</title><style>{CSS}</style></head><body>"
+            f"{header(view, missing_ids)}<nav id=\"toc\"><ul>{nav}</ul></nav>"
+            + "".join(html for _, _, html, _ in parts) + "</body></html>\n")
 
 
-def _model_name(view: RunView) -> str:
-    config = view.get("config") or {}
-    return str((view.get("study") or {}).get("model") or config.get("model", {}).get("name")
-               or config.get("spec", {}).get("model") or "unknown model")
+def model_name(view: RunView) -> str:
+    """The model's name: ``study.json`` ``model``, else ``config.json`` ``model.name`` (both optional files)."""
+    study, config = view.optional("study"), view.optional("config")
+    if study is not None:
+        return str(study["model"])
+    return str(config["model"]["name"]) if config is not None else "unknown model"
 
 
-def _header(view: RunView, missing_ids: list[str]) -> str:
-    config = view.get("config") or {}
-    data = (view.get("study") or {}).get("data") or config.get("spec", {}).get("data", "unknown data")
+def data_name(view: RunView) -> str:
+    """The data spec: ``study.json`` ``data``, else ``config.json`` ``spec.data`` (both optional files)."""
+    study, config = view.optional("study"), view.optional("config")
+    if study is not None:
+        return str(study["data"])
+    return str(config["spec"]["data"]) if config is not None else "unknown data"
+
+
+def header(view: RunView, missing: list[tuple[str, str]]) -> str:
     parts = [f"<h1>headflow report</h1><p class=\"muted\">Which attention heads carry image information into the "
-             f"answer (arXiv 2509.17588). Model <strong>{esc(_model_name(view))}</strong>, data "
-             f"<strong>{esc(data)}</strong>, run directory <code>{esc(view.run_dir.resolve().name)}</code>.</p>"]
-    if missing_ids:
-        names = ", ".join(f'<a href="#{esc(s)}">{esc(SECTION_TITLES[s])}</a>' for s in missing_ids)
-        parts.append(callout(f'<span id="missing-sections" data-missing="{esc(" ".join(missing_ids))}">'
+             f"answer (arXiv 2509.17588). Model <strong>{esc(model_name(view))}</strong>, data "
+             f"<strong>{esc(data_name(view))}</strong>, run directory "
+             f"<code>{esc(view.run_dir.resolve().name)}</code>.</p>"]
+    if missing:
+        names = ", ".join(f'<a href="#{esc(sid)}">{esc(title)}</a>' for sid, title in missing)
+        ids = " ".join(sid for sid, _ in missing)
+        parts.append(callout(f'<span id="missing-sections" data-missing="{esc(ids)}">'
                              f"Sections not in this run: {names}.</span>", "warn"))
     for part, error in sorted(view.errors.items()):
         parts.append(callout(f"Could not read the {esc(part)} results: <code>{esc(error)}</code>", "warn"))
@@ -199,7 +166,7 @@ def _header(view: RunView, missing_ids: list[str]) -> str:
 
 
 def write_report(run_dir: str | Path) -> Path:
-    """Write ``run_dir/report.html`` (atomically) and return its path.
+    """Write ``run_dir/report.html`` (atomically, :func:`headflow.store.atomic_write`) and return its path.
 
     Parameters
     ----------
@@ -215,7 +182,9 @@ def write_report(run_dir: str | Path) -> Path:
     Raises
     ------
     HeadflowError
-        If ``run_dir`` holds no finished attribution run (no ``summary.json``).
+        If ``run_dir`` holds no finished attribution run (no ``summary.json``), or (as
+        :class:`~headflow.report.doc.MissingKeyError`, also a ``KeyError``) a result file lacks a key the
+        report reads; nothing is written then.
 
     Examples
     --------
@@ -226,13 +195,9 @@ def write_report(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     text = render_report(run_dir)
     path = run_dir / "report.html"
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".report.html.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+    def write(tmp: Path) -> None:
+        tmp.write_text(text, encoding="utf-8")
+
+    atomic_write(path, write)
     return path

@@ -1,9 +1,10 @@
-"""Read a study directory into one plain view for the report: its JSON files, its figures, what is missing.
+"""Read a study directory into one plain view for the report: its result files, its figures, what is missing.
 
-Nothing here computes a result. The view only holds what the run wrote (``summary.json``,
-``config.json``, ``validation.json``, ``flow/flow.json``, ``semantics.json``, ``study.json``) and
-the PNG figures found under ``figures/`` and ``flow/figures/``. A part that is absent, or whose JSON
-cannot be read, is recorded in :attr:`RunView.missing` / :attr:`RunView.errors` so the report can say so.
+Nothing here computes a result. :data:`SOURCES` lists the result files the report can read (one entry per
+file: name, path, whether the report needs it, which command writes it); :func:`read_run` reads every one
+that exists into a :class:`~headflow.report.doc.Doc` and finds the PNG figures under ``figures/`` and
+``flow/figures/``. A file that is absent, or whose JSON cannot be read, is recorded in
+:attr:`RunView.missing` / :attr:`RunView.errors` so the report can say so; only ``summary.json`` is required.
 """
 
 from __future__ import annotations
@@ -14,29 +15,44 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import HeadflowError
+from .doc import Doc
 
-#: part name → JSON file (relative to the run directory) that marks it as done.
-PART_FILES: dict[str, str] = {
-    "attribution": "summary.json",
-    "config": "config.json",
-    "validation": "validation.json",
-    "flow": "flow/flow.json",
-    "semantics": "semantics.json",
-    "study": "study.json",
-}
+__all__ = ["Source", "SOURCES", "SOURCE_BY_NAME", "RunView", "read_run", "model_card_path"]
 
-#: section → (figure name, path relative to the run directory), in display order.
-FIGURES: dict[str, tuple[tuple[str, str], ...]] = {
-    "attribution": (("attribution_heatmap", "figures/attribution_heatmap.png"),),
-    "lds": (("lds_hist", "figures/lds_hist.png"),),
-    "validation": (("validation_curves", "figures/validation_curves.png"),),
-    "attention": (("attribution_vs_attention", "figures/attribution_vs_attention.png"),),
-    "flow": (("flow_curves", "flow/figures/flow_curves.png"),),
-    "objects": (("flow_objects", "flow/figures/flow_objects.png"),
-                ("flow_token_maps", "flow/figures/flow_token_maps.png")),
-    "semantics": (("similarity_matrix", "figures/similarity_matrix.png"), ("embedding", "figures/embedding.png"),
-                  ("class_heatmaps", "figures/class_heatmaps.png")),
-}
+
+@dataclass(frozen=True)
+class Source:
+    """One result file the report reads.
+
+    Attributes
+    ----------
+    name : str
+        What sections call it (``"validation"``).
+    file : str
+        Path relative to the run directory (``"validation.json"``).
+    command : str
+        The command that writes it, quoted where a section that needs it is not in the run.
+    required : bool
+        ``True`` only for ``summary.json``: without it the directory is not a run and :func:`read_run` raises.
+        Every other source is optional at the run level; a section that needs an absent one is marked missing.
+    """
+
+    name: str
+    file: str
+    command: str
+    required: bool = False
+
+
+#: Every result file the report reads, in reading order.
+SOURCES: tuple[Source, ...] = (
+    Source("attribution", "summary.json", "headflow attribute --out DIR", required=True),
+    Source("config", "config.json", "headflow attribute --out DIR"),
+    Source("validation", "validation.json", "headflow validate DIR"),
+    Source("flow", "flow/flow.json", "headflow flow --out DIR/flow"),
+    Source("semantics", "semantics.json", "headflow semantics DIR"),
+    Source("study", "study.json", "headflow study --out DIR"),
+)
+SOURCE_BY_NAME: dict[str, Source] = {s.name: s for s in SOURCES}
 
 FIGURE_DIRS = ("figures", "flow/figures")
 
@@ -48,12 +64,12 @@ class RunView:
     Attributes
     ----------
     run_dir : Path
-    parts : dict[str, dict]
-        Parsed JSON per part name of :data:`PART_FILES` that exists and parses.
+    docs : dict[str, Doc]
+        Parsed JSON per source name of :data:`SOURCES` that exists and parses.
     missing : tuple of str
-        Part names whose file is absent.
+        Source names whose file is absent.
     errors : dict[str, str]
-        Part name → why its file could not be read.
+        Source name → why its file could not be read.
     figures : dict[str, Path]
         Relative path (``figures/lds_hist.png``) → absolute path, for every PNG in :data:`FIGURE_DIRS`.
     model_card : str or None
@@ -61,26 +77,30 @@ class RunView:
     """
 
     run_dir: Path
-    parts: dict[str, dict[str, Any]]
+    docs: dict[str, Doc]
     missing: tuple[str, ...]
     errors: dict[str, str] = field(default_factory=dict)
     figures: dict[str, Path] = field(default_factory=dict)
     model_card: str | None = None
 
-    def get(self, part: str) -> dict[str, Any] | None:
-        return self.parts.get(part)
+    def has(self, source: str) -> bool:
+        """Whether ``source`` was found and parsed."""
+        return source in self.docs
 
-    def has(self, part: str) -> bool:
-        return part in self.parts
+    def doc(self, source: str) -> Doc:
+        """The parsed file of ``source``; :class:`HeadflowError` where it is not in the run."""
+        if source not in self.docs:
+            raise HeadflowError(f"{SOURCE_BY_NAME[source].file} is not in {self.run_dir}.")
+        return self.docs[source]
+
+    def optional(self, source: str) -> Doc | None:
+        """The parsed file of ``source``, or ``None`` where it is absent or unreadable."""
+        if source not in SOURCE_BY_NAME:
+            raise KeyError(f"unknown report source {source!r}; known: {', '.join(SOURCE_BY_NAME)}")
+        return self.docs.get(source)
 
     def figure(self, relative: str) -> Path | None:
         return self.figures.get(relative)
-
-    @property
-    def extra_figures(self) -> list[str]:
-        """Figures present in the run directory that no section shows (relative paths, sorted)."""
-        known = {rel for figs in FIGURES.values() for _, rel in figs}
-        return sorted(rel for rel in self.figures if rel not in known)
 
 
 def read_run(run_dir: str | Path) -> RunView:
@@ -89,28 +109,30 @@ def read_run(run_dir: str | Path) -> RunView:
     if not run_dir.is_dir():
         raise HeadflowError(f"{str(run_dir)!r} is not a directory. Pass a run directory written by "
                             "`headflow study --out DIR` or `headflow attribute --out DIR`.")
-    if not (run_dir / PART_FILES["attribution"]).is_file():
-        raise HeadflowError(f"{str(run_dir)!r} holds no summary.json, so it is not a finished attribution run. "
-                            f"Run `headflow study --out {run_dir}` first.")
-    parts: dict[str, dict[str, Any]] = {}
+    for source in SOURCES:
+        if source.required and not (run_dir / source.file).is_file():
+            raise HeadflowError(f"{str(run_dir)!r} holds no {source.file}, so it is not a finished attribution run. "
+                                f"Run `headflow study --out {run_dir}` first.")
+    docs: dict[str, Doc] = {}
     missing: list[str] = []
     errors: dict[str, str] = {}
-    for part, rel in PART_FILES.items():
-        path = run_dir / rel
+    for source in SOURCES:
+        path = run_dir / source.file
         if not path.is_file():
-            missing.append(part)
+            missing.append(source.name)
             continue
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
-            errors[part] = f"{rel}: {exc}"
+            errors[source.name] = f"{source.file}: {exc}"
             continue
         if not isinstance(data, dict):
-            errors[part] = f"{rel}: expected a JSON object, got {type(data).__name__}"
+            errors[source.name] = f"{source.file}: expected a JSON object, got {type(data).__name__}"
             continue
-        parts[part] = data
-    if "attribution" not in parts:
-        raise HeadflowError(f"Cannot read {run_dir / PART_FILES['attribution']}: {errors.get('attribution')}.")
+        docs[source.name] = Doc(data, source.file)
+    for source in SOURCES:
+        if source.required and source.name not in docs:
+            raise HeadflowError(f"Cannot read {run_dir / source.file}: {errors.get(source.name)}.")
     figures = {}
     for sub in FIGURE_DIRS:
         directory = run_dir / sub
@@ -118,7 +140,7 @@ def read_run(run_dir: str | Path) -> RunView:
             for path in sorted(directory.glob("*.png")):
                 if path.is_file() and not path.name.startswith("."):
                     figures[f"{sub}/{path.name}"] = path
-    return RunView(run_dir, parts, tuple(missing), errors, figures, _model_card(parts))
+    return RunView(run_dir, docs, tuple(missing), errors, figures, _model_card(docs))
 
 
 def model_card_path() -> Path:
@@ -126,12 +148,15 @@ def model_card_path() -> Path:
     return Path(__file__).resolve().parent.parent / "zoo" / "default" / "MODEL_CARD.md"
 
 
-def _model_card(parts: dict[str, dict[str, Any]]) -> str | None:
+def _model_card(docs: dict[str, Doc]) -> str | None:
     """The embedded default model's card, where the run used ``--model default`` and the card exists."""
-    names = {str(parts.get("study", {}).get("model", "")),
-             str(parts.get("config", {}).get("spec", {}).get("model", ""))}
     from ..zoo import DEFAULT_MODEL_NAME
 
+    names: set[Any] = set()
+    if "study" in docs:
+        names.add(docs["study"]["model"])
+    if "config" in docs:
+        names.add(docs["config"]["spec"]["model"])
     if DEFAULT_MODEL_NAME not in names:
         return None
     card = model_card_path()
