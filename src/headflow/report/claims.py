@@ -102,7 +102,7 @@ def judge_c2(sem: Doc) -> Judged:
     )
     verdict = {"class": "agrees", "appearance": "disagrees", "neither": "inconclusive"}.get(sem["verdict"],
                                                                                           "inconclusive")
-    note = f"analysis verdict: {sem['verdict']} (alpha {fmt(sem['parameters']['alpha'])})"
+    note = f"analysis verdict: {sem['verdict']} (significance level {fmt(sem['parameters']['significance_level'])})"
     return measured, verdict, note
 
 
