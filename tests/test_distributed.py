@@ -110,7 +110,7 @@ def test_a_dead_worker_is_retried_and_finished_rows_are_not_recomputed(ray_clust
 def test_a_worker_error_reaches_the_driver(ray_cluster, plain_run, tmp_path):
     data, reference = plain_run
     out = tmp_path / "run"
-    with pytest.raises(HeadflowError, match="worker loaded a different model"):
+    with pytest.raises(HeadflowError, match="it is not the run.s model \\(a worker or --model loaded another one\\)"):
         # weights of another seed: the workers' clean logits disagree with the driver's
         HeadAttribution(load_model("tiny:llava", seed=1), **PARAMS).run(data, out=out,
                                                                          runner=RayRunner(num_workers=1))

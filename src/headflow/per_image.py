@@ -89,7 +89,7 @@ def data_record(dataset) -> dict[str, Any]:
     args = getattr(dataset, "load_args", None)
     if args:
         return dict(args)
-    return {"spec": getattr(dataset, "name", None) or "custom", "n": len(dataset)}
+    return {"spec": getattr(dataset, "name", None) or "custom", "n": len(dataset), "seed": None}
 
 
 # -- the run's shared baseline ----------------------------------------------------------------------
@@ -164,11 +164,15 @@ def worker_engine(spec: str, dtype: str | None, device: str, batch_size: int | s
 
 
 def checked_prompt(engine: InterventionEngine, spec: str, question: str, job: ImageJob) -> PreparedPrompt:
-    """Prepare a worker's image and check its clean logit against the run's record (same model?)."""
+    """Prepare an image and check its clean logit against the run's record: is this the run's model?
+
+    (Run on every Ray worker, and by analyses that reopen a run, such as validation.)
+    """
     prompt = engine.prepare(job.image, question)
-    got = float(prompt.clean_logits[job.answer_id])
+    vocab = prompt.clean_logits.shape[-1]
+    got = float(prompt.clean_logits[job.answer_id]) if job.answer_id < vocab else float("nan")
     if not np.isclose(got, job.clean_logit, rtol=1e-2, atol=1e-2):
         raise HeadflowError(
-            f"The Ray worker's model ({spec!r}) gives a clean logit of {got:.4f} where this run recorded "
-            f"{job.clean_logit:.4f}; the worker loaded a different model. Pass the run's model spec.")
+            f"The model {spec!r} gives a clean logit of {got:.4f} where this run recorded {job.clean_logit:.4f}; "
+            "it is not the run's model (a worker or --model loaded another one). Pass the run's model spec.")
     return prompt

@@ -73,23 +73,27 @@ def _steps(lm, model: str, data: str, out: Path, plan: StudyPlan, seed: int, dat
         timings[name] = round(time.time() - started, 1)
         log(f"[{steps.index(name) + 1}/{len(steps)}] {name} ... (elapsed {time.time() - started:.0f}s)")
 
+    attribution = HeadAttribution(lm, n_masks=plan.masks, n_val=plan.val_masks, seed=seed, keep_wrong=keep_wrong,
+                                  batch_size=batch_size)
+    validation = Validation(lm, seed=seed, batch_size=batch_size, max_images=plan.validate_images)
+    flow = TokenFlow(lm, n_bootstrap=plan.bootstrap, seed=seed, keep_wrong=keep_wrong, n_maps=plan.flow_maps,
+                     batch_size=batch_size)
+    semantics = SemanticAnalysis(n_permutations=plan.permutations, seed=seed)
+    for method in (attribution, validation, flow, semantics):
+        method.check()  # every step's parameters, before the first step starts
     try:
         dataset = load_dataset(data, n=plan.images, seed=data_seed)
     except (ValueError, TypeError, FileNotFoundError) as exc:
         raise HeadflowError(str(exc)) from None
     step("attribution")
-    result = HeadAttribution(lm, n_masks=plan.masks, n_val=plan.val_masks, seed=seed, keep_wrong=keep_wrong,
-                             batch_size=batch_size).run(dataset, out=out)
-    result.plot()
+    attribution.run(dataset, out=out).plot()
     step("validation")
-    Validation(lm, seed=seed, batch_size=batch_size, max_images=plan.validate_images).run(out, dataset=dataset)
+    validation.run(out, dataset=dataset)
     step("flow")
-    flow_data = [dataset[i] for i in range(min(plan.flow_images, len(dataset)))]
-    TokenFlow(lm, n_bootstrap=plan.bootstrap, seed=seed, keep_wrong=keep_wrong, n_maps=plan.flow_maps,
-              batch_size=batch_size).run(flow_data, out=out / "flow")
+    flow.run([dataset[i] for i in range(min(plan.flow_images, len(dataset)))], out=out / "flow")
     step("semantics")
     try:
-        SemanticAnalysis(n_permutations=plan.permutations, seed=seed).run(out)
+        semantics.run(out)
     except HeadflowError as exc:  # e.g. too few images to cross class with appearance
         log(f"semantics skipped: {exc}")
     step("report")

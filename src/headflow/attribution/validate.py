@@ -136,6 +136,8 @@ class Validation(Method):
             return ValidationResult.load(run_dir)  # finished with this configuration
         dataset = dataset if dataset is not None else dataset_of(spec)
         engine = InterventionEngine(lm, batch_size=params.batch_size)
+        if used:  # the run's own model? (checked again on every image; this first check fails before any work)
+            checked_prompt(engine, lm.name, run_params.question, _image_job_checked(dataset, result, used[0], run_params))
         shared = load_baseline(run_dir / "baseline.safetensors", rebuild_hint=rebuild_hint(run_dir))
         context = _ValidationContext(*(spec_for_workers or (None, None)), params.batch_size, run_params,
                                      baseline_to(shared, "cpu") if runner is not None else shared)
@@ -258,8 +260,7 @@ def _image_job_checked(dataset, result: AttributionResult, idx: int, params: Att
 def _prepared(engine: InterventionEngine, ctx: _ValidationContext, job: ImageJob):
     """The prompt (checked against the run's record on a worker) and its baseline."""
     params = ctx.params
-    prompt = checked_prompt(engine, ctx.spec, params.question, job) if ctx.spec else engine.prepare(
-        job.image, params.question)
+    prompt = checked_prompt(engine, ctx.spec or engine.lm.name, params.question, job)  # the run's own model?
     return prompt, image_baseline(engine, prompt, ctx.baseline, params.baseline, params.question, job.partner)
 
 

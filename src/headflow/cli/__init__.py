@@ -10,12 +10,39 @@ analysis; :mod:`headflow.cli.tools` the checks, the report and the model card; `
 from __future__ import annotations
 
 import os
+import sys
 
 import typer
+from typer.core import TyperGroup
 
 from . import analyses, tools
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+
+class OneLineErrors(TyperGroup):
+    """The command group: a usage error (an unknown option, a value of the wrong type) is one line on stderr
+    and exit code 2, like every library error (see :func:`headflow.cli.options.one_line_errors`)."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except typer.TyperException as exc:  # typer's usage errors (its own copy of click's)
+            if type(exc).__name__ == "NoArgsIsHelpError":  # `headflow` alone: the help page
+                exc.show()
+                sys.exit(exc.exit_code)
+            ctx = getattr(exc, "ctx", None)
+            command = f"headflow {ctx.command_path.split(' ', 1)[-1]} --help" if ctx is not None and ctx.parent \
+                else "headflow --help"
+            typer.echo(f"error: {exc.format_message()} (see '{command}')", err=True)
+            sys.exit(getattr(exc, "exit_code", 2))
+        except typer.Abort:
+            typer.echo("Aborted.", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True,
                   help="headflow: which attention heads carry image information into an LVLM's answer.")
 
 

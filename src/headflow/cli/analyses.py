@@ -80,6 +80,8 @@ def register(app: typer.Typer) -> None:
             fail("--ablation-prob must be a number or a comma-separated list like 0.05,0.1,0.2. "
                  f"Got {values['ablation_prob']!r} instead.")
         params = params_from(AttributionParams, values, "attribute", skip=("ablation_prob",))
+        for p in probs:  # every value is checked before anything loads or runs
+            HeadAttribution(None, ablation_prob=p, **params).check()
         out = values["out"]
         runner = _ray_runner(values["ray"], values["workers"])
         try:
@@ -122,12 +124,13 @@ def register(app: typer.Typer) -> None:
         from ..store import read_json
 
         run = values["run_dir"]
-        if not (run / "config.json").exists():
-            fail(f"{run} is not an attribution run directory (no config.json); run 'headflow attribute --out {run}' "
-                 "first.")
         params = params_from(ValidationParams, values, "validate")
+        Validation(None, **params).check()
         runner = _ray_runner(values["ray"], values["workers"])
         try:
+            if not (run / "config.json").exists():
+                fail(f"{run} is not an attribution run directory (no config.json); run 'headflow attribute --out "
+                     f"{run}' first.")
             spec = values["model"] or read_json(run / "config.json")["spec"]["model"]
             result = Validation(_load(spec, values["device"], values["dtype"]), **params).run(run, runner=runner)
         finally:
@@ -155,6 +158,7 @@ def register(app: typer.Typer) -> None:
         from ..flow.heads import resolve_heads
 
         params = params_from(FlowParams, values, "flow", skip=("heads",))
+        TokenFlow(None, **params).check()
         out = values["out"]
         runner = _ray_runner(values["ray"], values["workers"])
         try:

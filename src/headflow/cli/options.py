@@ -178,12 +178,15 @@ class one_line_errors:
             return False
         if os.environ.get("HEADFLOW_DEBUG") == "1":
             return False
+        message = " ".join(str(exc).split()) or type(exc).__name__
         if isinstance(exc, (HeadflowError, FileNotFoundError, PermissionError, IsADirectoryError,
                             NotADirectoryError)):
-            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             typer.echo(f"error: {message}", err=True)
             raise typer.Exit(code=2)
-        return False
+        # a bug, not bad input: still one line, with the way to the traceback
+        typer.echo(f"error: unexpected {type(exc).__name__}: {message} (run 'headflow --debug ...' for the "
+                   "traceback, and please report it)", err=True)
+        raise typer.Exit(code=1)
 
 
 def fail(message: str) -> None:

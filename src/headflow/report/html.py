@@ -143,11 +143,11 @@ def model_name(view: RunView) -> str:
 
 
 def data_name(view: RunView) -> str:
-    """The data spec: ``study.json`` ``data``, else ``config.json`` ``spec.data`` (both optional files)."""
+    """The data spec: ``study.json`` ``data``, else ``config.json`` ``spec.data.spec`` (both optional files)."""
     study, config = view.optional("study"), view.optional("config")
     if study is not None:
         return str(study["data"])
-    return str(config["spec"]["data"]) if config is not None else "unknown data"
+    return str(config["spec"]["data"]["spec"]) if config is not None else "unknown data"
 
 
 def header(view: RunView, missing: list[tuple[str, str]]) -> str:

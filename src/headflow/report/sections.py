@@ -139,7 +139,8 @@ def model_section(inp: Inputs) -> Built:
         model, spec = config["model"], config["spec"]
         name, model_class, family = model["name"], model["class"], model["family"]
         n_kv, dtype, device = model["n_kv_heads"], model["dtype"], model["device"]
-        data, data_seed, keep_wrong, question = spec["data"], spec["data_seed"], spec["keep_wrong"], spec["question"]
+        data, data_seed = spec["data"]["spec"], spec["data"]["seed"]  # load_dataset's arguments, as recorded
+        keep_wrong, question = spec["keep_wrong"], spec["question"]
     else:  # config.json is optional: the model rows read n/a and a note says why
         name = model_class = family = n_kv = dtype = device = data_seed = keep_wrong = question = None
         data = study["data"] if study is not None else None

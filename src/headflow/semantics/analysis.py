@@ -120,6 +120,9 @@ class SemanticAnalysis(Method):
         params, spec = self._check_params()
         run_dir = Path(getattr(data, "run_dir", data))
         out = Path(out) if out is not None else run_dir
+        if not run_dir.is_dir():
+            raise HeadflowError(f"Run directory {run_dir} does not exist; run 'headflow attribute --out {run_dir}' "
+                                "first.")
         with run_lock(out):  # one writer per run directory
             return self._run(params, spec, run_dir, out)
 

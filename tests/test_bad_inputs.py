@@ -1,0 +1,141 @@
+"""Bad input through the command line: one line on stderr naming what is wrong, exit code 2, no traceback.
+
+The table covers every command; each row is (arguments, text the one line must contain). ``{tmp}`` is a
+fresh directory, ``{run}`` a finished tiny attribution run, ``{file}`` an existing plain file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from headflow.cli import app
+
+T = ["--model", "tiny:llava"]
+A = ["attribute", *T, "--out", "{tmp}/a", "--images", "1", "--keep-wrong"]
+F = ["flow", *T, "--out", "{tmp}/f", "--images", "1", "--keep-wrong"]
+
+BAD = [
+    # attribute: parameters
+    ([*A, "--masks", "3"], "'n_masks' parameter of HeadAttribution must be an int in [8, inf) or None. Got 3"),
+    ([*A, "--masks", "abc"], "Invalid value for '--masks'"),
+    ([*A, "--ablation-prob", "1.5"], "'ablation_prob' parameter of HeadAttribution must be a float in (0, 1)"),
+    ([*A, "--ablation-prob", "0"], "'ablation_prob' parameter"),
+    ([*A, "--ablation-prob", ""], "--ablation-prob must be a number or a comma-separated list"),
+    ([*A, "--ablation-prob", ","], "--ablation-prob must be a number or a comma-separated list"),
+    ([*A, "--ablation-prob", "0.1,x"], "--ablation-prob must be a number or a comma-separated list"),
+    ([*A, "--ablation-prob", "0.1,0.2,1.5"], "Got 1.5 instead"),
+    ([*A, "--baseline", "median"], "'baseline' parameter of HeadAttribution must be one of mean, zero, blank"),
+    ([*A, "--target", "loss"], "'target' parameter of HeadAttribution must be one of logit, logprob, margin, prob"),
+    ([*A, "--fit", "svm"], "'fit' parameter of HeadAttribution must be one of ols, ridge, lasso"),
+    ([*A, "--penalty", "0"], "'penalty' parameter of HeadAttribution must be a float in (0, inf)"),
+    ([*A, "--penalty", "x"], "Invalid value for '--penalty'"),
+    ([*A, "--val-masks", "2"], "'n_val' parameter of HeadAttribution must be an int in [8, inf)"),
+    ([*A, "--batch-size", "0"], "'batch_size' parameter of HeadAttribution must be an int in [1, inf) or 'auto'"),
+    ([*A, "--batch-size", "big"], "'batch_size' parameter of HeadAttribution"),
+    ([*A, "--question", ""], "'question' parameter of HeadAttribution must be a non-empty str"),
+    ([*A, "--seed", "x"], "Invalid value for '--seed'"),
+    ([*A, "--images", "-"], "Invalid value for '--images'"),
+    ([*A, "--nonsense"], "No such option: --nonsense"),
+    ([*A, "--workers", "2"], "--workers needs --ray"),
+    # attribute: model, device, data, output
+    (["attribute", "--model", "tiny:gpt9", "--out", "{tmp}/a"], "Unknown family 'gpt9'"),
+    (["attribute", "--model", "{tmp}/nothing-here", "--out", "{tmp}/a"], "nothing-here"),
+    (["attribute", "--model", "{tmp}", "--out", "{tmp}/a"], "config.json"),
+    ([*A, "--device", "cuda"], "cuda"),
+    ([*A, "--device", "toaster"], "toaster"),
+    ([*A, "--dtype", "float7"], "float7"),
+    ([*A, "--data", "nope"], "Unknown dataset spec 'nope'"),
+    ([*A, "--data", "folder:{tmp}/missing"], "missing"),
+    ([*A, "--data", "coco:{tmp}/x.json:{tmp}/imgs"], "x.json"),
+    ([*A, "--label-column", "kind"], "'label_column' option of load_dataset applies only to hf:"),
+    (["attribute", *T, "--out", "{file}", "--images", "1", "--keep-wrong", "--masks", "8", "--val-masks", "8"],
+     "{file}"),
+    (["attribute", *T, "--out", "{file}/sub", "--images", "1", "--keep-wrong", "--masks", "8", "--val-masks", "8"],
+     "{file}"),
+    (["attribute", *T, "--images", "1"], "Missing option '--out'"),
+    # attribute: a finished run with other parameters
+    (["attribute", *T, "--out", "{run}", "--images", "2", "--keep-wrong", "--masks", "24", "--val-masks", "8"],
+     "different configuration (differs in: n_masks)"),
+    # validate
+    (["validate", "{tmp}/none"], "is not an attribution run directory"),
+    (["validate", "{run}", "--seed", "x"], "Invalid value for '--seed'"),
+    (["validate", "{run}", "--max-images", "0"], "'max_images' parameter of Validation must be an int in [1, inf)"),
+    (["validate", "{run}", "--k-grid", "1,a"], "'--k-grid' option of validate must be a comma-separated list of ints"),
+    (["validate", "{run}", "--batch-size", "-1"], "'batch_size' parameter of Validation"),
+    (["validate", "{run}", "--workers", "2"], "--workers needs --ray"),
+    (["validate", "{run}", "--model", "tiny:qwen2_vl"], "it is not the run's model"),
+    # flow
+    ([*F, "--window", "0"], "'window' parameter of TokenFlow must be an int in [1, inf) or None"),
+    ([*F, "--window", "9"], "'window' parameter of TokenFlow must be None or an int in [1, 2]"),
+    ([*F, "--pairs", "image:answer"], "A flow pair must be 'source:target'"),
+    ([*F, "--pairs", ""], "must name at least one pair"),
+    ([*F, "--heads", "top:3"], "--heads top:K needs --from-run"),
+    ([*F, "--heads", "top:x", "--from-run", "{run}"], "top:K with K in"),
+    ([*F, "--heads", "{tmp}/heads.txt"], "does not exist"),
+    ([*F, "--heads", "top:2", "--from-run", "{tmp}"], "No head attribution found"),
+    ([*F, "--bootstrap", "0"], "'n_bootstrap' parameter of TokenFlow must be an int in [1, inf)"),
+    ([*F, "--objects", "maybe"], "'objects' parameter of TokenFlow"),
+    ([*F, "--object-layers", "0,x"], "'--object-layers' option of flow must be a comma-separated list of ints"),
+    ([*F, "--object-layers", "7"], "'object_layers' parameter of TokenFlow must be None or layers in [0, 2)"),
+    ([*F, "--threshold", "2"], "'threshold' parameter of TokenFlow must be a float in (0, 1]"),
+    ([*F, "--maps", "-1"], "'n_maps' parameter of TokenFlow must be an int in [0, inf)"),
+    ([*F, "--n-random", "-1"], "'n_random' parameter of TokenFlow must be an int in [0, inf)"),
+    # semantics
+    (["semantics", "{tmp}/none"], "does not exist"),
+    (["semantics", "{run}", "--similarity", "euclid"], "must be one of cosine, spearman, jaccard:K"),
+    (["semantics", "{run}", "--n-permutations", "0"], "'n_permutations' parameter of SemanticAnalysis"),
+    (["semantics", "{run}", "--cv-folds", "1"], "'cv_folds' parameter of SemanticAnalysis must be an int in [2, inf)"),
+    (["semantics", "{run}", "--significance-level", "1"], "'significance_level' parameter of SemanticAnalysis"),
+    (["semantics", "{run}", "--factors", "colour"], "must be an array with at least 4 images"),
+    # study, demo, report, check, inspect, model-card, data
+    (["study", *T, "--out", "{tmp}/s", "--batch-size", "0"], "'batch_size' parameter"),
+    (["study", *T, "--out", "{tmp}/s", "--data", "nope"], "Unknown dataset spec 'nope'"),
+    (["study", "--model", "tiny:gpt9", "--out", "{tmp}/s"], "Unknown family 'gpt9'"),
+    (["demo", "--device", "toaster"], "toaster"),
+    (["report", "{tmp}/none"], "none"),
+    (["check", "--model", "tiny:gpt9"], "Unknown family 'gpt9'"),
+    (["check", "--model", "tiny:llava", "--device", "toaster"], "toaster"),
+    (["inspect", "--model", "tiny:gpt9"], "Unknown family 'gpt9'"),
+    (["model-card", "tiny:gpt9"], "Unknown family 'gpt9'"),
+    (["model-card", "--images", "x"], "Invalid value for '--images'"),
+    (["data", "export", "{file}", "--n", "2"], "{file}"),
+    (["data", "export", "{tmp}/e", "--n", "0"], "Invalid value for '--n'"),
+    (["data", "export", "{tmp}/e", "--spec", "nope"], "nope"),
+    (["frobnicate"], "No such command 'frobnicate'"),
+]
+
+
+@pytest.fixture(scope="module")
+def places(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bad")
+    run = tmp / "run"
+    res = CliRunner().invoke(app, ["attribute", *T, "--out", str(run), "--images", "2", "--keep-wrong", "--masks", "16",
+                                   "--val-masks", "8"])
+    assert res.exit_code == 0, res.output
+    plain = tmp / "plain.txt"
+    plain.write_text("not a directory\n")
+    return {"run": str(run), "file": str(plain)}
+
+
+def test_the_table_covers_every_command_and_sixty_inputs():
+    import typer.main
+
+    commands = set(typer.main.get_command(app).commands)
+    assert commands <= {args[0] for args, _ in BAD} and len(BAD) >= 60
+
+
+@pytest.mark.parametrize(("args", "expected"), BAD, ids=[" ".join(a[:3]) + f"#{i}" for i, (a, _) in enumerate(BAD)])
+def test_bad_input_is_one_line_and_exit_code_2(places, tmp_path, args, expected):
+    fill = {"tmp": str(tmp_path), **places}
+    argv = [a.format(**fill) for a in args]
+    summary = Path(places["run"]) / "summary.json"
+    before = summary.read_bytes()
+    res = CliRunner().invoke(app, argv)
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert res.exit_code == 2, (argv, res.output, res.exception)
+    assert len(lines) == 1 and lines[0].startswith("error: "), (argv, res.output)
+    assert expected.format(**fill) in lines[0], (argv, lines[0])
+    assert summary.read_bytes() == before  # a refused command never touches the earlier run
