@@ -75,10 +75,11 @@ def test_run_directory_contents(small_run):
                  "baseline.safetensors", "summary.json", "attention.npy", "lds.parquet"):
         assert (out / name).exists(), name
     summary = json.loads((out / "summary.json").read_text())
-    for key in ("n_heads", "n_images", "n_masks", "clean_accuracy", "lds_pearson_median", "lds_spearman_median",
+    for key in ("n_heads_total", "n_heads", "n_images", "n_masks", "clean_accuracy", "lds_pearson_median", "lds_spearman_median",
                 "top_heads"):
         assert key in summary
-    assert summary["n_heads"] == lm.n_layers * lm.n_heads == 8 and summary["n_masks"] == 48
+    assert summary["n_heads_total"] == lm.n_layers * lm.n_heads == 8 and summary["n_heads"] == lm.n_heads
+    assert summary["n_masks"] == 48
     assert result.attributions.shape == (3, lm.n_layers, lm.n_heads)
     config = json.loads((out / "config.json").read_text())
     assert config["versions"]["transformers"].startswith("5.")

@@ -146,7 +146,7 @@ def test_cli_attribute_with_ray_local(monkeypatch, tmp_path):
 
     monkeypatch.setitem(sys.modules, "ray", None)
     res = CliRunner().invoke(app, ["attribute", "--model", "tiny:llava", "--out", str(tmp_path / "run"), "--images",
-                                   "1", "--masks", "8", "--val-masks", "4", "--keep-wrong", "--ray", "local"])
+                                   "1", "--masks", "8", "--val-masks", "8", "--keep-wrong", "--ray", "local"])
     assert res.exit_code == 2 and "needs Ray" in res.output
     assert not (tmp_path / "run").exists()  # refused before any work
 

@@ -219,7 +219,6 @@ class Method:
     stage: ClassVar[str] = ""
     #: whether run() needs a model (SemanticAnalysis reads a finished run and needs none)
     needs_model: ClassVar[bool] = True
-    needs_grad: ClassVar[bool] = False
 
     def __init__(self, model: Any = None, **params: Any) -> None:
         unknown = sorted(set(params) - set(self.Params.model_fields))

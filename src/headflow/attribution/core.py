@@ -110,7 +110,7 @@ class HeadAttribution(Method):
                 "image_ids": [ex.id for ex in _iter(data)] if len(data) <= 4096 else None,
                 **params.spec(), "n_masks": n_masks}
         engine = InterventionEngine(lm, batch_size=params.batch_size)
-        resolved = {"n_masks": n_masks, "n_heads": n_heads, "n_layers": lm.n_layers, "heads_per_layer": lm.n_heads}
+        resolved = {"n_masks": n_masks, "n_heads_total": n_heads, "n_layers": lm.n_layers, "n_heads": lm.n_heads}
         config = ensure_config(out, spec, {"params": params.model_dump(mode="json"), "resolved": resolved,
                                            "model": lm.describe(), "versions": versions()}, rebuild_hint=hint)
         table, baseline = self._clean_pass(engine, data, params, out, hint)
@@ -208,7 +208,7 @@ class HeadAttribution(Method):
         mean = attributions.mean(0)
         order = np.argsort(-mean.ravel())[:20]
         summary = {
-            "n_heads": int(mean.size), "n_layers": lm.n_layers, "heads_per_layer": lm.n_heads,
+            "n_heads_total": int(mean.size), "n_layers": lm.n_layers, "n_heads": lm.n_heads,
             "n_images": int(len(used)), "n_images_total": int(len(table)), "n_masks": int(n_masks),
             "n_val": int(len(val_masks)), "ablation_prob": params.ablation_prob, "baseline": params.baseline,
             "target": params.target, "fit": params.fit,

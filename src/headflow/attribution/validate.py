@@ -213,7 +213,7 @@ class Validation(Method):
         holds = ours is not None and ours <= 0.75 * min(others_n)
         subset = ours is not None and ours <= 0.5 * others_n[2]
         return {
-            "k_grid": grid, "n_heads": n, "n_images": int(len(y_clean)), "target": params.target,
+            "k_grid": grid, "n_heads_total": n, "n_images": int(len(y_clean)), "target": params.target,
             "baseline": params.baseline, "mean_clean_target": float(np.mean(y_clean)),
             "mean_all_ablated_target": float(np.mean(y_all)), "normaliser": denom,
             "rankings": rankings,

@@ -66,7 +66,7 @@ def _finite(x: Any) -> bool:
 def judge_c1(val: Doc) -> Judged:
     c1 = val["c1"]
     others = c1["k80_others"]
-    measured = [f"heads to reach 80% completeness (k80, of {fmt(val['n_heads'])}): attribution "
+    measured = [f"heads to reach 80% completeness (k80, of {fmt(val['n_heads_total'])}): attribution "
                 f"{fmt(c1['k80_attribution'])}, "
                 + ", ".join(f"{k.replace('_', '-')} {fmt(v)}" for k, v in others.items())]
     aucs = {k: r["auc_completeness"] for k, r in val["rankings"].items() if k in ("attribution", *others)}

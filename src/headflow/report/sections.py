@@ -148,8 +148,8 @@ def model_section(inp: Inputs) -> Built:
         ("Model", name, "model"),
         ("Model class", model_class, "model_class"),
         ("Family", family, "family"),
-        ("Layers \u00d7 heads", f"{fmt(summary['n_layers'])} \u00d7 {fmt(summary['heads_per_layer'])} "
-                                f"= {fmt(summary['n_heads'])} heads", "layers_heads"),
+        ("Layers \u00d7 heads", f"{fmt(summary['n_layers'])} \u00d7 {fmt(summary['n_heads'])} "
+                                f"= {fmt(summary['n_heads_total'])} heads", "layers_heads"),
         ("Key/value heads per layer", fmt(n_kv), "n_kv_heads"),
         ("dtype / device", f"{text(dtype)} / {text(device)}", None),
         ("Dataset", f"{text(data)} (seed {fmt(data_seed)})", "dataset"),
@@ -218,7 +218,7 @@ def validation_section(inp: Inputs) -> Built:
             for name, r in v["rankings"].items()]
     body = table(("Ranking", "k80 completeness", "k80 faithfulness", "AUC completeness", "AUC faithfulness"),
                  rows, id="validation-table")
-    body += (f"<p class=\"note\">{esc(fmt(v['n_images']))} images, {esc(fmt(v['n_heads']))} heads, target "
+    body += (f"<p class=\"note\">{esc(fmt(v['n_images']))} images, {esc(fmt(v['n_heads_total']))} heads, target "
              f"{esc(v['target'])}; clean target {esc(fmt(v['mean_clean_target']))}, all heads ablated "
              f"{esc(fmt(v['mean_all_ablated_target']))}. k80 = smallest k reaching 80%.</p>")
     c1 = v["c1"]
