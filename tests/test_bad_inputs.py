@@ -139,3 +139,58 @@ def test_bad_input_is_one_line_and_exit_code_2(places, tmp_path, args, expected)
     assert len(lines) == 1 and lines[0].startswith("error: "), (argv, res.output)
     assert expected.format(**fill) in lines[0], (argv, lines[0])
     assert summary.read_bytes() == before  # a refused command never touches the earlier run
+
+
+# -- the re-runs that used to exit 0 with a wrong result (the reliability issue's list) -------------------------
+
+ATTRIBUTE = ["attribute", *T, "--images", "2", "--keep-wrong", "--masks", "16", "--val-masks", "8"]
+
+
+def _one_line_refusal(argv: list[str], must_contain: str) -> None:
+    res = CliRunner().invoke(app, argv)
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert res.exit_code == 2, (argv, res.output, res.exception)
+    assert len(lines) == 1 and lines[0].startswith("error: ") and must_contain in lines[0], (argv, res.output)
+
+
+def _finished(run: Path) -> dict[str, bytes]:
+    res = CliRunner().invoke(app, [*ATTRIBUTE, "--out", str(run)])
+    assert res.exit_code == 0, res.output
+    return {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.suffix in (".json", ".npy")}
+
+
+@pytest.mark.parametrize("damage", ["delete", "truncate"])
+def test_a_damaged_targets_file_is_refused_not_refilled_with_zeros(tmp_path, damage):
+    run = tmp_path / "run"
+    before = _finished(run)
+    targets = run / "targets.npy"
+    if damage == "delete":
+        targets.unlink()
+    else:
+        targets.write_bytes(targets.read_bytes()[:-64])
+    _one_line_refusal([*ATTRIBUTE, "--out", str(run)], "targets.npy")
+    assert (run / "summary.json").read_bytes() == before["summary.json"]
+    assert (run / "attributions.npy").read_bytes() == before["attributions.npy"]
+
+
+def test_a_run_that_lost_its_config_is_refused_with_other_parameters(tmp_path):
+    run = tmp_path / "run"
+    before = _finished(run)
+    (run / "config.json").unlink()
+    _one_line_refusal([*ATTRIBUTE, "--ablation-prob", "0.3", "--out", str(run)], "config.json")
+    assert (run / "summary.json").read_bytes() == before["summary.json"]
+    assert not (run / "config.json").exists()  # refused, not re-created
+
+
+def test_finished_flow_validation_and_semantics_refuse_other_parameters(tmp_path):
+    run = tmp_path / "run"
+    _finished(run)
+    flow = ["flow", *T, "--images", "2", "--keep-wrong", "--bootstrap", "10", "--maps", "0", "--out", str(tmp_path / "f")]
+    assert CliRunner().invoke(app, flow).exit_code == 0
+    flow_json = (tmp_path / "f" / "flow.json").read_bytes()
+    _one_line_refusal([*flow, "--window", "2"], "differs in: window")
+    assert (tmp_path / "f" / "flow.json").read_bytes() == flow_json
+    assert CliRunner().invoke(app, ["validate", str(run), "--max-images", "1"]).exit_code == 0
+    validation = (run / "validation.json").read_bytes()
+    _one_line_refusal(["validate", str(run), "--max-images", "1", "--seed", "1"], "differs in: seed")
+    assert (run / "validation.json").read_bytes() == validation

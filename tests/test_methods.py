@@ -136,3 +136,33 @@ def test_cli_errors_are_one_line_and_debug_shows_the_traceback(tmp_path):
     res = runner.invoke(app, ["flow", "--out", str(tmp_path / "f"), "--object-layers", "a,b"])
     assert res.exit_code == 2 and "'--object-layers' option of flow must be a comma-separated list of ints" in res.output
     assert not Path(tmp_path / "f").exists()
+
+
+def test_an_interrupted_validation_resumes_to_the_uninterrupted_result(attribution_run, tiny_models, tmp_path,
+                                                                     monkeypatch):
+    import shutil
+
+    from headflow.store import RowStore
+
+    out, data = attribution_run
+    plain, killed = tmp_path / "plain", tmp_path / "killed"
+    for copy in (plain, killed):
+        shutil.copytree(out, copy, ignore=shutil.ignore_patterns("validation*", "single_head.npy", ".headflow.lock"))
+    want = Validation(tiny_models("llava"), max_images=3, k_grid=[0, 2, 8]).run(plain, dataset=data)
+    original, calls = RowStore.write, {"n": 0}
+
+    def killed_after_three_rows(self, row, values):
+        if calls["n"] == 3:  # pass A finished, one row of pass B written
+            raise KeyboardInterrupt("killed")
+        calls["n"] += 1
+        return original(self, row, values)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(RowStore, "write", killed_after_three_rows)
+        with pytest.raises(KeyboardInterrupt):
+            Validation(tiny_models("llava"), max_images=3, k_grid=[0, 2, 8]).run(killed, dataset=data)
+    assert not (killed / "validation.json").exists()
+    got = Validation(tiny_models("llava"), max_images=3, k_grid=[0, 2, 8]).run(killed, dataset=data)
+    strip = lambda d: {k: v for k, v in d.items() if k != "provenance"}  # noqa: E731
+    assert strip(got.data) == strip(want.data)  # same process, same threads: bit for bit
+    assert (killed / "single_head.npy").read_bytes() == (plain / "single_head.npy").read_bytes()

@@ -177,6 +177,7 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"  {name:<18} peak layer {p['peak_layer']['value']:>3}   mean layer "
                        f"{'n/a' if m is None else f'{m:.2f}'}")
         typer.echo(f"  C3: {s['c3'].get('verdict')}   C4: {s['c4'].get('verdict')}")
+        _problems(getattr(dataset, "problems", None))
 
     sem_run = inspect.Parameter("run_dir", inspect.Parameter.KEYWORD_ONLY, annotation=Path, default=typer.Argument(
         ..., help="Run directory with attributions.npy and images.parquet."))

@@ -155,6 +155,8 @@ def model_section(inp: Inputs) -> Built:
         ("Dataset", f"{text(data)} (seed {fmt(data_seed)})", "dataset"),
         ("Images analysed / loaded", f"{fmt(summary['n_images'])} / {fmt(summary['n_images_total'])}",
          "n_images"),
+        ("Data items skipped (bad data)", ", ".join(f"{reason}: {count}" for reason, count in
+                                                   summary["data_problems"].items()) or "none", "data_problems"),
         ("Clean accuracy", fmt_pct(summary["clean_accuracy"]), "clean_accuracy"),
         ("Wrongly answered images kept", fmt(keep_wrong), None),
         ("Question", text(question), None),
