@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -76,6 +77,10 @@ BAD = [
     ([*F, "--heads", "top:x", "--from-run", "{run}"], "top:K with K in"),
     ([*F, "--heads", "{tmp}/heads.txt"], "does not exist"),
     ([*F, "--heads", "top:2", "--from-run", "{tmp}"], "No head attribution found"),
+    ([*F, "--heads", "{heads_bad_json}"], "cannot be read"),
+    ([*F, "--heads", "{heads_one_column}"], "holds something other than (layer, head) pairs"),
+    ([*F, "--heads", "{heads_dict}"], "cannot be read"),
+    ([*F, "--heads", "{heads_npy}"], "must have shape (2, 4)"),
     ([*F, "--bootstrap", "0"], "'n_bootstrap' parameter of TokenFlow must be an int in [1, inf)"),
     ([*F, "--objects", "maybe"], "'objects' parameter of TokenFlow"),
     ([*F, "--object-layers", "0,x"], "'--object-layers' option of flow must be a comma-separated list of ints"),
@@ -117,7 +122,13 @@ def places(tmp_path_factory):
     assert res.exit_code == 0, res.output
     plain = tmp / "plain.txt"
     plain.write_text("not a directory\n")
-    return {"run": str(run), "file": str(plain)}
+    (tmp / "bad.json").write_text("{not json")
+    (tmp / "one.txt").write_text("0\n1\n")
+    (tmp / "dict.json").write_text('{"layers": [1, 2]}')
+    np.save(tmp / "wrong.npy", np.ones((3, 3)))
+    return {"run": str(run), "file": str(plain), "heads_bad_json": str(tmp / "bad.json"),
+            "heads_one_column": str(tmp / "one.txt"), "heads_dict": str(tmp / "dict.json"),
+            "heads_npy": str(tmp / "wrong.npy")}
 
 
 def test_the_table_covers_every_command_and_sixty_inputs():

@@ -27,20 +27,32 @@ def load_heads_file(path: Path, n_layers: int, n_heads: int) -> torch.Tensor:
 
     if not path.exists():
         raise HeadflowError(f"Heads file {path} does not exist. Use --heads all, top:K (with --from-run) or a file.")
-    if path.suffix == ".npy":
-        array = np.load(path)
-        if array.shape != (n_layers, n_heads):
-            raise HeadflowError(f"Heads array {path} must have shape ({n_layers}, {n_heads}). Got {array.shape} instead.")
-        return torch.from_numpy(array != 0)
-    if path.suffix == ".json":
-        data = json.loads(path.read_text())
-        pairs = data["heads"] if isinstance(data, dict) else data
-    else:
-        pairs = [line.replace(",", " ").split() for line in path.read_text().splitlines() if line.strip()
-                 and not line.startswith("#")]
+    form = ("a [layer, head] .npy array, a .json list of [layer, head] pairs (or {\"heads\": [...]}), or text "
+            "lines 'layer head'")
+    try:
+        if path.suffix == ".npy":
+            array = np.load(path, allow_pickle=False)
+            if array.shape != (n_layers, n_heads):
+                raise HeadflowError(f"Heads array {path} must have shape ({n_layers}, {n_heads}). "
+                                    f"Got {array.shape} instead.")
+            return torch.from_numpy(array != 0)
+        if path.suffix == ".json":
+            data = json.loads(path.read_text(encoding="utf-8"))
+            pairs = data["heads"] if isinstance(data, dict) else data
+        else:
+            pairs = [line.replace(",", " ").split() for line in path.read_text(encoding="utf-8").splitlines()
+                     if line.strip() and not line.startswith("#")]
+        pairs = [(int(pair[0]), int(pair[1])) for pair in pairs if len(pair) == 2] if all(
+            isinstance(pair, (list, tuple)) and len(pair) == 2 for pair in pairs) else None
+    except HeadflowError:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError, OSError, UnicodeDecodeError) as exc:
+        raise HeadflowError(f"Heads file {path} cannot be read ({type(exc).__name__}: {exc}); it must be {form}.") \
+            from None
+    if pairs is None:
+        raise HeadflowError(f"Heads file {path} holds something other than (layer, head) pairs; it must be {form}.")
     out = torch.zeros(n_layers, n_heads, dtype=torch.bool)
-    for pair in pairs:
-        layer, head = int(pair[0]), int(pair[1])
+    for layer, head in pairs:
         if not (0 <= layer < n_layers and 0 <= head < n_heads):
             raise HeadflowError(f"Head ({layer}, {head}) in {path} is out of range: the model has {n_layers} layers "
                                 f"and {n_heads} heads per layer.")
