@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import inspect
 import platform
+import types
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Union
 
@@ -96,7 +97,7 @@ def expected_value(info: Any) -> str:
         origin, args = typing.get_origin(tp), typing.get_args(tp)
         if origin is Literal:
             return "one of " + ", ".join(str(a) for a in args)
-        if origin is Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
+        if origin in (Union, types.UnionType):
             return " or ".join("None" if a is type(None) else words(a) for a in args)
         if origin is Annotated:
             return words(args[0])
@@ -127,8 +128,7 @@ class Params(BaseModel):
 
     @classmethod
     def runtime_fields(cls) -> tuple[str, ...]:
-        return tuple(name for name, info in cls.model_fields.items()
-                     if isinstance(info.json_schema_extra, dict) and info.json_schema_extra.get("runtime"))
+        return tuple(name for name, info in cls.model_fields.items() if field_extra(info, "runtime"))
 
     def spec(self) -> dict[str, Any]:
         """The parameters that define the results, JSON-safe (what a run directory's configuration holds)."""

@@ -28,13 +28,12 @@ from ..intervene import Intervention, InterventionEngine
 from ..intervene.spec import ablation_matrix
 from ..method import Method, Result, provenance
 from ..models.geometry import token_coverage, token_rects
-from ..models.groups import GROUP_NAMES
 from ..models.loading import load_model
 from ..per_image import data_record, worker_engine, worker_spec
 from ..store import (ensure_config, load_pickle, read_json, read_parquet, run_lock, save_npz, save_parquet, save_pickle,
                      spec_hash, verify_file, write_json)
 from . import objects as obj
-from .params import DEFAULT_PAIRS, FlowParams, pair_name, parse_pairs
+from .params import FlowParams, pair_name
 from .stats import (MIN_EFFECT, bootstrap_indices, curve_summary, hurts_somewhere, paired_later_test,
                     weighted_mean_layer)
 

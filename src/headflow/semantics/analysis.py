@@ -298,8 +298,6 @@ def read_run_dir(run_dir: Path) -> tuple[NDArray[np.float32], list[object], dict
     controls : dict[str, ndarray of shape (n_used, d)]
         ``final_hidden`` and ``pixels`` where present.
     """
-    import pandas as pd
-
     if not run_dir.is_dir():
         raise HeadflowError(f"Run directory {run_dir} does not exist.")
     for name in ("attributions.npy", "images.parquet"):

@@ -11,7 +11,6 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy.stats import rankdata
 
-from .params import SIMILARITY_CHOICES  # noqa: F401  (re-exported for callers)
 
 __all__ = ["SimilaritySpec", "parse_similarity", "similarity_matrix", "standardise", "top_k_membership"]
 
