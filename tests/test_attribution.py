@@ -158,7 +158,7 @@ def test_bad_parameters(tiny_models, tmp_path):
         HeadAttribution(lm, baseline="median").run(data, out=tmp_path / "y")
     with pytest.raises(HeadflowError, match="No image is answered correctly"):
         HeadAttribution(lm, n_masks=8, n_val=8).run(data, out=tmp_path / "z")
-    with pytest.raises(HeadflowError, match="GiB for the fit but .* is free; use fewer --masks"):
+    with pytest.raises(HeadflowError, match="The fit of .* needs about .* GiB but .* is free; use fewer --masks"):
         HeadAttribution(lm, n_masks=10**11, keep_wrong=True).run(data, out=tmp_path / "huge")
     assert not (tmp_path / "huge").exists()  # refused before the run directory is touched
 

@@ -166,3 +166,45 @@ def test_an_interrupted_validation_resumes_to_the_uninterrupted_result(attributi
     strip = lambda d: {k: v for k, v in d.items() if k != "provenance"}  # noqa: E731
     assert strip(got.data) == strip(want.data)  # same process, same threads: bit for bit
     assert (killed / "single_head.npy").read_bytes() == (plain / "single_head.npy").read_bytes()
+
+
+def test_an_interrupted_study_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
+    import headflow.flow.knockout as knockout
+    from headflow.study import StudyPlan, run_study
+
+    plan = StudyPlan(images=4, masks=16, val_masks=8, validate_images=2, flow_images=3, flow_maps=0, permutations=10,
+                     bootstrap=10)
+    plain, killed = tmp_path / "plain", tmp_path / "killed"
+    run_study("tiny:llava", "default", plain, plan=plan, keep_wrong=True, log=lambda m: None)
+    original, calls = knockout._flow_image, {"n": 0}
+
+    def killed_in_flow(*args, **kwargs):
+        if calls["n"] == 1:  # attribution and validation finished, one flow image done
+            raise KeyboardInterrupt("killed")
+        calls["n"] += 1
+        return original(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(knockout, "_flow_image", killed_in_flow)
+        with pytest.raises(KeyboardInterrupt):
+            run_study("tiny:llava", "default", killed, plan=plan, keep_wrong=True, log=lambda m: None)
+    assert (killed / "validation.json").exists() and not (killed / "flow" / "flow.json").exists()
+    run_study("tiny:llava", "default", killed, plan=plan, keep_wrong=True, log=lambda m: None)
+    for name in ("summary.json", "validation.json", "flow/flow.json"):
+        a, b = json.loads((plain / name).read_text()), json.loads((killed / name).read_text())
+        assert {k: v for k, v in a.items() if k != "provenance"} == {k: v for k, v in b.items() if k != "provenance"}
+    assert (plain / "report.html").exists() and (killed / "report.html").exists()
+
+
+def test_semantics_refuses_a_similarity_that_cannot_fit_in_memory(tmp_path, monkeypatch):
+    import os
+
+    from test_semantics import _write_run_dir
+
+    _write_run_dir(tmp_path, n_used=24)
+    real = os.sysconf
+    monkeypatch.setattr(os, "sysconf", lambda name: 1 if name == "SC_AVPHYS_PAGES" else real(name))
+    with pytest.raises(HeadflowError, match=r"The similarity of 24 x 24 images needs about .* GiB but .* GiB is "
+                                            r"free; analyse fewer images\."):
+        SemanticAnalysis(n_permutations=20, cv_folds=2).run(tmp_path)
+    assert not (tmp_path / "semantics.json").exists()

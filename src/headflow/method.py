@@ -185,6 +185,23 @@ def versions() -> dict[str, str]:
     return out
 
 
+def check_memory(needed: int, what: str, fix: str) -> None:
+    """Refuse, before any work, a computation that needs more memory than this machine has free.
+
+    ``needed`` bytes for ``what`` (e.g. "512 masks x 48 heads x 96 images for the fit"); ``fix`` says what to
+    make smaller. Where the free memory cannot be read (no ``sysconf``), nothing is refused.
+    """
+    import os
+
+    try:
+        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - platforms without sysconf
+        return
+    if needed > available:
+        raise HeadflowError(f"{what} needs about {needed / 2**30:.1f} GiB but {available / 2**30:.1f} GiB is free; "
+                            f"{fix}.")
+
+
 def provenance(method: str, *, params: dict[str, Any], resolved: dict[str, Any], model: dict | None = None,
                data: dict | None = None, spec_hash: str | None = None,
                timings: dict[str, float] | None = None) -> dict[str, Any]:

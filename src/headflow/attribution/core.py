@@ -35,7 +35,7 @@ from ..errors import HeadflowError
 from ..executor import map_images
 from ..intervene import Baseline, InterventionEngine
 from ..intervene.attention import LayerBaseline
-from ..method import Method, Result, provenance, versions
+from ..method import Method, Result, check_memory, provenance, versions
 from ..models.loading import LoadedModel, load_model
 from ..per_image import (ImageJob, data_record, accumulate_kv, baseline_to, checked_prompt, image_baseline, image_job,
                          image_targets, load_baseline, mask_rows, save_baseline, worker_engine, worker_spec)
@@ -332,18 +332,10 @@ def rebuild_hint(out: Path) -> str:
 
 def _check_memory(n_masks: int, params: AttributionParams, lm: LoadedModel, n_images: int) -> None:
     """Refuse, before touching the run directory, a design whose fit would not fit in memory."""
-    import os
-
     n_rows, n_heads = n_masks + params.n_val, lm.n_layers * lm.n_heads
-
     needed = 8 * (n_rows * (n_heads + 1) + n_rows * n_images) * 3  # float64 design and targets, with working copies
-    try:
-        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - platforms without sysconf
-        return
-    if needed > available:
-        raise HeadflowError(f"{n_rows} masks x {n_heads} heads x {n_images} images needs about {needed / 2**30:.1f} GiB "
-                            f"for the fit but {available / 2**30:.1f} GiB is free; use fewer --masks or --images.")
+    check_memory(needed, f"The fit of {n_rows} masks x {n_heads} heads x {n_images} images",
+                 "use fewer --masks or --images")
 
 
 def _nanmedian(x: np.ndarray) -> float:

@@ -18,7 +18,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from ..errors import HeadflowError, param_error
-from ..method import Method, provenance
+from ..method import Method, check_memory, provenance
 from ..store import ensure_config, load_npy, read_json, read_parquet, run_lock
 from .params import SemanticParams
 from .result import JSON_NAME, FactorSummary, SemanticResult
@@ -135,6 +135,8 @@ class SemanticAnalysis(Method):
         if (out / JSON_NAME).exists():
             return SemanticResult.load(out)  # finished with this configuration
         a, lab, tab, ctrl = _check_inputs(attributions, labels, table, controls)
+        n = len(lab)  # the image x image similarity and its permuted copies, float64
+        check_memory(8 * n * n * 4, f"The similarity of {n} x {n} images", "analyse fewer images")
         result = self._fit(params, spec, a, lab, tab, ctrl, source=str(run_dir), spec_hash=config["spec_hash"])
         result.save(out)
         result.plot(out / "figures")
