@@ -54,9 +54,14 @@ def resample_partner(table: pd.DataFrame, idx: int) -> int:
 
 
 def image_job(dataset, table: pd.DataFrame, idx: int, baseline: str) -> ImageJob:
-    """The :class:`ImageJob` of image ``idx`` of ``dataset``, from the run's image table."""
+    """The :class:`ImageJob` of image ``idx`` of ``dataset``, from the run's image table (after checking that
+    the dataset's image is the one the run recorded)."""
+    ex = dataset[idx]
+    if ex.id != table.at[idx, "id"]:
+        raise HeadflowError(f"Image {idx} of the dataset is {ex.id!r} but the run recorded {table.at[idx, 'id']!r}; "
+                            "pass the run's own data.")
     partner = dataset[resample_partner(table, idx)].image if baseline == "resample" else None
-    return ImageJob(dataset[idx].image, partner, int(table.at[idx, "answer_id"]), float(table.at[idx, "clean_logit"]))
+    return ImageJob(ex.image, partner, int(table.at[idx, "answer_id"]), float(table.at[idx, "clean_logit"]))
 
 
 def image_baseline(engine: InterventionEngine, prompt: PreparedPrompt, shared: Baseline | None, kind: str,

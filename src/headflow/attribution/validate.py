@@ -24,8 +24,8 @@ from ..executor import map_images
 from ..intervene import Baseline, Intervention, InterventionEngine
 from ..method import Method, Result, provenance
 from ..models.loading import load_model
-from ..per_image import (ImageJob, baseline_to, checked_prompt, image_baseline, image_targets, load_baseline,
-                         resample_partner, worker_engine, worker_spec)
+from ..per_image import (ImageJob, baseline_to, checked_prompt, image_baseline, image_job, image_targets,
+                         load_baseline, worker_engine, worker_spec)
 from ..answers import target_values
 from ..store import RowStore, ensure_config, load_npy, read_json, run_lock, save_npy, write_json
 from .core import AttributionResult, rebuild_hint
@@ -137,14 +137,15 @@ class Validation(Method):
         dataset = dataset if dataset is not None else dataset_of(spec)
         engine = InterventionEngine(lm, batch_size=params.batch_size)
         if used:  # the run's own model? (checked again on every image; this first check fails before any work)
-            checked_prompt(engine, lm.name, run_params.question, _image_job_checked(dataset, result, used[0], run_params))
+            first = image_job(dataset, result.images, used[0], run_params.baseline)
+            checked_prompt(engine, lm.name, run_params.question, first)
         shared = load_baseline(run_dir / "baseline.safetensors", rebuild_hint=rebuild_hint(run_dir))
         context = _ValidationContext(*(spec_for_workers or (None, None)), params.batch_size, run_params,
                                      baseline_to(shared, "cpu") if runner is not None else shared)
 
         def jobs(store: RowStore, extra=lambda row: None):
             todo = [(row, idx) for row, idx in enumerate(used) if not store.done[row]]
-            return len(todo), ((row, (_image_job_checked(dataset, result, idx, run_params), extra(row)))
+            return len(todo), ((row, (image_job(dataset, result.images, idx, run_params.baseline), extra(row)))
                                for row, idx in todo)
 
         def fill(store: RowStore, fn, ctx, desc: str, extra=lambda row: None) -> None:
@@ -244,17 +245,6 @@ class _ValidationContext:
     baseline: Baseline | None
     orders: dict[str, np.ndarray] | None = None
     grid: list[int] | None = None
-
-
-def _image_job_checked(dataset, result: AttributionResult, idx: int, params: AttributionParams) -> ImageJob:
-    """The image, resample partner and answer of used image ``idx``, after checking the data is the run's."""
-    ex = dataset[idx]
-    if ex.id != result.images.at[idx, "id"]:
-        raise HeadflowError(f"Image {idx} of the dataset is {ex.id!r} but the run recorded "
-                            f"{result.images.at[idx, 'id']!r}; pass the run's own data.")
-    partner = dataset[resample_partner(result.images, idx)].image if params.baseline == "resample" else None
-    return ImageJob(ex.image, partner, int(result.images.at[idx, "answer_id"]),
-                    float(result.images.at[idx, "clean_logit"]))
 
 
 def _prepared(engine: InterventionEngine, ctx: _ValidationContext, job: ImageJob):

@@ -6,8 +6,10 @@ command only loads the model and data, builds the method, runs it and prints the
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
 
@@ -20,17 +22,23 @@ from ..semantics.params import SemanticParams
 from .options import SHARED, command, fail, method_options, params_from
 
 
-def _ray_runner(address: str | None, workers: int | None):
-    """A connected RayRunner for --ray (None when --ray is not given); connects first so errors come early."""
+@contextlib.contextmanager
+def _ray_runner(address: str | None, workers: int | None) -> Iterator[Any]:
+    """A connected RayRunner for --ray (None when --ray is not given), closed when the command ends; it
+    connects first, so a bad address fails before any work."""
     if address is None:
         if workers is not None:
             fail("--workers needs --ray (e.g. --ray local).")
-        return None
+        yield None
+        return
     from ..distributed import RayRunner
 
     runner = RayRunner(address, num_workers=workers)
     runner.connect()
-    return runner
+    try:
+        yield runner
+    finally:
+        runner.close()
 
 
 def _load(model: str, device: str, dtype: str | None):
@@ -83,8 +91,7 @@ def register(app: typer.Typer) -> None:
         for p in probs:  # every value is checked before anything loads or runs
             HeadAttribution(None, ablation_prob=p, **params).check()
         out = values["out"]
-        runner = _ray_runner(values["ray"], values["workers"])
-        try:
+        with _ray_runner(values["ray"], values["workers"]) as runner:
             lm = _load(values["model"], values["device"], values["dtype"])
             dataset = _data(values)
             if len(probs) > 1:
@@ -101,9 +108,6 @@ def register(app: typer.Typer) -> None:
             method = HeadAttribution(lm, ablation_prob=probs[0], **params)
             result = method.run(dataset, out=out, runner=runner)
             result.plot()
-        finally:
-            if runner is not None:
-                runner.close()
         s = result.summary
         typer.echo(f"{s['n_images']} images x {s['n_masks']} masks, clean accuracy {s['clean_accuracy']:.3f}, "
                    f"LDS median Pearson {s['lds_pearson_median']:.3f} / Spearman {s['lds_spearman_median']:.3f}")
@@ -126,16 +130,12 @@ def register(app: typer.Typer) -> None:
         run = values["run_dir"]
         params = params_from(ValidationParams, values, "validate")
         Validation(None, **params).check()
-        runner = _ray_runner(values["ray"], values["workers"])
-        try:
+        with _ray_runner(values["ray"], values["workers"]) as runner:
             if not (run / "config.json").exists():
                 fail(f"{run} is not an attribution run directory (no config.json); run 'headflow attribute --out "
                      f"{run}' first.")
             spec = values["model"] or read_json(run / "config.json")["spec"]["model"]
             result = Validation(_load(spec, values["device"], values["dtype"]), **params).run(run, runner=runner)
-        finally:
-            if runner is not None:
-                runner.close()
         for name, r in result.data["rankings"].items():
             typer.echo(f"  {name:<22} k80 completeness {str(r['k80_completeness']):>5}  k80 faithfulness "
                        f"{str(r['k80_faithfulness']):>5}  AUC {r['auc_completeness']:.3f} / {r['auc_faithfulness']:.3f}")
@@ -160,15 +160,11 @@ def register(app: typer.Typer) -> None:
         params = params_from(FlowParams, values, "flow", skip=("heads",))
         TokenFlow(None, **params).check()
         out = values["out"]
-        runner = _ray_runner(values["ray"], values["workers"])
-        try:
+        with _ray_runner(values["ray"], values["workers"]) as runner:
             lm = _load(values["model"], values["device"], values["dtype"])
             dataset = _data(values)
             params["heads"] = resolve_heads(values["heads"], values["from_run"], lm.n_layers, lm.n_heads)
             result = TokenFlow(lm, **params).run(dataset, out=out, runner=runner)
-        finally:
-            if runner is not None:
-                runner.close()
         s = result.summary
         typer.echo(f"headflow flow: {s['images']['n_kept']}/{s['images']['n_total']} images kept, "
                    f"window {s['resolved']['window_']} → {out}")

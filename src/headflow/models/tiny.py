@@ -178,6 +178,16 @@ def clip_vision_config(image_size: int, patch_size: int) -> Any:
     )
 
 
+def tiny_lm_config(tok: Any, **overrides: Any) -> dict[str, Any]:
+    """Keyword arguments of every tiny family's language-model config: one size for all (64 hidden, 2 layers,
+    4 query heads of 16 dims), the tokenizer's vocabulary and special ids; ``overrides`` set what a family
+    needs (its KV heads, context length, rope settings)."""
+    sizes = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=4, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                 eos_token_id=tok.eos_token_id)
+    return {**sizes, **overrides}
+
+
 def seeded_model(model_cls: type[PreTrainedModel], config: Any, seed: int) -> PreTrainedModel:
     """``model_cls(config)`` with weights fully determined by ``seed``: fp32, in eval mode."""
     torch.manual_seed(seed)

@@ -16,6 +16,7 @@ from ..tiny import (
     content_loop,
     image_only_processor_cls,
     seeded_model,
+    tiny_lm_config,
 )
 
 # InternVL3 (Qwen2 LM) style: image placeholder "<IMG_CONTEXT>" expanded by the processor
@@ -121,20 +122,9 @@ class InternVLAdapter(FamilyAdapter):
             image_size=[tile, tile],
             patch_size=[patch, patch],
         )
-        text = Qwen2Config(
-            vocab_size=len(tok),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=1024,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
-            pad_token_id=tok.pad_token_id,
-            bos_token_id=None,
-            eos_token_id=tok.eos_token_id,
-            tie_word_embeddings=False,
-        )
+        text = Qwen2Config(**tiny_lm_config(tok, num_key_value_heads=2, max_position_embeddings=1024, bos_token_id=None,
+                                            rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+                                            tie_word_embeddings=False))
         config = InternVLConfig(
             vision_config=vision,
             text_config=text,

@@ -9,7 +9,7 @@ import numpy as np
 from ...errors import HeadflowError
 from ..adapter import FamilyAdapter, register_adapter
 from ..geometry import grid_rects
-from ..tiny import BASE_WORDS, build_word_tokenizer, clip_vision_config, content_loop, seeded_model
+from ..tiny import BASE_WORDS, build_word_tokenizer, clip_vision_config, content_loop, seeded_model, tiny_lm_config
 
 # [INST] <image>\n{question} [/INST]
 CHAT_TEMPLATE = (
@@ -93,21 +93,8 @@ class LlavaNextAdapter(FamilyAdapter):
             num_additional_image_tokens=1,
             chat_template=CHAT_TEMPLATE,
         )
-        text = MistralConfig(
-            vocab_size=len(tok),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=16,
-            max_position_embeddings=1024,
-            sliding_window=None,
-            pad_token_id=tok.pad_token_id,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-            tie_word_embeddings=False,
-        )
+        text = MistralConfig(**tiny_lm_config(tok, num_key_value_heads=2, head_dim=16, max_position_embeddings=1024,
+                                              sliding_window=None, tie_word_embeddings=False))
         config = LlavaNextConfig(
             vision_config=clip_vision_config(image_size, patch_size),
             text_config=text,

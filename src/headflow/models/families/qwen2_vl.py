@@ -14,6 +14,7 @@ from ..tiny import (
     content_loop,
     image_only_processor_cls,
     seeded_model,
+    tiny_lm_config,
 )
 
 # Qwen2-VL style (simplified: default system prompt, image/video placeholders).
@@ -133,20 +134,9 @@ def tiny_tokenizer():
 
 
 def tiny_text_kwargs(tok) -> dict:
-    return dict(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        # head_dim = 64 / 4 = 16 -> 8 rotary frequencies split over (t, h, w)
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=None,
-        eos_token_id=tok.eos_token_id,
-    )
+    # head_dim = 64 / 4 = 16 -> 8 rotary frequencies split over (t, h, w)
+    return tiny_lm_config(tok, num_key_value_heads=2, max_position_embeddings=1024, bos_token_id=None,
+                          rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]})
 
 
 def tiny_processor(processor_cls, tok):
