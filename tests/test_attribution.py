@@ -8,8 +8,8 @@ import torch
 
 from headflow import HeadflowError
 from headflow.answers import target_values
+from headflow.method import DEFAULT_QUESTION
 from headflow.attribution import AttributionResult, HeadAttribution, Validation, sample_masks
-from headflow.answers import resolve_answer_id
 from headflow.attribution.fit import datamodeling_scores, fit_linear, predict
 from headflow.data import load_dataset
 from headflow import load_model
@@ -51,13 +51,15 @@ def test_targets_and_answer_resolution(tiny_models):
     assert torch.allclose(target_values(logits, 1, "margin"), torch.tensor([1.0, -5.0]))
     assert torch.allclose(target_values(logits, 1, "prob"), logits.softmax(-1)[:, 1])
     assert torch.allclose(target_values(logits, 1, "logprob"), logits.log_softmax(-1)[:, 1])
-    tok = tiny_models("llava").processor.tokenizer
-    star = tok.convert_tokens_to_ids("star")
+    lm = tiny_models("llava")
+    answers = lm.answers(DEFAULT_QUESTION)
+    tok = lm.adapter.tokenizer()
+    star = tok.convert_tokens_to_ids("▁star")
     fake = torch.zeros(len(tok))
     fake[star] = 1.0
-    assert resolve_answer_id(tok, "star", fake) == star
-    with pytest.raises(HeadflowError, match="has no known token"):
-        resolve_answer_id(tok, "zyzzyva", fake)
+    assert answers.resolve("star", fake).ids == (star,)
+    with pytest.raises(HeadflowError, match="cannot be written as a token"):
+        answers.resolve("\n", fake)  # whitespace only: every spelling starts with a bare space
 
 
 @pytest.fixture(scope="module")

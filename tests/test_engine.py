@@ -178,7 +178,7 @@ def test_prompt_without_image_token_is_rejected():
     from headflow.models.groups import derive_groups
 
     with pytest.raises(HeadflowError, match="no image token"):
-        derive_groups([1, 2, 3], image_token_id=7, no_generation_ids=[1, 2])
+        derive_groups([1, 2, 3], image_token_id=7, header_tokens=1)
 
 
 def test_unknown_model_type_lists_supported(tiny_models):
@@ -211,10 +211,10 @@ def test_out_of_memory_backs_off_and_retries(llava, monkeypatch):
     auto._calibrate, auto.batch_size = False, 8
     original = InterventionEngine._run_prefix
 
-    def small_memory(self, prompt, chunk, baseline, capture):
+    def small_memory(self, prompt, chunk, *args):
         if chunk.size > 3:
             raise torch.OutOfMemoryError("fake")
-        return original(self, prompt, chunk, baseline, capture)
+        return original(self, prompt, chunk, *args)
 
     monkeypatch.setattr(InterventionEngine, "_run_prefix", small_memory)
     out = auto.run(prompt, rows, baseline=base).logits

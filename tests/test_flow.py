@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw
 
 from headflow import HeadflowError, Intervention, InterventionEngine, Knockout
 from headflow.data import Example, ListDataset
-from headflow.answers import resolve_answer_id
+from headflow.per_image import answer_correct
 from headflow.flow import DEFAULT_PAIRS, FlowResult, TokenFlow, parse_pairs
 from headflow.flow import objects as obj
 from headflow.flow.stats import bootstrap_indices, curve_summary, paired_later_test
@@ -216,14 +216,14 @@ def test_c3_is_not_judged_where_a_group_of_knockouts_never_hurts():
 
 def test_flow_answer_token_is_the_attribution_answer_token(tiny_models):
     """Flow and attribution pick the answer with one rule (headflow.answers), so they drop the same images."""
-    tok = tiny_models("llava").processor.tokenizer
-    circle = tok.convert_tokens_to_ids("circle")
+    lm = tiny_models("llava")
+    tok, answers = lm.adapter.tokenizer(), lm.answers(QUESTION)
+    circle = tok.convert_tokens_to_ids("▁circle")
     logits = torch.zeros(len(tok))
-    assert resolve_answer_id(tok, "circle", logits) == circle
-    logits[circle] = 5.0
-    assert resolve_answer_id(tok, "circle", logits) == circle
-    with pytest.raises(HeadflowError, match="has no known token"):
-        resolve_answer_id(tok, "zebra", logits)
+    assert answers.resolve("circle", logits).token_id == circle  # ties: the label as written, after a space
+    capital = tok.convert_tokens_to_ids("▁Circle")
+    logits[capital] = 5.0
+    assert answers.resolve("circle", logits).token_id == capital
 
 
 def test_wrong_answers_are_dropped_by_default(tiny_models):
@@ -231,9 +231,10 @@ def test_wrong_answers_are_dropped_by_default(tiny_models):
     lm = tiny_models("llava")
     engine = InterventionEngine(lm)
     ex = dataset(2)
-    tok = lm.processor.tokenizer
-    clean = [engine.prepare(e.image, QUESTION).clean_logits for e in ex]
-    wrong = [e for e, c in zip(ex, clean) if int(c.argmax()) != resolve_answer_id(tok, e.label, c)]
+    answers = lm.answers(QUESTION)
+    prompts = [engine.prepare(e.image, QUESTION) for e in ex]
+    wrong = [e for e, p in zip(ex, prompts)
+             if not answer_correct(engine, p, answers.resolve(e.label, p.clean_logits), answers)]
     if len(wrong) == len(ex):
         with pytest.raises(HeadflowError, match="No image is left.*keep_wrong=True"):
             flow.run(ex)

@@ -22,7 +22,7 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from headflow.models.adapter import family_names
-from headflow.models.tiny import build_tiny, build_word_tokenizer
+from headflow.models.tiny import build_tiny
 
 QUESTION = "What is the main object in the image? Answer with one word."
 MESSAGES = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
@@ -110,12 +110,25 @@ def test_llava_next_anyres_token_count_depends_on_aspect_ratio():
     assert len(set(counts.values())) == 3, counts
 
 
-def test_word_tokenizer():
-    tok = build_word_tokenizer(["what", "is", "?", "circle", "[INST]"], ["<x>"], image_token="<image>")
-    ids = tok("[INST] <image>\nwhat is circle?", add_special_tokens=False)["input_ids"]
-    assert tok.convert_ids_to_tokens(ids) == ["[INST]", "<image>", "what", "is", "circle", "?"]
-    assert tok.image_token == "<image>" and tok.image_token_id == tok.convert_tokens_to_ids("<image>")
-    assert tok.convert_ids_to_tokens(tok("zebra")["input_ids"]) == ["<unk>"]
+def test_tokenizers_are_the_checkpoints_classes_and_the_committed_training():
+    """Llama-line families speak a SentencePiece-style LlamaTokenizer, Qwen2-line ones a byte-level Qwen2Tokenizer;
+    the committed vocabularies are what training on the corpus gives (on this tokenizers version)."""
+    import json
+
+    import tokenizers
+    from transformers import LlamaTokenizer, Qwen2Tokenizer
+
+    from headflow.models.subword import DATA_DIR, train_bpe
+
+    kinds = {f: type(build_tiny(f)[1].tokenizer) for f in ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "internvl")}
+    assert kinds == {"llava": LlamaTokenizer, "llava_next": LlamaTokenizer, "qwen2_vl": Qwen2Tokenizer,
+                     "qwen2_5_vl": Qwen2Tokenizer, "internvl": Qwen2Tokenizer}
+    for style in ("llama", "qwen2"):
+        committed = json.loads((DATA_DIR / f"{style}.json").read_text())
+        if committed["tokenizers"] != tokenizers.__version__:
+            pytest.skip(f"the vocabularies were trained with tokenizers {committed['tokenizers']}")
+        fresh = train_bpe(style)
+        assert fresh["vocab"] == committed["vocab"] and fresh["merges"] == committed["merges"]
 
 
 def test_seed_determinism_and_unknown_family():

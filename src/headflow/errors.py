@@ -22,6 +22,11 @@ class HeadflowError(ValueError):
     """A user-facing error: one line saying what is wrong and, where possible, how to fix it."""
 
 
+class HeadflowWarning(UserWarning):
+    """Something a result depends on that the user should know before trusting it (two labels sharing an answer
+    token); one line, shown by the CLI as ``warning: ...``. Turn into errors with ``warnings.simplefilter``."""
+
+
 class RunIntegrityError(HeadflowError):
     """A run directory's file disagrees with its integrity record (missing, truncated, changed, wrong shape).
 

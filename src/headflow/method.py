@@ -149,6 +149,8 @@ class EngineParams(BatchParams):
 
     question: str = field(DEFAULT_QUESTION, "The question asked about every image.", min_length=1)
     keep_wrong: bool = field(False, "Keep images the clean model answers wrongly (dropped by default).")
+    aliases: bool = field(True, "Count a label's aliases (COCO's full names, 'television' for 'tv') as correct "
+                          "answers; the target token is always the label's own.")
 
 
 def check_params(model: type[Params], owner: str, values: dict[str, Any]) -> Params:

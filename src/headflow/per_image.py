@@ -9,7 +9,11 @@ phenomena, here and on Ray workers alike):
 2. :func:`image_baseline` gives the baseline keys/values the ablated heads see at image positions (a run's
    shared mean/blank baseline, zeros, a knockout, or another image's keys/values for ``resample``);
 3. :meth:`InterventionEngine.run` evaluates every intervention row of the image in batches;
-4. :func:`target_values` (``headflow.answers``) reads the scalar target per row.
+4. :func:`target_values` (``headflow.answers``) reads the scalar target per row; with the ``sequence`` target
+   the answer's tokens are teacher-forced in the same pass.
+
+Whether the clean model answers an image correctly is decided on the whole word (:func:`answer_correct`),
+never by a first token alone.
 
 Where state lives: nothing here keeps state; an :class:`ImageJob` carries what one image needs and a
 :class:`~headflow.intervene.Baseline` the baseline; the caller owns the engine.
@@ -26,20 +30,25 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from .answers import target_values
+from .answers import Answer, Answers, target_values
 from .errors import HeadflowError
-from .intervene import Baseline, Intervention, InterventionEngine, PreparedPrompt
+from .intervene import Baseline, Intervention, InterventionEngine, PreparedPrompt, RunOutput
 from .intervene.attention import LayerBaseline
 from .models.loading import LoadedModel, load_model
 
 @dataclass(frozen=True)
 class ImageJob:
-    """What one image's rows need: the image, its resample partner (or None) and its recorded answer."""
+    """What one image's rows need: the image, its resample partner (or None) and its recorded answer (the
+    target spelling's tokens; the first is the target token)."""
 
     image: Image.Image
     partner: Image.Image | None
-    answer_id: int
+    answer_ids: tuple[int, ...]
     clean_logit: float
+
+    @property
+    def answer_id(self) -> int:
+        return self.answer_ids[0]
 
 
 def resample_partner(table: pd.DataFrame, idx: int) -> int:
@@ -61,7 +70,15 @@ def image_job(dataset, table: pd.DataFrame, idx: int, baseline: str) -> ImageJob
         raise HeadflowError(f"Image {idx} of the dataset is {ex.id!r} but the run recorded {table.at[idx, 'id']!r}; "
                             "pass the run's own data.")
     partner = dataset[resample_partner(table, idx)].image if baseline == "resample" else None
-    return ImageJob(ex.image, partner, int(table.at[idx, "answer_id"]), float(table.at[idx, "clean_logit"]))
+    return ImageJob(ex.image, partner, recorded_answer_ids(table, idx), float(table.at[idx, "clean_logit"]))
+
+
+def recorded_answer_ids(table: pd.DataFrame, idx: int) -> tuple[int, ...]:
+    """The answer's tokens recorded in a run's image table (``answer_ids``; runs of headflow < 0.2 recorded
+    the first token only, ``answer_id``)."""
+    if "answer_ids" in table.columns:
+        return tuple(int(t) for t in table.at[idx, "answer_ids"])
+    return (int(table.at[idx, "answer_id"]),)
 
 
 def image_baseline(engine: InterventionEngine, prompt: PreparedPrompt, shared: Baseline | None, kind: str,
@@ -77,10 +94,69 @@ def image_baseline(engine: InterventionEngine, prompt: PreparedPrompt, shared: B
 
 
 def image_targets(engine: InterventionEngine, prompt: PreparedPrompt, rows: list[Intervention],
-                  baseline: Baseline | None, answer_id: int, target: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run ``rows`` on ``prompt``; returns (targets ``[row]`` float32, logits ``[row, vocab]``)."""
-    logits = engine.run(prompt, rows, baseline=baseline).logits
-    return target_values(logits, answer_id, target), logits
+                  baseline: Baseline | None, answer_ids: tuple[int, ...], target: str,
+                  check_answer: bool = False) -> tuple[torch.Tensor, RunOutput]:
+    """Run ``rows`` on ``prompt``; returns (targets ``[row]`` float32, the run's output).
+
+    The ``sequence`` target teacher-forces the answer's tokens after the prompt in the same pass; with
+    ``check_answer`` all of them are (so :func:`rows_correct` can read each row's whole answer).
+    """
+    continuation = answer_ids if check_answer else answer_ids[:-1] if target == "sequence" else ()
+    out = engine.run(prompt, rows, baseline=baseline, continuation=continuation)
+    return target_values(out.logits, answer_ids[0], target, out.continuation_logits, answer_ids), out
+
+
+def clean_target(engine: InterventionEngine, prompt: PreparedPrompt, answer_ids: tuple[int, ...], target: str) -> float:
+    """The target of the clean prompt (for ``sequence``, one teacher-forced pass over the answer's tokens)."""
+    if target != "sequence" or len(answer_ids) == 1:
+        return float(target_values(prompt.clean_logits[None], answer_ids[0], target, None, answer_ids)[0])
+    return float(image_targets(engine, prompt, [Intervention()], None, answer_ids, target)[0][0])
+
+
+def label_collisions(answers: Answers, labels) -> list[dict[str, Any]]:
+    """Pairs of the data's labels whose answers start with the same token (:meth:`Answers.collisions`), each
+    reported as a one-line :class:`~headflow.errors.HeadflowWarning` before a run and returned for its record."""
+    import warnings
+
+    from .errors import HeadflowWarning
+
+    pairs = answers.collisions(sorted(set(labels)))
+    for pair in pairs:
+        a, b = pair["labels"]
+        warnings.warn(f"The labels {a!r} and {b!r} can both start with the token {pair['token']!r} after this prompt: "
+                      "their first-token targets are the same logit (correctness is still checked on whole words); "
+                      "--target sequence reads the whole answer.", HeadflowWarning, stacklevel=2)
+    return pairs
+
+
+def dataset_labels(data) -> list[str]:
+    """The labels of a dataset (its ``classes`` where it has them, else each example's)."""
+    classes = getattr(data, "classes", None)
+    return list(classes) if classes else [ex.label for ex in data]
+
+
+def answer_correct(engine: InterventionEngine, prompt: PreparedPrompt, answer: Answer, answers: Answers) -> bool:
+    """Does the clean model answer with the label? Its greedy answer, teacher-forced over each accepted spelling
+    that starts with the model's top token, must be that whole spelling and end there (``hot`` is not
+    ``hotdog``): one extra pass per such spelling, on the prefix cache."""
+    greedy = int(prompt.clean_logits.argmax())
+    for spelling in answer.accepted:
+        if spelling.ids[0] != greedy:
+            continue
+        steps = engine.run(prompt, [Intervention()], continuation=spelling.ids).continuation_logits[0].argmax(-1)
+        if steps[:-1].tolist() == list(spelling.ids[1:]) and not answers.continues_word(spelling.ids, int(steps[-1])):
+            return True
+    return False
+
+
+def rows_correct(out: RunOutput, answer_ids: tuple[int, ...], answers: Answers) -> np.ndarray:
+    """Per row of a run made with ``continuation=answer_ids``: is its greedy answer the whole target spelling?"""
+    first = out.logits.argmax(-1).cpu().numpy() == answer_ids[0]
+    steps = out.continuation_logits.argmax(-1).cpu().numpy()  # [row, token]
+    rest = (steps[:, :-1] == np.asarray(answer_ids[1:], dtype=steps.dtype)[None]).all(-1)
+    glue = {int(t): answers.continues_word(answer_ids, int(t)) for t in np.unique(steps[:, -1])}
+    ends = np.array([not glue[int(t)] for t in steps[:, -1]], dtype=bool)
+    return first & rest & ends
 
 
 def mask_rows(masks: np.ndarray, n_layers: int, n_heads: int) -> list[Intervention]:

@@ -29,7 +29,6 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..answers import resolve_answer_id, target_values
 from ..data.base import Dataset, Example
 from ..errors import HeadflowError
 from ..executor import map_images
@@ -37,8 +36,9 @@ from ..intervene import Baseline, InterventionEngine
 from ..intervene.attention import LayerBaseline
 from ..method import Method, Result, check_memory, provenance, versions
 from ..models.loading import LoadedModel, load_model
-from ..per_image import (ImageJob, data_record, accumulate_kv, baseline_to, checked_prompt, image_baseline, image_job,
-                         image_targets, load_baseline, mask_rows, save_baseline, worker_engine, worker_spec)
+from ..per_image import (ImageJob, accumulate_kv, answer_correct, baseline_to, checked_prompt, clean_target, data_record,
+                         dataset_labels, image_baseline, image_job, image_targets, label_collisions, load_baseline, mask_rows, save_baseline,
+                         worker_engine, worker_spec)
 from ..store import (RowStore, ensure_config, load_npy, read_json, read_parquet, run_lock, save_npy, save_parquet,
                      write_json)
 from .fit import datamodeling_scores, design_rank, fit_linear, predict
@@ -113,6 +113,7 @@ class HeadAttribution(Method):
         resolved = {"n_masks": n_masks, "n_heads_total": n_heads, "n_layers": lm.n_layers, "n_heads": lm.n_heads}
         config = ensure_config(out, spec, {"params": params.model_dump(mode="json"), "resolved": resolved,
                                            "model": lm.describe(), "versions": versions()}, rebuild_hint=hint)
+        collisions = label_collisions(lm.answers(params.question, aliases=params.aliases), dataset_labels(data))
         table, baseline = self._clean_pass(engine, data, params, out, hint)
         masks = sample_masks(n_masks, n_heads, params.ablation_prob, params.seed)
         val_masks = sample_masks(params.n_val, n_heads, params.ablation_prob, params.seed + 1_000_003)
@@ -134,7 +135,7 @@ class HeadAttribution(Method):
         used_before = read_json(previous).get("provenance", {}).get("resolved", {}) if previous.exists() else {}
         resolved["batch_size"] = used_before.get("batch_size", engine.batch_size) if not todo else engine.batch_size
         problems = dict(getattr(data, "problems", {}) or {})
-        return self._fit(out, config, table, store, masks, val_masks, params, lm, problems, resolved)
+        return self._fit(out, config, table, store, masks, val_masks, params, lm, problems, resolved, collisions)
 
     # -- pass 1: clean runs ------------------------------------------------------------------
     def _clean_pass(self, engine: InterventionEngine, dataset, params: AttributionParams,
@@ -148,19 +149,22 @@ class HeadAttribution(Method):
                                     f"pass complete. Delete the run directory to recompute: {hint}.")
             return table, baseline
         lm = engine.lm
-        tokenizer = getattr(lm.processor, "tokenizer", lm.processor)
+        tokenizer = lm.adapter.tokenizer()
+        answers = lm.answers(params.question, aliases=params.aliases)
         records, attention, hidden, pixels = [], [], [], []
         kv_sum: list[LayerBaseline] | None = None
         mean_colour = np.zeros(3)
         for idx, ex in enumerate(tqdm(_iter(dataset), total=len(dataset), desc="attribution: clean runs",
                                       unit="image")):
             prompt = engine.prepare(ex.image, params.question)
-            answer_id = resolve_answer_id(tokenizer, ex.label, prompt.clean_logits)
+            answer = answers.resolve(ex.label, prompt.clean_logits)
+            answer_id = answer.token_id
             predicted = int(prompt.clean_logits.argmax())
-            clean = float(target_values(prompt.clean_logits[None], answer_id, params.target)[0])
-            correct = predicted == answer_id
+            clean = clean_target(engine, prompt, answer.ids, params.target)
+            correct = answer_correct(engine, prompt, answer, answers)
             records.append({"id": ex.id, "label": ex.label, **{f"factor_{k}": v for k, v in ex.factors.items()},
-                            "answer_id": answer_id, "answer_token": tokenizer.convert_ids_to_tokens(answer_id),
+                            "answer_id": answer_id, "answer_ids": list(answer.ids),
+                            "answer_token": tokenizer.convert_ids_to_tokens(answer_id),
                             "predicted_token": tokenizer.convert_ids_to_tokens(predicted),
                             "clean_target": clean, "clean_logit": float(prompt.clean_logits[answer_id]),
                             "correct": correct, "used": bool(correct or params.keep_wrong)})
@@ -193,7 +197,8 @@ class HeadAttribution(Method):
     # -- fit -------------------------------------------------------------------------------
     def _fit(self, out: Path, config: dict, table: pd.DataFrame, store: RowStore, masks: np.ndarray,
              val_masks: np.ndarray, params: AttributionParams, lm: LoadedModel,
-             problems: dict[str, int], resolved: dict[str, Any]) -> "AttributionResult":
+             problems: dict[str, int], resolved: dict[str, Any], collisions: list[dict[str, Any]]
+             ) -> "AttributionResult":
         n_masks = len(masks)
         targets = np.asarray(store.data)
         train, val = targets[:, :n_masks].T, targets[:, n_masks:].T
@@ -213,6 +218,7 @@ class HeadAttribution(Method):
             "n_val": int(len(val_masks)), "ablation_prob": params.ablation_prob, "baseline": params.baseline,
             "target": params.target, "fit": params.fit,
             "clean_accuracy": float(table["correct"].mean()),
+            "answer_collisions": collisions,
             "design_rank": design_rank(masks), "design_full_rank": design_rank(masks) == masks.shape[1] + 1,
             "lds_pearson_median": _nanmedian(pearson), "lds_spearman_median": _nanmedian(spearman),
             "lds_pearson_quartiles": _quartiles(pearson), "lds_spearman_quartiles": _quartiles(spearman),
@@ -307,7 +313,7 @@ def _masked_row(state: tuple[InterventionEngine, _TargetsContext], job: ImageJob
         job.image, params.question)
     baseline = image_baseline(engine, prompt, ctx.baseline, params.baseline, params.question, job.partner)
     targets, _ = image_targets(engine, prompt, mask_rows(ctx.all_masks, lm.n_layers, lm.n_heads), baseline,
-                               job.answer_id, params.target)
+                               job.answer_ids, params.target)
     return targets.cpu().numpy()
 
 

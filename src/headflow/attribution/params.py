@@ -25,7 +25,8 @@ class AttributionParams(EngineParams):
     ablation_prob: float = field(0.1, "Bernoulli probability that a head is ablated in a mask.", gt=0.0, lt=1.0)
     baseline: Baseline = field("mean", "What an ablated head's text queries see at image positions: "
                                "mean | zero | blank | resample | knockout.")
-    target: Target = field("logit", "The scalar read from the answer: logit | logprob | margin | prob.")
+    target: Target = field("logit", "The scalar read from the answer: logit | logprob | margin | prob | sequence "
+                           "(the whole answer word's summed log-probability, teacher-forced).")
     fit: Literal[FITS] = field("ols", "The linear fit: ols | ridge | lasso.")
     penalty: float = field(1.0, "Regularisation strength of ridge and lasso.", gt=0.0)
     n_val: int = field(256, "Held-out masks for the linear datamodeling score (LDS).", flag="--val-masks", ge=8)

@@ -24,9 +24,8 @@ from ..executor import map_images
 from ..intervene import Baseline, Intervention, InterventionEngine
 from ..method import Method, Result, provenance
 from ..models.loading import load_model
-from ..per_image import (ImageJob, baseline_to, checked_prompt, image_baseline, image_job, image_targets,
-                         load_baseline, worker_engine, worker_spec)
-from ..answers import target_values
+from ..per_image import (ImageJob, baseline_to, checked_prompt, clean_target, image_baseline, image_job, image_targets,
+                         load_baseline, rows_correct, worker_engine, worker_spec)
 from ..store import RowStore, ensure_config, load_npy, read_json, run_lock, save_npy, write_json
 from .core import AttributionResult, rebuild_hint
 from .params import AttributionParams, ValidationParams
@@ -262,9 +261,9 @@ def _single_row(state: tuple[InterventionEngine, _ValidationContext], item: tupl
     everything = torch.ones(n_layers, n_heads, dtype=torch.bool)
     eye = torch.eye(n_layers * n_heads, dtype=torch.bool)
     rows = [Intervention(ablate=everything)] + [Intervention(ablate=m.view(n_layers, n_heads)) for m in eye]
-    ys, _ = image_targets(engine, prompt, rows, baseline, job.answer_id, ctx.params.target)
-    clean = target_values(prompt.clean_logits[None], job.answer_id, ctx.params.target)
-    return torch.cat([clean, ys]).cpu().numpy()
+    ys, _ = image_targets(engine, prompt, rows, baseline, job.answer_ids, ctx.params.target)
+    clean = clean_target(engine, prompt, job.answer_ids, ctx.params.target)
+    return np.concatenate([[clean], ys.cpu().numpy()]).astype(np.float32)
 
 
 def _curve_row(state: tuple[InterventionEngine, _ValidationContext], item: tuple[ImageJob, np.ndarray]) -> np.ndarray:
@@ -282,8 +281,9 @@ def _curve_row(state: tuple[InterventionEngine, _ValidationContext], item: tuple
                 top[rankings[name][:k]] = True
                 ablate = top if keep_top else ~top
                 rows.append(Intervention(ablate=torch.from_numpy(ablate).view(n_layers, n_heads)))
-    ys, logits = image_targets(engine, prompt, rows, baseline, job.answer_id, ctx.params.target)
-    correct = (logits.argmax(-1) == job.answer_id).float().cpu().numpy()
+    ys, out = image_targets(engine, prompt, rows, baseline, job.answer_ids, ctx.params.target, check_answer=True)
+    answers = engine.lm.answers(ctx.params.question, aliases=ctx.params.aliases)
+    correct = rows_correct(out, job.answer_ids, answers).astype(np.float32)  # the whole answer word, per row
     return np.concatenate([ys.cpu().numpy(), correct])
 
 

@@ -50,6 +50,23 @@ app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True,
 def _main(debug: bool = typer.Option(False, "--debug", help="Show the traceback of an error.")) -> None:
     """headflow: which attention heads carry image information into an LVLM's answer."""
     os.environ["HEADFLOW_DEBUG"] = "1" if debug else "0"
+    _one_line_warnings()
+
+
+def _one_line_warnings() -> None:
+    """headflow's warnings as ``warning: <message>`` lines on stderr (not Python's file:line format)."""
+    import warnings
+
+    from ..errors import HeadflowWarning
+
+    plain = warnings.formatwarning
+
+    def format_warning(message, category, filename, lineno, line=None):
+        if issubclass(category, HeadflowWarning):
+            return f"warning: {message}\n"
+        return plain(message, category, filename, lineno, line)
+
+    warnings.formatwarning = format_warning
 
 
 analyses.register(app)

@@ -42,13 +42,18 @@ def register(app: typer.Typer) -> None:
 
     @command(app, "inspect", [SHARED["model"], SHARED["device"], SHARED["dtype"]])
     def inspect_(**values: Any) -> None:
-        """Print the model's family, head counts and the token groups of a sample prompt."""
+        """Print the model's family, head counts and the token groups of a sample prompt (positions and tokens)."""
         from ..intervene.check import CHECK_QUESTION, check_image
         from ..models import load_model
 
         lm = load_model(values["model"], device=values["device"], dtype=values["dtype"])
-        _, groups = lm.encode(check_image(), CHECK_QUESTION)
-        typer.echo(json.dumps({"model": lm.describe(), "groups": groups.describe()}, indent=2))
+        inputs, groups = lm.encode(check_image(), CHECK_QUESTION)
+        ids = inputs["input_ids"][0].tolist()
+        pieces = lm.adapter.tokenizer().convert_ids_to_tokens
+        tokens = {name: pieces([ids[p] for p in positions]) for name, positions in groups.describe().items()
+                  if name != "image"}
+        typer.echo(json.dumps({"model": lm.describe(), "groups": groups.describe(), "tokens": tokens,
+                               "answer_header": groups.header, "empty_groups": groups.empty()}, indent=2))
 
     run_dir = inspect.Parameter("run_dir", inspect.Parameter.KEYWORD_ONLY, annotation=Path, default=typer.Argument(
         ..., help="A study or attribution run directory."))

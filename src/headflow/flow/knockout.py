@@ -21,7 +21,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..answers import resolve_answer_id
 from ..errors import HeadflowError, param_error
 from ..executor import map_images
 from ..intervene import Intervention, InterventionEngine
@@ -29,7 +28,7 @@ from ..intervene.spec import ablation_matrix
 from ..method import Method, Result, provenance
 from ..models.geometry import token_coverage, token_rects
 from ..models.loading import load_model
-from ..per_image import data_record, worker_engine, worker_spec
+from ..per_image import answer_correct, data_record, dataset_labels, label_collisions, worker_engine, worker_spec
 from ..store import (ensure_config, load_pickle, read_json, read_parquet, run_lock, save_npz, save_parquet, save_pickle,
                      spec_hash, verify_file, write_json)
 from . import objects as obj
@@ -163,6 +162,8 @@ class TokenFlow(Method):
             raise param_error("object_layers", "TokenFlow", f"None or layers in [0, {n_layers})",
                               list(params.object_layers))
         window = params.window if params.window is not None else max(1, round(n_layers / 6))
+        if len(data):
+            _check_pairs_measurable(lm, data[0].image, params)
         heads = None if params.heads is None else ablation_matrix([tuple(h) for h in params.heads], n_layers,
                                                                   lm.n_heads)
         resolved = {"window_": window, "pairs_": [list(p) for p in params.pairs],
@@ -195,7 +196,9 @@ class TokenFlow(Method):
              spec_hash: str | None) -> FlowResult:
         engine = InterventionEngine(lm, batch_size=params.batch_size)
         starts = resolved["window_starts_"]
-        plan = _FlowPlan(question=params.question, keep_wrong=params.keep_wrong, objects=params.objects,
+        collisions = label_collisions(lm.answers(params.question, aliases=params.aliases), dataset_labels(dataset))
+        plan = _FlowPlan(question=params.question, keep_wrong=params.keep_wrong, aliases=params.aliases,
+                         objects=params.objects,
                          seed=params.seed, n_random=params.n_random, threshold=params.threshold, pairs=params.pairs,
                          window=window, starts=tuple(starts), heads=heads,
                          object_layers=tuple(resolved["object_layers_"]))
@@ -226,6 +229,7 @@ class TokenFlow(Method):
         summary = self._summarize(params, windows, objects, kept, params.pairs, starts)
         summary["images"] = {"n_total": len(kept) + len(dropped), "n_kept": len(kept), "kept": kept,
                              "dropped_wrong": dropped, "no_object_or_background_tokens": skipped_objects}
+        summary["answer_collisions"] = collisions
         if geometry_error is not None:
             summary["objects_skipped_reason"] = geometry_error
         summary["params"] = params.model_dump(mode="json")
@@ -397,6 +401,16 @@ def _flow_on(runner: "RayRunner", spec: tuple[str, str | None], engine: Interven
     return [results[index] for index in range(len(dataset))]
 
 
+def _check_pairs_measurable(lm, image, params: FlowParams) -> None:
+    """Refuse, before any work, a pair whose token group is empty on this model's template (its knockouts would
+    change nothing and draw a flat zero curve)."""
+    _, groups = lm.encode(image, params.question)
+    for source, target in params.pairs:
+        for group in (source, target):
+            if group in groups.empty():
+                raise groups.empty_group_error(group, f"The flow pair {pair_name((source, target))}")
+
+
 def _image_ids(dataset: Sequence) -> list[str] | None:
     """Image ids for the run's spec (None for very large datasets, as in attribution)."""
     if len(dataset) > 4096:
@@ -410,6 +424,7 @@ class _FlowPlan:
 
     question: str
     keep_wrong: bool
+    aliases: bool
     objects: bool | str
     seed: int
     n_random: int
@@ -443,10 +458,11 @@ def _flow_image(engine: InterventionEngine, plan: _FlowPlan, ex, index: int, *, 
     (False after an earlier image had no patch geometry).
     """
     lm = engine.lm
-    tokenizer = getattr(lm.processor, "tokenizer", lm.processor)
     prompt = engine.prepare(ex.image, plan.question)
-    answer = resolve_answer_id(tokenizer, ex.label, prompt.clean_logits)
-    if int(prompt.clean_logits.argmax()) != answer and not plan.keep_wrong:
+    answers = lm.answers(plan.question, aliases=plan.aliases)
+    resolved = answers.resolve(ex.label, prompt.clean_logits)
+    answer = resolved.token_id
+    if not plan.keep_wrong and not answer_correct(engine, prompt, resolved, answers):
         return _ImageFlow(ex.id, kept=False)
     window_keys = [(src, tgt, s) for src, tgt in plan.pairs for s in plan.starts]
     rows = [Intervention(knockouts=obj.knockouts(src, tgt, range(s, s + plan.window), plan.heads))

@@ -125,11 +125,13 @@ class Baseline:
 
 @dataclass
 class RunOutput:
-    """Final-position logits ``[row, vocab]`` and, if captured, image attention ``[row, layer, head]``."""
+    """Final-position logits ``[row, vocab]``, if captured image attention ``[row, layer, head]``, and with a
+    ``continuation`` the logits at each appended token ``[row, token, vocab]`` (each predicts the next one)."""
 
     logits: torch.Tensor
     image_attention: torch.Tensor | None
     path: str
+    continuation_logits: torch.Tensor | None = None
 
 
 class InterventionEngine:
@@ -218,6 +220,7 @@ class InterventionEngine:
         baseline: Baseline | None = None,
         path: PathChoice = "auto",
         capture_attention: bool = False,
+        continuation: Sequence[int] = (),
     ) -> RunOutput:
         """Final-position logits for each row.
 
@@ -225,28 +228,38 @@ class InterventionEngine:
         when no row intervenes on a query before the text after the image, and falls back to the
         full prompt otherwise. ``"prefix"`` and ``"full"`` force one path (``"prefix"`` raises if
         it cannot apply).
+
+        ``continuation`` token ids are appended after the prompt, teacher-forced, in the same pass: their
+        logits come back as ``continuation_logits`` (used to read a whole answer word, or to check that the
+        model's greedy answer is the label). Their queries are text queries (ablated heads see the baseline
+        there too); no knockout names them.
         """
         if path not in ("auto", "prefix", "full"):
             raise HeadflowError(f"The 'path' parameter of run must be one of auto, prefix, full. Got {path!r} instead.")
-        compiled = self.compile(prompt, rows)
+        continuation = [int(t) for t in continuation]
+        if continuation and capture_attention:
+            raise HeadflowError("capture_attention reads the final position; run it without a continuation.")
+        compiled = self.compile(prompt, rows).extended(len(continuation))
         if compiled.ablate is not None and baseline is None:
             raise HeadflowError("Rows ablate heads but no baseline was given; pass baseline=Baseline.mean(prompts) "
                                 "or Baseline.knockout().")
-        use_prefix = compiled.first_query >= prompt.prefix_length and self._prefix_allowed(prompt)
+        use_prefix = (compiled.first_query >= prompt.prefix_length
+                      and self._prefix_allowed(prompt.groups.length + len(continuation)))
         if path == "prefix" and not use_prefix:
             raise HeadflowError("The prefix path cannot serve this batch: a row intervenes on a query at or before the "
                                 "image. Use path='auto' or 'full'.")
         if path == "full":
             use_prefix = False
-        logits, attention = [], []
+        logits, attention, appended = [], [], []
         forward = self._run_prefix if use_prefix else self._run_full
+        extra = self._continuation_inputs(prompt, continuation)
         start = 0
         while start < len(rows):
             size = self._next_size()
             chunk = _slice_batch(compiled, start, start + size)
             began = time.perf_counter()
             try:
-                out, att = forward(prompt, chunk, baseline, capture_attention)
+                out, att = forward(prompt, chunk, baseline, capture_attention, extra)
             except torch.OutOfMemoryError:
                 if not self.auto or size == 1:
                     raise
@@ -256,11 +269,12 @@ class InterventionEngine:
                 continue
             if self._calibrate and chunk.size == size:
                 self._timings[size] = (time.perf_counter() - began) / size
-            logits.append(out)
+            logits.append(out[:, 0])
+            appended.append(out[:, 1:])
             attention.append(att)
             start += chunk.size
         return RunOutput(torch.cat(logits), torch.cat(attention) if capture_attention else None,
-                         "prefix" if use_prefix else "full")
+                         "prefix" if use_prefix else "full", torch.cat(appended) if continuation else None)
 
     _CALIBRATION_SIZES = (16, 32, 64, 128)
 
@@ -275,10 +289,26 @@ class InterventionEngine:
         self.batch_size = min(self._timings, key=self._timings.get)
         return self.batch_size
 
-    def _prefix_allowed(self, prompt: PreparedPrompt) -> bool:
+    def _prefix_allowed(self, length: int) -> bool:
         window = getattr(self.lm.text_config, "sliding_window", None)
         use_window = getattr(self.lm.text_config, "use_sliding_window", True)
-        return not (window and use_window and window < prompt.groups.length)
+        return not (window and use_window and window < length)
+
+    def _continuation_inputs(self, prompt: PreparedPrompt, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Embeddings ``[1, n, hidden]`` and position ids of ``n`` tokens appended after the prompt (text positions
+        continue from the prompt's last, on every rotary axis), or None."""
+        if not ids:
+            return None
+        embed = self.lm.model.get_input_embeddings()
+        tokens = torch.tensor([ids], device=prompt.embeds.device)
+        with torch.no_grad():
+            embeds = embed(tokens).to(prompt.embeds.dtype)
+        steps = torch.arange(1, len(ids) + 1, device=prompt.embeds.device)
+        if prompt.position_ids is None:
+            positions = steps + (prompt.groups.length - 1)
+        else:
+            positions = prompt.position_ids[..., -1:] + steps
+        return embeds, positions
 
     def _state(self, prompt: PreparedPrompt, chunk: CompiledBatch, baseline: Baseline | None, mode: str,
                capture: bool) -> ForwardState:
@@ -296,38 +326,48 @@ class InterventionEngine:
             state.prefix = [(k[:, :, :prefix_length], v[:, :, :prefix_length]) for k, v in zip(prompt.keys, prompt.values)]
         return state
 
-    def _forward(self, state: ForwardState, **model_inputs) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _forward(self, state: ForwardState, n_logits: int, **model_inputs) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits ``[row, n_logits, vocab]`` of the last ``n_logits`` positions (the final one, then any appended)."""
         with self._scope():
-            out = self.lm.model(**model_inputs, use_cache=False, logits_to_keep=1, **{STATE_KWARG: state})
+            out = self.lm.model(**model_inputs, use_cache=False, logits_to_keep=n_logits, **{STATE_KWARG: state})
         attention = None
         if state.capture_attention:
             attention = torch.stack([state.image_attention[layer] for layer in range(self.lm.n_layers)], dim=1)
-        return out.logits[:, -1].float(), attention
+        return out.logits[:, -n_logits:].float(), attention
 
-    def _run_full(self, prompt, chunk, baseline, capture):
-        state = self._state(prompt, chunk, baseline, "full", capture)
+    def _run_full(self, prompt, chunk, baseline, capture, extra):
+        return self._run_from(0, prompt, chunk, baseline, capture, extra)
+
+    def _run_prefix(self, prompt, chunk, baseline, capture, extra):
+        return self._run_from(prompt.prefix_length, prompt, chunk, baseline, capture, extra)
+
+    def _run_from(self, start: int, prompt, chunk, baseline, capture, extra):
+        """Run positions ``start..`` of the prompt (``start`` 0: the full path), then any appended tokens."""
+        state = self._state(prompt, chunk, baseline, "prefix" if start else "full", capture)
         rows = chunk.size
-        embeds = prompt.embeds.expand(rows, -1, -1)
-        position_ids = _expand_positions(prompt.position_ids, rows, 0, prompt.groups.length, embeds.device)
-        return self._forward(state, inputs_embeds=embeds, position_ids=position_ids)
+        embeds = prompt.embeds[:, start:]
+        position_ids = _positions(prompt.position_ids, start, prompt.groups.length, embeds.device)
+        if extra is not None:
+            embeds = torch.cat([embeds, extra[0]], dim=1)
+            position_ids = torch.cat([position_ids, extra[1].to(position_ids.device).expand(*position_ids.shape[:-1], -1)],
+                                     dim=-1)
+        n_logits = 1 + (0 if extra is None else extra[0].shape[1])
+        return self._forward(state, n_logits, inputs_embeds=embeds.expand(rows, -1, -1),
+                             position_ids=_expand_rows(position_ids, rows))
 
-    def _run_prefix(self, prompt, chunk, baseline, capture):
-        state = self._state(prompt, chunk, baseline, "prefix", capture)
-        rows, prefix_length = chunk.size, prompt.prefix_length
-        embeds = prompt.embeds[:, prefix_length:].expand(rows, -1, -1)
-        position_ids = _expand_positions(prompt.position_ids, rows, prefix_length, prompt.groups.length, embeds.device)
-        return self._forward(state, inputs_embeds=embeds, position_ids=position_ids)
 
-
-def _expand_positions(position_ids: torch.Tensor | None, rows: int, start: int, stop: int,
-                      device: torch.device) -> torch.Tensor:
-    """Position ids of positions ``[start, stop)`` for ``rows`` rows (1-D or multi-axis M-RoPE)."""
+def _positions(position_ids: torch.Tensor | None, start: int, stop: int, device: torch.device) -> torch.Tensor:
+    """Position ids of positions ``[start, stop)``: ``[1, n]`` or multi-axis M-RoPE ``[axis, 1, n]``."""
     if position_ids is None:
-        return torch.arange(start, stop, device=device)[None].expand(rows, -1)
-    sliced = position_ids[..., start:stop]
-    if sliced.ndim == 2:
-        return sliced.expand(rows, -1)
-    return sliced.expand(sliced.shape[0], rows, -1)
+        return torch.arange(start, stop, device=device)[None]
+    return position_ids[..., start:stop]
+
+
+def _expand_rows(position_ids: torch.Tensor, rows: int) -> torch.Tensor:
+    """Position ids for ``rows`` rows (1-D ``[rows, n]`` or multi-axis ``[axis, rows, n]``)."""
+    if position_ids.ndim == 2:
+        return position_ids.expand(rows, -1)
+    return position_ids.expand(position_ids.shape[0], rows, -1)
 
 
 def _slice_batch(batch: CompiledBatch, start: int, stop: int) -> CompiledBatch:

@@ -95,6 +95,8 @@ def selection_mask(selection: TokenSelection, groups: TokenGroups) -> torch.Tens
     if isinstance(selection, str):
         if selection not in GROUP_NAMES:
             raise HeadflowError(f"Unknown token group {selection!r}. Use one of: {', '.join(GROUP_NAMES)}.")
+        if selection in groups.empty():  # a knockout of nothing would be a silent no-op
+            raise groups.empty_group_error(selection, f"A knockout with the group {selection!r}")
         return groups.mask(selection)
     positions = list(selection)
     bad = [p for p in positions if not 0 <= int(p) < groups.length]
@@ -131,6 +133,15 @@ class CompiledBatch:
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return CompiledBatch(self.size, move(self.ablate), move(self.knock_heads), move(self.knock_query),
                              move(self.knock_key), self.first_query)
+
+    def extended(self, n: int) -> "CompiledBatch":
+        """The batch over ``n`` more positions after the prompt (teacher-forced answer tokens), which no knockout
+        names: their query and key masks are False."""
+        if n == 0 or self.knock_query is None:
+            return self
+        pad = lambda t: torch.cat([t, t.new_zeros(*t.shape[:-1], n)], dim=-1)  # noqa: E731
+        return CompiledBatch(self.size, self.ablate, self.knock_heads, pad(self.knock_query), pad(self.knock_key),
+                             self.first_query)
 
     def ablated_heads(self, layer: int) -> torch.Tensor | None:
         """Bool ``[batch, head]`` of ablated heads in ``layer``, or None if none is."""

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from ..errors import HeadflowError
-from .groups import TokenGroups, derive_groups
+from .groups import SENTINEL, TokenGroups, answer_header, derive_groups, header_token_count
 
 ADAPTERS: dict[str, type["FamilyAdapter"]] = {}
 _families_imported = False
@@ -101,18 +101,44 @@ class FamilyAdapter:
         content = [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": question}]
         return [{"role": "user", "content": content}]
 
+    def tokenizer(self) -> Any:
+        """The text tokenizer (the processor's, or the processor itself when it is one)."""
+        return getattr(self.processor, "tokenizer", self.processor)
+
+    def prompt_text(self, question: str, n_images: int = 1) -> str:
+        """The chat template rendered for one user turn (``n_images`` images, then ``question``), ending where
+        the answer begins (with the generation prompt)."""
+        return self.processor.apply_chat_template(self.messages(question, n_images=n_images),
+                                                  add_generation_prompt=True, tokenize=False)
+
+    def answer_joiner(self, question: str) -> str | None:
+        """What the chat template writes between its answer header and an assistant's answer (``" "`` for LLaVA's
+        ``ASSISTANT: cat``), from rendering a finished turn; None where the template does not show it."""
+        turn = self.messages(question) + [{"role": "assistant", "content": [{"type": "text", "text": SENTINEL}]}]
+        try:
+            text = self.processor.apply_chat_template(turn, add_generation_prompt=False, tokenize=False)
+        except Exception:  # noqa: BLE001 - a template that refuses assistant turns: unknown
+            return None
+        before = text[:text.find(SENTINEL)] if SENTINEL in text else None
+        prompt = self.prompt_text(question)
+        if before is None or not before.startswith(prompt) or before[len(prompt):].strip():
+            return None
+        return before[len(prompt):]
+
     def encode(self, images: Sequence[Image.Image], question: str) -> tuple[dict[str, torch.Tensor], TokenGroups]:
         """Processor inputs for one prompt and its token groups."""
         if not images:
             raise HeadflowError("A prompt needs at least one image; pass image=PIL.Image.")
-        messages = self.messages(question, n_images=len(images))
-        template = self.processor.apply_chat_template
-        text = template(messages, add_generation_prompt=True, tokenize=False)
-        text_no_gen = template(messages, add_generation_prompt=False, tokenize=False)
+        text = self.prompt_text(question, n_images=len(images))
         inputs = self.processor(text=[text], images=list(images), return_tensors="pt")
-        plain = self.processor(text=[text_no_gen], images=list(images), return_tensors="pt")
         ids = inputs["input_ids"][0].tolist()
-        groups = derive_groups(ids, self.image_token_id(), plain["input_ids"][0].tolist())
+        header = answer_header(lambda q: self.prompt_text(q, n_images=len(images)))
+        n_header = header_token_count(self.tokenizer(), text, header)
+        plain = self.tokenizer()(text, add_special_tokens=False)["input_ids"]
+        if n_header and ids[-n_header:] != plain[-n_header:]:
+            raise HeadflowError(f"The processor tokenizes the template's answer header {header!r} differently from its "
+                                "tokenizer; headflow cannot place the 'role' and 'final' tokens.")
+        groups = derive_groups(ids, self.image_token_id(), n_header, header)
         return dict(inputs), groups
 
     # -- patch geometry --------------------------------------------------------------------

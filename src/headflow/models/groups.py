@@ -1,14 +1,17 @@
 """Token groups of a prompt: which positions are system, image, question, role and final.
 
 Groups are derived from the processor's output (image placeholder ids after expansion) and the
-family's chat template (the assistant header is what ``add_generation_prompt`` appends), never from
-hard-coded indices.
+family's chat template, never from hard-coded indices. ``role`` and ``final`` are the tokens of what the
+template writes between the end of the user's question and the answer (the end of the user's turn and the
+assistant header: ``" ASSISTANT:"``, ``" [/INST]"``, ``"<|im_end|>\n<|im_start|>assistant\n"``), found by
+rendering the template around a sentinel question (:func:`answer_header`) — not from what
+``add_generation_prompt`` adds, which some real templates ignore (LLaVA-NeXT-Mistral's).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -23,14 +26,17 @@ class TokenGroups:
 
     ``system`` is everything before the first image token (system prompt and user header);
     ``image`` the expanded image placeholder tokens (``image_runs`` lists each image separately);
-    ``question`` everything after the last image token up to the assistant header; ``role`` the
-    assistant header the chat template adds, without its last token; ``final`` the last position,
-    where the answer's first token is predicted.
+    ``question`` everything after the last image token up to the end of the user's question; ``role`` the
+    template's tokens between the question and the answer (``header``: end of the user turn and assistant
+    header), without its last token; ``final`` the last position, where the answer's first token is
+    predicted. A group can be empty on some templates (``role`` when the header is one token):
+    :meth:`empty` lists them, and knockouts that touch one are refused.
     """
 
     length: int
     image_runs: tuple[tuple[int, ...], ...]
     role_start: int
+    header: str = ""
 
     @property
     def image(self) -> tuple[int, ...]:
@@ -77,6 +83,16 @@ class TokenGroups:
     def describe(self) -> dict[str, list[int]]:
         return {name: list(self.positions(name)) for name in GROUP_NAMES}
 
+    def empty(self) -> list[str]:
+        """Names of the groups with no token on this prompt (e.g. ``role`` on a one-token header)."""
+        return [name for name in GROUP_NAMES if not self.positions(name)]
+
+    def empty_group_error(self, name: str, what: str) -> HeadflowError:
+        """The one-line refusal of ``what`` (a knockout, a flow pair) that needs the empty group ``name``."""
+        return HeadflowError(
+            f"{what} cannot be measured on this prompt: its token group {name!r} is empty (the chat template writes "
+            f"{self.header!r} between the question and the answer). Leave out pairs with {name!r}.")
+
 
 def runs_of(positions: Sequence[int]) -> tuple[tuple[int, ...], ...]:
     """Split sorted positions into runs of consecutive integers."""
@@ -89,19 +105,38 @@ def runs_of(positions: Sequence[int]) -> tuple[tuple[int, ...], ...]:
     return tuple(tuple(r) for r in runs)
 
 
-def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
+#: the question text rendered in place of the user's question to find where it ends in the template
+SENTINEL = "HEADFLOWSENTINELQUESTION"
 
 
-def derive_groups(input_ids: Sequence[int], image_token_id: int, no_generation_ids: Sequence[int]) -> TokenGroups:
-    """Token groups from the prompt ids and the ids of the same prompt without the generation prompt.
+def answer_header(render: Callable[[str], str]) -> str:
+    """The text the chat template writes after the user's question, up to where the answer begins.
 
-    The assistant header starts where the two tokenisations part (their longest common prefix).
+    ``render(question)`` is the chat template applied to a one-turn prompt with the generation prompt. The
+    header is what follows a sentinel question in ``render(SENTINEL)``.
+    """
+    text = render(SENTINEL)
+    if text.count(SENTINEL) != 1:
+        raise HeadflowError("The chat template does not write the user's question once, verbatim; headflow cannot "
+                            "tell where the question ends. Use a template that renders the question text as given.")
+    return text[text.index(SENTINEL) + len(SENTINEL):]
+
+
+def header_token_count(tokenizer: Any, text: str, header: str) -> int:
+    """How many tokens of ``text`` (a rendered prompt ending in ``header``) belong to the header: those that start
+    at or after the header's first character, by the tokenizer's own character offsets."""
+    if not text.endswith(header):
+        raise HeadflowError(f"The rendered prompt does not end with the template's answer header {header!r}.")
+    start = len(text) - len(header)
+    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    return sum(1 for lo, hi in offsets if lo >= start and hi > lo) if header else 0
+
+
+def derive_groups(input_ids: Sequence[int], image_token_id: int, header_tokens: int, header: str = "") -> TokenGroups:
+    """Token groups from the prompt ids and the number of tokens of the template's answer header at its end.
+
+    The header (``role`` + ``final``) is the last ``header_tokens`` tokens; a header of no token leaves the
+    answer to be predicted right after the question, which no group layout can describe (an error).
     """
     ids = list(input_ids)
     image_positions = [i for i, t in enumerate(ids) if t == image_token_id]
@@ -111,10 +146,15 @@ def derive_groups(input_ids: Sequence[int], image_token_id: int, no_generation_i
             "(headflow inserts the image placeholder for you)."
         )
     runs = runs_of(image_positions)
-    role_start = common_prefix_length(ids, no_generation_ids)
     last_image = runs[-1][-1]
-    # The header must lie after the image and leave the final position on its own.
-    role_start = min(max(role_start, last_image + 1), len(ids) - 1)
     if last_image >= len(ids) - 1:
         raise HeadflowError("The prompt ends with an image token; add a question after the image.")
-    return TokenGroups(length=len(ids), image_runs=runs, role_start=role_start)
+    if header_tokens < 1:
+        raise HeadflowError(f"The chat template writes nothing between the user's question and the answer "
+                            f"(header {header!r}), so there is no 'role' or 'final' token; use the model's chat "
+                            "template with its assistant header.")
+    role_start = len(ids) - header_tokens
+    if role_start <= last_image:
+        raise HeadflowError(f"The template's answer header {header!r} overlaps the image tokens; headflow needs the "
+                            "question after the image.")
+    return TokenGroups(length=len(ids), image_runs=runs, role_start=role_start, header=header)

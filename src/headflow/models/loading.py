@@ -11,6 +11,7 @@ from typing import Any, Sequence
 import torch
 from PIL import Image
 
+from ..answers import Answers
 from ..errors import HeadflowError, MissingFileError
 from .adapter import FamilyAdapter, adapter_class, adapter_for
 from .groups import TokenGroups
@@ -72,6 +73,11 @@ class LoadedModel:
         if "pixel_values" in moved and moved["pixel_values"].is_floating_point():
             moved["pixel_values"] = moved["pixel_values"].to(self.dtype)
         return moved, groups
+
+    def answers(self, question: str, *, aliases: bool = True) -> Answers:
+        """How labels are written by this model after ``question``'s prompt (:class:`~headflow.answers.Answers`)."""
+        return Answers(self.adapter.tokenizer(), self.adapter.prompt_text(question),
+                       joiner=self.adapter.answer_joiner(question), aliases=aliases)
 
     def describe(self) -> dict[str, Any]:
         return {

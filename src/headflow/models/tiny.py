@@ -1,16 +1,17 @@
 """Tiny random-weight vision-language models for tests and offline use: the shared parts.
 
 Every family builds its tiny model in its own adapter file (``FamilyAdapter.tiny`` in
-``models/families/<name>.py``), entirely locally (no hub access): a word-level tokenizer, the family's
-native (PIL-backend) image processor and processor class, and a randomly initialised
-``*ForConditionalGeneration`` model with a few layers. This module holds what several families share:
-the word-level tokenizer, the chat-template snippet for message contents, a tiny CLIP vision config,
-image-only processor classes, and the seeded model construction.
+``models/families/<name>.py``), entirely locally (no hub access): a subword tokenizer like the checkpoint's
+(:mod:`.subword`: SentencePiece-style for Llama/Mistral, byte-level BPE for Qwen2), the checkpoint's own chat
+template (verbatim, ``templates/``), the family's native (PIL-backend) image processor and processor class,
+and a randomly initialised ``*ForConditionalGeneration`` model with a few layers. This module holds what
+several families share: the templates, a tiny CLIP vision config, image-only processor classes, the language
+model's sizes and the seeded model construction.
 
 Usage::
 
     model, processor = build_tiny("llava")  # = headflow.models.adapter.adapter_class("llava").tiny()
-    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is shown ?"}]}]
+    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is shown?"}]}]
     prompt = processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
     inputs = processor(text=prompt, images=[pil_image], return_tensors="pt")
     logits = model(**inputs).logits
@@ -22,135 +23,33 @@ attention-interface keys, position ids, module paths, patch geometry).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
-from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
-from transformers import PreTrainedModel, PreTrainedTokenizerFast, ProcessorMixin
+from transformers import PreTrainedModel, ProcessorMixin
 
 from .adapter import adapter_class
 
 __all__ = [
-    "BASE_WORDS",
-    "OBJECT_WORDS",
     "QWEN_SPECIAL_TOKENS",
+    "TEMPLATES_DIR",
     "build_tiny",
-    "build_word_tokenizer",
+    "chat_template",
     "clip_vision_config",
-    "content_loop",
     "image_only_processor_cls",
     "seeded_model",
+    "tiny_lm_config",
 ]
 
-OBJECT_WORDS = (
-    "circle", "square", "triangle", "star", "heart", "cross", "arrow", "moon",
-    "house", "tree", "car", "fish", "umbrella", "flower", "diamond", "key",
-)
-
-_QUESTION_WORDS = (
-    "what", "is", "the", "main", "object", "in", "image", "answer", "one", "word",
-    "shown", "name", "picture", "this", "a", "an", "of", "which", "there", "it",
-    "with", "single", "please", "color", "shape", "yes", "no", "are", "and", "you",
-    "can", "see", "describe", "i", "to", "on", "at", "how", "many", "red", "green",
-    "blue", "black", "white", "yellow", "small", "large", "center", "left", "right",
-)
-
-_PUNCT = ("?", ".", ",", ":", "!", ";", "'", '"', "(", ")", "-", "/")
-
-_ROLE_WORDS = ("ASSISTANT", "USER", "assistant", "user", "system", "You", "helpful")
-
-BASE_WORDS: tuple[str, ...] = tuple(
-    dict.fromkeys(
-        list(_QUESTION_WORDS)
-        + [w.capitalize() for w in _QUESTION_WORDS]
-        + list(OBJECT_WORDS)
-        + [w.capitalize() for w in OBJECT_WORDS]
-        + list(_ROLE_WORDS)
-        + ["[INST]", "[/INST]"]
-        + list(_PUNCT)
-        + [str(d) for d in range(10)]
-    )
-)
+#: where the checkpoints' chat templates are kept, verbatim (sources and licences: ``templates/SOURCES.md``)
+TEMPLATES_DIR = Path(__file__).with_name("templates")
 
 
-# --------------------------------------------------------------------------------------
-# tokenizer
-# --------------------------------------------------------------------------------------
-def build_word_tokenizer(
-    words: Sequence[str],
-    special_tokens: Sequence[str],
-    *,
-    image_token: str,
-    extra_special_tokens: dict[str, str] | None = None,
-    chat_template: str | None = None,
-    unk_token: str = "<unk>",
-    pad_token: str = "<pad>",
-    bos_token: str | None = "<s>",
-    eos_token: str = "</s>",
-) -> PreTrainedTokenizerFast:
-    """A word-level fast tokenizer (whitespace split + isolated punctuation).
-
-    Ids: ``special_tokens`` (plus unk/pad/bos/eos/image token if missing) come first
-    in the given order, then ``words`` (deduplicated, order preserved).  Special
-    tokens are never split, so e.g. ``"<image>\\nWhat"`` -> ``["<image>", "What"]``.
-    ``image_token`` is exposed as ``tokenizer.image_token`` / ``image_token_id``;
-    ``extra_special_tokens`` entries (name -> token) become further named attributes
-    (e.g. ``context_image_token`` for InternVL).  No BOS/EOS is added automatically.
-    """
-    named = {"image_token": image_token, **(extra_special_tokens or {})}
-    specials: list[str] = []
-    for tok in [unk_token, pad_token, bos_token, eos_token, *special_tokens, *named.values()]:
-        if tok is not None and tok not in specials:
-            specials.append(tok)
-    vocab: dict[str, int] = {}
-    for tok in [*specials, *words]:
-        if tok not in vocab:
-            vocab[tok] = len(vocab)
-
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=unk_token))
-    backend.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation(behavior="isolated")]
-    )
-    backend.decoder = decoders.WordPiece(prefix="##", cleanup=True)  # joins words with spaces
-    backend.add_special_tokens(specials)
-    # Words the pre-tokenizer would split (e.g. "[INST]") are registered as added tokens.
-    glued = [
-        w for w in dict.fromkeys(words)
-        if w not in specials and len(backend.pre_tokenizer.pre_tokenize_str(w)) > 1
-    ]
-    if glued:
-        backend.add_tokens([AddedToken(w, normalized=False, special=False) for w in glued])
-
-    kwargs = dict(
-        tokenizer_object=backend,
-        unk_token=unk_token,
-        pad_token=pad_token,
-        eos_token=eos_token,
-        extra_special_tokens=named,
-        model_max_length=4096,
-        padding_side="left",
-    )
-    if bos_token is not None:
-        kwargs["bos_token"] = bos_token
-    if chat_template is not None:
-        kwargs["chat_template"] = chat_template
-    return PreTrainedTokenizerFast(**kwargs)
-
-
-def content_loop(image_str: str, video_str: str | None = None) -> str:
-    """Jinja snippet rendering ``message['content']`` (string or list of typed parts)."""
-    video = (
-        f"{{% elif part['type'] == 'video' %}}{video_str}" if video_str is not None else ""
-    )
-    return (
-        "{% if message['content'] is string %}{{ message['content'] }}"
-        "{% else %}{% for part in message['content'] %}"
-        f"{{% if part['type'] == 'image' %}}{image_str}"
-        f"{video}"
-        "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-        "{% endfor %}{% endif %}"
-    )
+def chat_template(name: str) -> str:
+    """The chat template of a checkpoint line, verbatim (``templates/<name>.jinja``; e.g. ``"llava"`` is
+    llava-hf/llava-1.5-7b-hf's)."""
+    return (TEMPLATES_DIR / f"{name}.jinja").read_text()
 
 
 # --------------------------------------------------------------------------------------

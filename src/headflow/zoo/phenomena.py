@@ -19,7 +19,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..answers import resolve_answer_id
 from ..executor import map_images
 from ..method import DEFAULT_BATCH_SIZE, DEFAULT_QUESTION
 from ..intervene import Baseline, Intervention, InterventionEngine, Knockout
@@ -64,12 +63,12 @@ def measure_phenomena(lm: LoadedModel, n_images: int = 480, seed: int = HELD_OUT
 
     data = load_dataset("default", n=n_images, seed=seed)
     engine = InterventionEngine(lm, batch_size=batch_size)
-    tokenizer = lm.processor.tokenizer
+    spell = lm.answers(question)  # the default model's words are single word-level tokens: first token = word
     prompts, answers = [], []
     for ex in tqdm(data, desc="model card: clean runs", unit="image"):
         prompt = engine.prepare(ex.image, question)
         prompts.append(prompt)
-        answers.append(resolve_answer_id(tokenizer, ex.label, prompt.clean_logits))
+        answers.append(spell.resolve(ex.label, prompt.clean_logits).token_id)
     baseline = Baseline.mean(prompts)
     n_layers, n_heads = lm.n_layers, lm.n_heads
     rows = [Intervention(knockouts=tuple(Knockout("image", t) for t in IMAGE_TO_TEXT))]

@@ -9,33 +9,26 @@ import numpy as np
 from ...errors import HeadflowError
 from ..adapter import FamilyAdapter, register_adapter
 from ..geometry import grid_rects, size_value
-from ..tiny import (
-    BASE_WORDS,
-    QWEN_SPECIAL_TOKENS,
-    build_word_tokenizer,
-    content_loop,
-    image_only_processor_cls,
-    seeded_model,
-    tiny_lm_config,
-)
-
-# InternVL3 (Qwen2 LM) style: image placeholder "<IMG_CONTEXT>" expanded by the processor
-# into "<img><IMG_CONTEXT>*N</img>".
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    + content_loop("<IMG_CONTEXT>\n", "<video>\n")
-    + "<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+from ..subword import qwen2_tokenizer
+from ..tiny import QWEN_SPECIAL_TOKENS, chat_template, image_only_processor_cls, seeded_model, tiny_lm_config
 
 
 @register_adapter
 class InternVLAdapter(FamilyAdapter):
     name = "internvl"
     model_types = ("internvl",)
+    #: the image placeholder of the older InternVL3-hf chat templates (``<image>\n``); the processor expects its
+    #: own image token (``<IMG_CONTEXT>``) and fails on the old one
+    LEGACY_IMAGE_PLACEHOLDER = "<image>"
+
+    def prompt_text(self, question, n_images=1):
+        """The chat template's prompt, with an older template's ``<image>`` placeholders written as the processor's
+        image token (so both template variants of the InternVL3-hf checkpoints encode)."""
+        text = super().prompt_text(question, n_images=n_images)
+        token = self.processor.image_token
+        if token not in text and text.count(self.LEGACY_IMAGE_PLACEHOLDER) == n_images:
+            text = text.replace(self.LEGACY_IMAGE_PLACEHOLDER, token)
+        return text
 
     def token_rects(self, image_size, inputs):
         """The image resized to a ``cols x rows`` canvas of tiles (row-major), then the thumbnail (whole image
@@ -76,8 +69,8 @@ class InternVLAdapter(FamilyAdapter):
 
         tile, patch, downsample = 32, 4, 0.5
         image_seq_length = int((tile // patch) ** 2 * downsample**2)  # 16 tokens per tile
-        tok = build_word_tokenizer(
-            BASE_WORDS,
+        template = chat_template("internvl3")
+        tok = qwen2_tokenizer(
             QWEN_SPECIAL_TOKENS,
             image_token="<IMG_CONTEXT>",
             extra_special_tokens={
@@ -86,10 +79,7 @@ class InternVLAdapter(FamilyAdapter):
                 "context_image_token": "<IMG_CONTEXT>",
                 "video_token": "<video>",
             },
-            chat_template=CHAT_TEMPLATE,
-            bos_token=None,
-            eos_token="<|im_end|>",
-            pad_token="<|endoftext|>",
+            chat_template=template,
         )
         image_processor = GotOcr2ImageProcessorPil(
             size={"height": tile, "width": tile},
@@ -105,14 +95,14 @@ class InternVLAdapter(FamilyAdapter):
                 tokenizer=tok,
                 video_processor=InternVLVideoProcessor(size={"height": tile, "width": tile}),
                 image_seq_length=image_seq_length,
-                chat_template=CHAT_TEMPLATE,
+                chat_template=template,
             )
         else:
             processor = image_only_processor_cls(InternVLProcessor)(
                 image_processor=image_processor,
                 tokenizer=tok,
                 image_seq_length=image_seq_length,
-                chat_template=CHAT_TEMPLATE,
+                chat_template=template,
             )
         vision = InternVLVisionConfig(
             hidden_size=32,

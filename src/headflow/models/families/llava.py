@@ -6,17 +6,8 @@ import numpy as np
 
 from ..adapter import FamilyAdapter, register_adapter
 from ..geometry import grid_rects, size_value
-from ..tiny import BASE_WORDS, build_word_tokenizer, clip_vision_config, content_loop, seeded_model, tiny_lm_config
-
-# USER: <image>\n{question} ASSISTANT:
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'system' %}{{ message['content'] if message['content'] is string else message['content'][0]['text'] }} "
-    "{% elif message['role'] == 'user' %}USER: " + content_loop("<image>\n") + " "
-    "{% elif message['role'] == 'assistant' %}ASSISTANT: " + content_loop("") + "</s>"
-    "{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
-)
+from ..subword import llama_tokenizer
+from ..tiny import chat_template, clip_vision_config, seeded_model, tiny_lm_config
 
 
 @register_adapter
@@ -62,7 +53,9 @@ class LlavaAdapter(FamilyAdapter):
 
     @classmethod
     def tiny(cls, seed=0):
-        """CLIP 32 px / patch 8 (4x4 = 16 image tokens, CLS dropped) + a 2-layer Llama LM (4 heads, MHA)."""
+        """CLIP 32 px / patch 8 (4x4 = 16 image tokens, CLS dropped) + a 2-layer Llama LM (4 heads, MHA), with a
+        Llama-style SentencePiece tokenizer and llava-hf/llava-1.5-7b-hf's chat template
+        (``USER: <image>\n{question} ASSISTANT:``)."""
         from transformers import (
             CLIPImageProcessorPil,
             LlamaConfig,
@@ -72,7 +65,8 @@ class LlavaAdapter(FamilyAdapter):
         )
 
         image_size, patch_size = 32, 8  # 4x4 = 16 patches (+ CLS, dropped by "default")
-        tok = build_word_tokenizer(BASE_WORDS, [], image_token="<image>", chat_template=CHAT_TEMPLATE)
+        template = chat_template("llava")
+        tok = llama_tokenizer(image_token="<image>", chat_template=template)
         image_processor = CLIPImageProcessorPil(
             size={"shortest_edge": image_size},
             crop_size={"height": image_size, "width": image_size},
@@ -83,7 +77,7 @@ class LlavaAdapter(FamilyAdapter):
             patch_size=patch_size,
             vision_feature_select_strategy="default",
             num_additional_image_tokens=1,
-            chat_template=CHAT_TEMPLATE,
+            chat_template=template,
         )
         text = LlamaConfig(**tiny_lm_config(tok, num_key_value_heads=4, head_dim=16, max_position_embeddings=512,
                                             tie_word_embeddings=False))

@@ -9,15 +9,8 @@ import numpy as np
 from ...errors import HeadflowError
 from ..adapter import FamilyAdapter, register_adapter
 from ..geometry import grid_rects
-from ..tiny import BASE_WORDS, build_word_tokenizer, clip_vision_config, content_loop, seeded_model, tiny_lm_config
-
-# [INST] <image>\n{question} [/INST]
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'user' %}[INST] " + content_loop("<image>\n") + " [/INST]"
-    "{% elif message['role'] == 'assistant' %} " + content_loop("") + "</s>"
-    "{% endif %}{% endfor %}"
-)
+from ..subword import llama_tokenizer
+from ..tiny import chat_template, clip_vision_config, seeded_model, tiny_lm_config
 
 
 @register_adapter
@@ -68,7 +61,9 @@ class LlavaNextAdapter(FamilyAdapter):
     @classmethod
     def tiny(cls, seed=0):
         """CLIP 32 px / patch 8 with any-resolution pinpoints up to 64x64 + a 2-layer Mistral LM (4 heads,
-        2 KV heads)."""
+        2 KV heads), with a Llama/Mistral-style SentencePiece tokenizer and llava-hf/llava-v1.6-mistral-7b-hf's
+        chat template (``[INST] <image>\n{question} [/INST]``, which ignores ``add_generation_prompt``; the
+        pieces of ``[/INST]`` are ``role`` + ``final``)."""
         from transformers import (
             LlavaNextConfig,
             LlavaNextForConditionalGeneration,
@@ -79,7 +74,8 @@ class LlavaNextAdapter(FamilyAdapter):
 
         image_size, patch_size = 32, 8
         pinpoints = [[32, 64], [64, 32], [64, 64]]
-        tok = build_word_tokenizer(BASE_WORDS, [], image_token="<image>", chat_template=CHAT_TEMPLATE)
+        template = chat_template("llava_next_mistral")
+        tok = llama_tokenizer(image_token="<image>", chat_template=template)
         image_processor = LlavaNextImageProcessorPil(
             size={"shortest_edge": image_size},
             crop_size={"height": image_size, "width": image_size},
@@ -91,7 +87,7 @@ class LlavaNextAdapter(FamilyAdapter):
             patch_size=patch_size,
             vision_feature_select_strategy="default",
             num_additional_image_tokens=1,
-            chat_template=CHAT_TEMPLATE,
+            chat_template=template,
         )
         text = MistralConfig(**tiny_lm_config(tok, num_key_value_heads=2, head_dim=16, max_position_embeddings=1024,
                                               sliding_window=None, tie_word_embeddings=False))

@@ -7,28 +7,8 @@ import torch
 from ...errors import HeadflowError
 from ..adapter import FamilyAdapter, register_adapter
 from ..geometry import grid_rects
-from ..tiny import (
-    BASE_WORDS,
-    QWEN_SPECIAL_TOKENS,
-    build_word_tokenizer,
-    content_loop,
-    image_only_processor_cls,
-    seeded_model,
-    tiny_lm_config,
-)
-
-# Qwen2-VL style (simplified: default system prompt, image/video placeholders).
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    + content_loop(
-        "<|vision_start|><|image_pad|><|vision_end|>", "<|vision_start|><|video_pad|><|vision_end|>"
-    )
-    + "<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+from ..subword import qwen2_tokenizer
+from ..tiny import QWEN_SPECIAL_TOKENS, chat_template, image_only_processor_cls, seeded_model, tiny_lm_config
 
 # tiny models: one LM image token per 16x16 pixels, 4 .. 16 image tokens
 TINY_PATCH, TINY_MERGE = 8, 2
@@ -59,7 +39,7 @@ class Qwen2VLAdapter(FamilyAdapter):
         from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
         from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLTextConfig, Qwen2VLVisionConfig
 
-        tok = tiny_tokenizer()
+        tok = tiny_tokenizer("qwen2_vl")
         processor = tiny_processor(Qwen2VLProcessor, tok)
         vision = Qwen2VLVisionConfig(
             depth=2,
@@ -93,7 +73,7 @@ class Qwen25VLAdapter(Qwen2VLAdapter):
             Qwen2_5_VLVisionConfig,
         )
 
-        tok = tiny_tokenizer()
+        tok = tiny_tokenizer("qwen2_5_vl")
         processor = tiny_processor(Qwen2_5_VLProcessor, tok)
         vision = Qwen2_5_VLVisionConfig(
             depth=2,
@@ -116,9 +96,10 @@ class Qwen25VLAdapter(Qwen2VLAdapter):
 # tiny-model pieces shared by the two families of this file
 
 
-def tiny_tokenizer():
-    return build_word_tokenizer(
-        BASE_WORDS,
+def tiny_tokenizer(template: str):
+    """A Qwen2-style byte-level BPE tokenizer with the ChatML and vision tokens and the checkpoint line's chat
+    template (``templates/<template>.jinja``: Qwen/Qwen2-VL-7B-Instruct's, Qwen/Qwen2.5-VL-7B-Instruct's)."""
+    return qwen2_tokenizer(
         QWEN_SPECIAL_TOKENS,
         image_token="<|image_pad|>",
         extra_special_tokens={
@@ -126,10 +107,7 @@ def tiny_tokenizer():
             "vision_start_token": "<|vision_start|>",
             "vision_end_token": "<|vision_end|>",
         },
-        chat_template=CHAT_TEMPLATE,
-        bos_token=None,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
+        chat_template=chat_template(template),
     )
 
 
@@ -165,10 +143,10 @@ def tiny_processor(processor_cls, tok):
             image_processor=image_processor,
             tokenizer=tok,
             video_processor=video_processor,
-            chat_template=CHAT_TEMPLATE,
+            chat_template=tok.chat_template,
         )
     return image_only_processor_cls(processor_cls)(
-        image_processor=image_processor, tokenizer=tok, chat_template=CHAT_TEMPLATE
+        image_processor=image_processor, tokenizer=tok, chat_template=tok.chat_template
     )
 
 

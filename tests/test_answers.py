@@ -1,0 +1,301 @@
+"""Answers and token groups on the tokenizers and chat templates real checkpoints use.
+
+The tiny families speak subword tokenizers like their checkpoints' (``headflow.models.subword``: Llama-style
+SentencePiece BPE, Qwen2-style byte-level BPE) and use the checkpoints' chat templates verbatim
+(``headflow/models/templates``). Here: the groups of every family decoded token by token, the answer rules on
+the labels that break first-token rules (``2``, ``3``, ``tv``/``TV``, ``hydrant``, ``hairdryer``, ``toaster``/
+``toilet``, ``hot dog``), the teacher-forced continuation against the model's own forward, the ``sequence``
+target, and the refusal of knockouts and flow pairs on an empty group.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from headflow import HeadflowError, load_model
+from headflow.answers import ALIASES, Answers, target_values
+from headflow.intervene import Intervention, InterventionEngine, Knockout, RunOutput
+from headflow.method import DEFAULT_QUESTION
+from headflow.models.adapter import family_names
+from headflow.models.tiny import chat_template
+from headflow.per_image import answer_correct, image_targets, rows_correct
+
+IMAGE = Image.fromarray((np.random.RandomState(0).rand(40, 56, 3) * 255).astype("uint8"))
+
+# What each family's prompt is, token by token, outside the image: (system, question, role, final).
+GROUPS = {
+    "llava": (["<s>", "▁USER", ":", "▁"], ["<0x0A>"], ["▁ASSISTANT"], [":"]),
+    "llava_next": (["<s>", "▁[", "I", "N", "S", "T", "]", "▁"], ["<0x0A>"], ["▁[", "/", "I", "N", "S", "T"], ["]"]),
+    "qwen2_vl": (["<|im_start|>", "system", "Ċ", "Y", "ou", "Ġare", "Ġa", "Ġhelpful", "Ġassistant", ".",
+                  "<|im_end|>", "Ċ", "<|im_start|>", "user", "Ċ", "<|vision_start|>"], ["<|vision_end|>"],
+                 ["<|im_end|>", "Ċ", "<|im_start|>", "assistant"], ["Ċ"]),
+    "internvl": (["<|im_start|>", "user", "Ċ", "<img>"], ["</img>", "Ċ"], ["<|im_end|>", "Ċ", "<|im_start|>", "assistant"],
+                 ["Ċ"]),
+}
+GROUPS["qwen2_5_vl"] = GROUPS["qwen2_vl"]
+QUESTION_TOKENS = {"llama": ["W", "hat", "▁is", "▁the", "▁main", "▁object", "▁in", "▁the", "▁image", "?"],
+                   "qwen2": ["W", "hat", "Ġis", "Ġthe", "Ġmain", "Ġobject", "Ġin", "Ġthe", "Ġimage", "?"]}
+STYLE = {"llava": "llama", "llava_next": "llama", "qwen2_vl": "qwen2", "qwen2_5_vl": "qwen2", "internvl": "qwen2"}
+LABELS = ["2", "3", "tv", "TV", "hydrant", "hairdryer", "toaster", "toilet", "hotdog", "hot", "cat"]
+
+
+@pytest.fixture(scope="module")
+def models():
+    cache: dict[str, object] = {}
+
+    def get(family: str):
+        if family not in cache:
+            cache[family] = load_model(f"tiny:{family}")
+        return cache[family]
+
+    return get
+
+
+def _tokens(lm, ids, positions):
+    return lm.adapter.tokenizer().convert_ids_to_tokens([ids[p] for p in positions])
+
+
+@pytest.mark.parametrize("family", sorted(GROUPS))
+def test_groups_token_by_token_on_the_real_template(models, family):
+    lm = models(family)
+    inputs, groups = lm.encode(IMAGE, "What is the main object in the image?")
+    ids = inputs["input_ids"][0].tolist()
+    system, question_start, role, final = GROUPS[family]
+    assert _tokens(lm, ids, groups.system) == system
+    assert set(_tokens(lm, ids, groups.image)) == {lm.adapter.tokenizer().convert_ids_to_tokens(lm.adapter.image_token_id())}
+    assert _tokens(lm, ids, groups.question) == [*question_start, *QUESTION_TOKENS[STYLE[family]]]
+    assert _tokens(lm, ids, groups.role) == role  # LLaVA-NeXT-Mistral: the pieces of "[/INST]" but its last
+    assert _tokens(lm, ids, groups.final) == final
+    assert groups.empty() == []
+
+
+def test_every_family_has_every_group(models):
+    """A new family joins this test: no group may come out empty on its tiny model's template."""
+    for family in family_names():
+        _, groups = models(family).encode(IMAGE, DEFAULT_QUESTION)
+        assert groups.empty() == [], family
+
+
+def test_old_internvl_template_encodes_like_the_current_one(models):
+    lm = models("internvl")
+    current = lm.encode(IMAGE, DEFAULT_QUESTION)
+    saved = lm.processor.chat_template
+    lm.processor.chat_template = chat_template("internvl3_old")  # image placeholder "<image>\n"
+    try:
+        old = lm.encode(IMAGE, DEFAULT_QUESTION)
+    finally:
+        lm.processor.chat_template = saved
+    assert old[1] == current[1] and torch.equal(old[0]["input_ids"], current[0]["input_ids"])
+
+
+# -- answers ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+def test_answer_spellings_in_context(models, family):
+    lm = models(family)
+    answers = lm.answers(DEFAULT_QUESTION)
+    tok = answers.tokenizer
+    pieces = {label: [tok.convert_ids_to_tokens(list(s.ids)) for s in answers.spellings(label)] for label in LABELS}
+    space = "▁" if family == "llava" else "Ġ"
+    for label, spellings in pieces.items():
+        assert spellings, label
+        for spelling in spellings:  # no answer starts with a bare space marker
+            assert tok.convert_tokens_to_string(spelling[:1]).strip(), (label, spelling)
+    # numbers: "2" after the prompt is the digit itself (Llama writes " 2" as "▁" + "2": left out)
+    assert pieces["2"] == [["2"]] and pieces["3"] == [["3"]]
+    assert answers.collisions(["2", "3"]) == []
+    # whole words and split words
+    assert [space + "tv"] in pieces["tv"] and [space + "T", "V"] in pieces["tv"]  # TV is a spelling of tv
+    assert [space + "h", "y", "dr", "ant"] in pieces["hydrant"]
+    assert [space + "h", "air", "dr", "y", "er"] in pieces["hairdryer"]
+    assert pieces["hot"] != pieces["hotdog"]
+    # toaster and toilet share their first piece: reported as a collision
+    assert [space + "to", "a", "s", "ter"] in pieces["toaster"] and [space + "to", "i", "le", "t"] in pieces["toilet"]
+    pairs = [c["labels"] for c in answers.collisions(["toaster", "toilet", "cat"])]
+    assert ["toaster", "toilet"] in pairs and not any("cat" in p for p in pairs)
+
+
+class SayingEngine:
+    """A stand-in engine whose model greedily says ``text`` after the prompt, then ends (for the rule alone)."""
+
+    def __init__(self, answers: Answers, text: str) -> None:
+        n = len(answers._prompt_ids)
+        self.said = answers._ids(answers.prompt_text + text)[n:] + [answers.tokenizer.eos_token_id]
+        self.vocab = len(answers.tokenizer)
+
+    def onehot(self, token: int) -> torch.Tensor:
+        out = torch.zeros(self.vocab)
+        out[token] = 1.0
+        return out
+
+    def prompt(self):
+        return SimpleNamespace(clean_logits=self.onehot(self.said[0]))
+
+    def run(self, prompt, rows, *, continuation=(), **_):
+        steps = []
+        for k in range(len(continuation)):
+            on_track = list(continuation[:k + 1]) == self.said[:k + 1]
+            steps.append(self.onehot(self.said[k + 1] if on_track and k + 1 < len(self.said) else self.said[-1]))
+        return RunOutput(prompt.clean_logits[None], None, "prefix", torch.stack(steps)[None])
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+@pytest.mark.parametrize(("label", "said", "correct"), [
+    ("toaster", " toaster", True), ("toaster", " toilet", False), ("toilet", " Toilet", True),
+    ("toilet", " toaster", False), ("tv", " TV", True), ("tv", " television", True), ("tv", " tvmonitor", False),
+    ("hotdog", " hot dog", True), ("hotdog", " hotdog", True), ("hot", " hotdog", False), ("hot", " hot", True),
+    ("hydrant", " hydrant", True), ("hydrant", " hydrangea", False), ("2", "2", True), ("2", "3", False),
+    ("3", " 3", False),  # Llama: " 3" starts with a bare "▁"; Qwen2: "Ġ" — neither is the answer "3"
+    ("hairdryer", " hair dryer", True), ("cat", " cats", False),
+])
+def test_correctness_is_decided_on_the_whole_word(models, family, label, said, correct):
+    answers = models(family).answers(DEFAULT_QUESTION)
+    engine = SayingEngine(answers, said)
+    prompt = engine.prompt()
+    answer = answers.resolve(label, prompt.clean_logits)
+    assert answer_correct(engine, prompt, answer, answers) is correct
+
+
+def test_aliases_can_be_switched_off(models):
+    answers = models("llava").answers(DEFAULT_QUESTION, aliases=False)
+    engine = SayingEngine(answers, " television")
+    prompt = engine.prompt()
+    assert not answer_correct(engine, prompt, answers.resolve("tv", prompt.clean_logits), answers)
+
+
+def test_aliases_cover_cocos_multi_word_names():
+    from headflow.data.coco import COCO_ONE_WORD
+
+    for name, word in COCO_ONE_WORD.items():
+        assert name in ALIASES[word], (name, word)
+
+
+def _appended(inputs: dict, ids: list[int]) -> dict:
+    """The processor's inputs with text tokens ``ids`` appended (per-token inputs extended as for text)."""
+    length = inputs["input_ids"].shape[1]
+    out = dict(inputs)
+    for key, value in inputs.items():
+        if torch.is_tensor(value) and value.ndim == 2 and value.shape == (1, length):
+            fill = torch.tensor([ids]) if key == "input_ids" else torch.full((1, len(ids)), int(key == "attention_mask"))
+            out[key] = torch.cat([value, fill.to(value.dtype)], dim=1)
+    return out
+
+
+@pytest.mark.parametrize("family", ["llava", "llava_next", "qwen2_vl", "internvl"])
+def test_continuation_is_the_models_own_forward(models, family):
+    """Teacher-forced tokens after the prompt: the engine's logits (prefix and full path) are the model's own
+    forward on the prompt with those tokens appended."""
+    lm = models(family)
+    engine = InterventionEngine(lm)
+    prompt = engine.prepare(IMAGE, DEFAULT_QUESTION)
+    ids = list(lm.answers(DEFAULT_QUESTION).spellings("hairdryer")[0].ids)
+    inputs = _appended(prompt.inputs, ids)
+    with torch.no_grad():
+        reference = lm.model(**inputs).logits[0, -len(ids) - 1:].float()
+    for path in ("prefix", "full"):
+        out = engine.run(prompt, [Intervention()], continuation=ids, path=path)
+        assert out.path == path
+        torch.testing.assert_close(out.logits[0], reference[0], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(out.continuation_logits[0], reference[1:], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_5_vl"])
+def test_sequence_target_fast_path_matches_full_path_and_reference(models, family):
+    lm = models(family)
+    engine = InterventionEngine(lm)
+    prompt = engine.prepare(IMAGE, DEFAULT_QUESTION)
+    ids = lm.answers(DEFAULT_QUESTION).spellings("hydrant")[0].ids
+    assert len(ids) > 1
+    gen = torch.Generator().manual_seed(0)
+    rows = [Intervention()] + [Intervention(ablate=torch.rand(lm.n_layers, lm.n_heads, generator=gen) < 0.4)
+                               for _ in range(5)]
+    from headflow.intervene import Baseline
+
+    baseline = Baseline.zero(prompt)
+    fast = engine.run(prompt, rows, baseline=baseline, continuation=ids[:-1], path="prefix")
+    full = engine.run(prompt, rows, baseline=baseline, continuation=ids[:-1], path="full")
+    seq_fast = target_values(fast.logits, ids[0], "sequence", fast.continuation_logits, ids)
+    seq_full = target_values(full.logits, ids[0], "sequence", full.continuation_logits, ids)
+    torch.testing.assert_close(seq_fast, seq_full, atol=1e-4, rtol=1e-4)
+    # the identity row: the summed log-probability of the word under the model's own forward
+    inputs = _appended(prompt.inputs, list(ids[:-1]))
+    with torch.no_grad():
+        logp = lm.model(**inputs).logits[0, -len(ids):].float().log_softmax(-1)
+    reference = sum(float(logp[k, t]) for k, t in enumerate(ids))
+    assert abs(float(seq_fast[0]) - reference) < 1e-4
+    targets, _ = image_targets(engine, prompt, rows, baseline, ids, "sequence")
+    torch.testing.assert_close(targets, seq_fast)
+    # the first-token target is unchanged by the continuation
+    torch.testing.assert_close(fast.logits, engine.run(prompt, rows, baseline=baseline).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_rows_correct_reads_each_rows_whole_answer(models):
+    lm = models("llava")
+    engine = InterventionEngine(lm)
+    answers = lm.answers(DEFAULT_QUESTION)
+    prompt = engine.prepare(IMAGE, DEFAULT_QUESTION)
+    greedy, said = int(prompt.clean_logits.argmax()), []
+    # the tiny model's own greedy answer, four tokens long, as the "label"
+    out = engine.run(prompt, [Intervention()], continuation=[greedy])
+    said = [greedy, int(out.continuation_logits[0, 0].argmax())]
+    out = engine.run(prompt, [Intervention(), Intervention(knockouts=(Knockout("image", "final"),))],
+                     continuation=said)
+    slow = []
+    for r in range(2):
+        first = int(out.logits[r].argmax()) == said[0]
+        rest = int(out.continuation_logits[r, 0].argmax()) == said[1]
+        ends = not answers.continues_word(tuple(said), int(out.continuation_logits[r, 1].argmax()))
+        slow.append(first and rest and ends)
+    assert rows_correct(out, tuple(said), answers).tolist() == slow
+
+
+# -- empty groups ----------------------------------------------------------------------------------------------
+
+# A template whose answer header is one token (":"): there is no 'role' token.
+ONE_TOKEN_HEADER = ("{% for message in messages %}USER: {% for c in message['content'] %}{% if c['type'] == 'image' %}"
+                    "<image>\n{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endfor %}"
+                    "{% if add_generation_prompt %}:{% endif %}")
+
+
+@pytest.fixture
+def headless_llava():
+    lm = load_model("tiny:llava")
+    lm.processor.chat_template = ONE_TOKEN_HEADER
+    return lm
+
+
+def test_empty_group_is_reported_and_its_knockouts_refused(headless_llava):
+    lm = headless_llava
+    _, groups = lm.encode(IMAGE, DEFAULT_QUESTION)
+    assert groups.empty() == ["role"] and groups.header == ":"
+    engine = InterventionEngine(lm)
+    prompt = engine.prepare(IMAGE, DEFAULT_QUESTION)
+    with pytest.raises(HeadflowError, match=r"token group 'role' is empty \(the chat template writes ':' between"):
+        engine.run(prompt, [Intervention(knockouts=(Knockout("image", "role"),))])
+    engine.run(prompt, [Intervention(knockouts=(Knockout("image", "final"),))])  # other groups still work
+
+
+def test_flow_refuses_a_pair_with_an_empty_group_before_any_work(headless_llava):
+    from headflow.data import load_dataset
+    from headflow.flow import TokenFlow
+
+    data = load_dataset("default", n=2)
+    with pytest.raises(HeadflowError, match=r"^The flow pair question->role cannot be measured on this prompt: its "
+                                            r"token group 'role' is empty"):
+        TokenFlow(headless_llava, objects=False, progress=False).run(data)
+    result = TokenFlow(headless_llava, objects=False, progress=False, keep_wrong=True, n_bootstrap=10,
+                       pairs=[("image", "final"), ("question", "final")]).run(data)
+    assert set(result.summary["pairs"]) == {"image->final", "question->final"}
+
+
+def test_a_template_without_an_answer_header_is_refused():
+    lm = load_model("tiny:llava")
+    lm.processor.chat_template = ONE_TOKEN_HEADER.replace(":{% endif %}", "{% endif %}")
+    with pytest.raises(HeadflowError, match="writes nothing between the user's question and the answer"):
+        lm.encode(IMAGE, DEFAULT_QUESTION)
