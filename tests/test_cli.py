@@ -109,6 +109,29 @@ def test_inspect_lists_groups():
     assert len(groups["image"]) > 0 and len(groups["question"]) > 0
 
 
+def test_inspect_and_check_with_a_users_adapter_file(user_adapter_file):
+    import os
+
+    env_before = os.environ.get("HEADFLOW_ADAPTERS")
+    unknown = runner.invoke(app, ["inspect", "--model", "tiny:my_family"])
+    assert unknown.exit_code == 2 and "Unknown family 'my_family'" in unknown.output
+    result = runner.invoke(app, ["inspect", "--adapter", str(user_adapter_file), "--model", "tiny:my_family"])
+    assert result.exit_code == 0, result.output
+    model = json.loads(result.output)["model"]
+    assert model["name"] == "tiny:my_family" and model["family"] == "my_family"
+    assert os.environ.get("HEADFLOW_ADAPTERS") == env_before  # named for the command's duration only
+    again = runner.invoke(app, ["check", "--adapter", str(user_adapter_file), "--model", "tiny:my_family", "--json"])
+    assert again.exit_code == 0 and json.loads(again.output)["model"]["family"] == "my_family"
+
+
+def test_every_command_that_loads_a_model_takes_adapter():
+    import typer.main
+
+    commands = typer.main.get_command(app).commands
+    takes = {name for name, cmd in commands.items() if any("--adapter" in getattr(p, "opts", []) for p in cmd.params)}
+    assert takes == {"attribute", "validate", "flow", "study", "demo", "check", "inspect", "model-card"}
+
+
 def test_unknown_model_is_a_one_line_error():
     result = runner.invoke(app, ["check", "--model", "tiny:gpt9"])
     assert result.exit_code == 2

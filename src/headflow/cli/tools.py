@@ -20,7 +20,7 @@ def register(app: typer.Typer) -> None:
     seed = inspect.Parameter("seed", inspect.Parameter.KEYWORD_ONLY, annotation=int,
                              default=typer.Option(0, "--seed", help="Seed of the random interventions checked."))
 
-    @command(app, "check", [SHARED["model"], as_json, SHARED["device"], SHARED["dtype"], seed])
+    @command(app, "check", [SHARED["model"], SHARED["adapter"], as_json, SHARED["device"], SHARED["dtype"], seed])
     def check(**values: Any) -> None:
         """Run the exactness invariants (a)-(d) on MODEL; each is reported even if another fails or raises; exits 1
         if any fails."""
@@ -50,7 +50,7 @@ def register(app: typer.Typer) -> None:
                     typer.echo(f"        why: {r.failure()}")
         raise typer.Exit(code=0 if ok else 1)
 
-    @command(app, "inspect", [SHARED["model"], SHARED["device"], SHARED["dtype"]])
+    @command(app, "inspect", [SHARED["model"], SHARED["adapter"], SHARED["device"], SHARED["dtype"]])
     def inspect_(**values: Any) -> None:
         """Print the model's family, head counts and the token groups of a sample prompt."""
         from ..intervene.check import CHECK_QUESTION, check_image
@@ -75,7 +75,7 @@ def register(app: typer.Typer) -> None:
     images = inspect.Parameter("images", inspect.Parameter.KEYWORD_ONLY, annotation=int, default=typer.Option(
         480, "--images", help="Fresh held-out images."))
 
-    @command(app, "model-card", [card_model, images, as_json, SHARED["device"]])
+    @command(app, "model-card", [card_model, SHARED["adapter"], images, as_json, SHARED["device"]])
     def model_card(**values: Any) -> None:
         """Recompute the default model's phenomenon numbers (accuracy, knockouts, single-head share)."""
         from ..models import load_model
