@@ -62,3 +62,47 @@ def tiny_models():
         return cache[family]
 
     return get
+
+
+#: A user's family outside headflow: LLaVA under another name and model type (what ``--adapter`` loads).
+USER_ADAPTER = '''"""A user's family: LLaVA under another name."""
+from headflow.models import register_adapter
+from headflow.models.families.llava import LlavaAdapter
+
+
+@register_adapter
+class MyFamilyAdapter(LlavaAdapter):
+    name = "my_family"
+    model_types = ("my_family",)
+
+    @classmethod
+    def tiny(cls, seed=0):
+        model, processor = LlavaAdapter.tiny(seed)
+        model.config.model_type = "my_family"
+        return model, processor
+'''
+
+
+@pytest.fixture
+def user_adapter_file(tmp_path):
+    """An adapter file registering ``my_family``; afterwards the registry, the loaded-files record, the module and
+    ``HEADFLOW_ADAPTERS`` are as they were (no test sees the family of another)."""
+    import sys
+
+    from headflow.models.adapter import ADAPTER_FILES, ADAPTERS, ADAPTERS_ENV, family_names
+
+    family_names()  # the built-in families are in the snapshot
+    path = tmp_path / "my_family.py"
+    path.write_text(USER_ADAPTER)
+    before, files, env = dict(ADAPTERS), dict(ADAPTER_FILES), os.environ.get(ADAPTERS_ENV)
+    yield path
+    for name in set(ADAPTER_FILES) - set(files):
+        sys.modules.pop(name, None)
+    ADAPTERS.clear()
+    ADAPTERS.update(before)
+    ADAPTER_FILES.clear()
+    ADAPTER_FILES.update(files)
+    if env is None:
+        os.environ.pop(ADAPTERS_ENV, None)
+    else:
+        os.environ[ADAPTERS_ENV] = env

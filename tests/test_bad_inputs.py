@@ -106,6 +106,16 @@ BAD = [
     (["inspect", "--model", "tiny:gpt9"], "Unknown family 'gpt9'"),
     (["model-card", "tiny:gpt9"], "Unknown family 'gpt9'"),
     (["model-card", "--images", "x"], "Invalid value for '--images'"),
+    # --adapter FILE (every command that loads a model)
+    (["inspect", *T, "--adapter", "{tmp}/nope.py"], "Adapter file '{tmp}/nope.py' does not exist"),
+    (["check", *T, "--adapter", "{file}"], "Adapter file '{file}' is not a .py file"),
+    ([*A, "--adapter", "{adapter_broken}"],
+     "Adapter file '{adapter_broken}' failed to import: ModuleNotFoundError: No module named 'no_such_module_xyz'"),
+    (["validate", "{run}", "--adapter", "{adapter_empty}"], "Adapter file '{adapter_empty}' registers no family adapter"),
+    ([*F, "--adapter", "{adapter_empty}"], "registers no family adapter"),
+    (["study", *T, "--out", "{tmp}/s", "--adapter", "{tmp}/nope.py"], "does not exist"),
+    (["model-card", "--adapter", "{adapter_broken}"], "failed to import"),
+    (["demo", "--adapter", "{file}"], "is not a .py file"),
     (["data", "export", "{file}", "--n", "2"], "{file}"),
     (["data", "export", "{tmp}/e", "--n", "0"], "Invalid value for '--n'"),
     (["data", "export", "{tmp}/e", "--spec", "nope"], "nope"),
@@ -126,9 +136,12 @@ def places(tmp_path_factory):
     (tmp / "one.txt").write_text("0\n1\n")
     (tmp / "dict.json").write_text('{"layers": [1, 2]}')
     np.save(tmp / "wrong.npy", np.ones((3, 3)))
+    (tmp / "broken_adapter.py").write_text('"""An adapter file that cannot import."""\nimport no_such_module_xyz\n')
+    (tmp / "empty_adapter.py").write_text('"""An adapter file that registers nothing."""\nx = 1\n')
     return {"run": str(run), "file": str(plain), "heads_bad_json": str(tmp / "bad.json"),
             "heads_one_column": str(tmp / "one.txt"), "heads_dict": str(tmp / "dict.json"),
-            "heads_npy": str(tmp / "wrong.npy")}
+            "heads_npy": str(tmp / "wrong.npy"), "adapter_broken": str(tmp / "broken_adapter.py"),
+            "adapter_empty": str(tmp / "empty_adapter.py")}
 
 
 def test_the_table_covers_every_command_and_sixty_inputs():
@@ -138,7 +151,8 @@ def test_the_table_covers_every_command_and_sixty_inputs():
     assert commands <= {args[0] for args, _ in BAD} and len(BAD) >= 60
 
 
-@pytest.mark.parametrize(("args", "expected"), BAD, ids=[" ".join(a[:3]) + f"#{i}" for i, (a, _) in enumerate(BAD)])
+@pytest.mark.parametrize(("args", "expected"), BAD, ids=[" ".join(a[:3]) + (" --adapter" if "--adapter" in a[3:] else "") + f"#{i}"
+                                                 for i, (a, _) in enumerate(BAD)])
 def test_bad_input_is_one_line_and_exit_code_2(places, tmp_path, args, expected):
     fill = {"tmp": str(tmp_path), **places}
     argv = [a.format(**fill) for a in args]

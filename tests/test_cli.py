@@ -2,19 +2,103 @@
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from headflow.cli import app
+from headflow.models.adapter import family_names
 
 runner = CliRunner()
 
 
-def test_check_json_passes_on_tiny_llava():
-    result = runner.invoke(app, ["check", "--model", "tiny:llava", "--json"])
+INVARIANTS = ["a_clean_vs_hf", "b_identity_ablation", "c_prefix_vs_full", "d_same_seed"]
+CHECK_FIELDS = {"name", "description", "passed", "max_abs_diff", "tolerance", "error", "worst", "paths", "failure"}
+
+
+@pytest.mark.parametrize("family", family_names())
+def test_check_json_passes_every_invariant_on_every_family(family):
+    result = runner.invoke(app, ["check", "--model", f"tiny:{family}", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
-    assert report["passed"] is True and len(report["checks"]) == 4
-    assert all(c["max_abs_diff"] <= 1e-4 for c in report["checks"])
+    assert report["passed"] is True and [c["name"] for c in report["checks"]] == INVARIANTS
+    for c in report["checks"]:
+        assert set(c) == CHECK_FIELDS, c
+        assert c["passed"] and c["error"] is None and c["failure"] is None and c["max_abs_diff"] <= c["tolerance"]
+    assert report["path"]["auto"] == "prefix" and report["path"]["not_compared"] == {}
+    c = report["checks"][2]
+    assert c["paths"]["compared"] == ["auto", "full", "prefix"] and c["paths"]["auto"] == "prefix"
+
+
+def test_check_reports_every_invariant_when_the_prefix_path_is_invalid(tmp_path):
+    """A language model whose sliding window is shorter than the prompt: auto takes the full path (and says why),
+    the prefix path is not compared (and says why), and nothing crashes."""
+    from headflow.models.adapter import adapter_class
+
+    model, processor = adapter_class("llava_next").tiny()
+    model.config.text_config.sliding_window = 8
+    model.save_pretrained(tmp_path / "m")
+    processor.save_pretrained(tmp_path / "m")
+    result = runner.invoke(app, ["check", "--model", str(tmp_path / "m"), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)  # stderr has transformers' loading progress bar
+    assert [c["name"] for c in report["checks"]] == INVARIANTS and report["passed"] is True
+    why = "sliding window of 8 tokens, shorter than this prompt's"
+    assert report["path"]["auto"] == "full" and why in report["path"]["auto_reason"]
+    for c in report["checks"][1:3]:
+        assert c["paths"]["compared"] == ["auto", "full"] and why in c["paths"]["not_compared"]["prefix"]
+    text = runner.invoke(app, ["check", "--model", str(tmp_path / "m")])
+    assert text.exit_code == 0 and "auto takes the full path (the language model attends within a sliding window" \
+        in text.output and text.output.count("PASS") == 4
+
+
+def test_check_reports_an_invariant_that_raises_and_runs_the_others(monkeypatch):
+    from headflow.intervene.engine import InterventionEngine
+
+    original = InterventionEngine.run
+
+    def zero_baseline_breaks(self, prompt, rows, *, baseline=None, **kwargs):
+        if baseline is not None and baseline.kind == "zero":  # only invariant (c) uses a zero baseline
+            raise RuntimeError("boom in the zero baseline\nsecond line never shown")
+        return original(self, prompt, rows, baseline=baseline, **kwargs)
+
+    monkeypatch.setattr(InterventionEngine, "run", zero_baseline_breaks)
+    result = runner.invoke(app, ["check", "--model", "tiny:llava", "--json"])
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.output)
+    assert report["passed"] is False and [c["name"] for c in report["checks"]] == INVARIANTS
+    by_name = {c["name"]: c for c in report["checks"]}
+    broken = by_name["c_prefix_vs_full"]
+    assert broken["passed"] is False and broken["error"] == "RuntimeError: boom in the zero baseline"
+    assert broken["failure"] == "c_prefix_vs_full raised RuntimeError: boom in the zero baseline"
+    assert all(by_name[n]["passed"] for n in INVARIANTS if n != "c_prefix_vs_full")
+    text = runner.invoke(app, ["check", "--model", "tiny:llava"])
+    assert text.exit_code == 1 and "Traceback" not in text.output
+    assert "ERROR c_prefix_vs_full" in text.output and text.output.count("PASS") == 3
+    assert "why: c_prefix_vs_full raised RuntimeError: boom in the zero baseline" in text.output
+
+
+def test_check_failure_says_by_how_much_and_where(monkeypatch):
+    """A wrong result (not an exception) is a FAIL naming the invariant, the difference against the tolerance and
+    the comparison that gave it."""
+    from headflow.intervene.engine import InterventionEngine
+
+    original = InterventionEngine.run
+
+    def prefix_off_by_one(self, prompt, rows, *, path="auto", **kwargs):
+        out = original(self, prompt, rows, path=path, **kwargs)
+        if out.path == "prefix" and path == "prefix":
+            out.logits = out.logits + 1e-2
+        return out
+
+    monkeypatch.setattr(InterventionEngine, "run", prefix_off_by_one)
+    result = runner.invoke(app, ["check", "--model", "tiny:llava", "--json"])
+    assert result.exit_code == 1, result.output
+    by_name = {c["name"]: c for c in json.loads(result.output)["checks"]}
+    assert by_name["a_clean_vs_hf"]["passed"] and by_name["d_same_seed"]["passed"]
+    for name in ("b_identity_ablation", "c_prefix_vs_full"):
+        c = by_name[name]
+        assert not c["passed"] and c["error"] is None and abs(c["max_abs_diff"] - 1e-2) < 1e-3
+        assert c["failure"].startswith(f"{name}: max |dlogit| 1.00e-02 > tolerance 1e-04 (") and "prefix vs" in c["worst"]
 
 
 def test_inspect_lists_groups():
@@ -23,6 +107,29 @@ def test_inspect_lists_groups():
     groups = json.loads(result.output)["groups"]
     assert groups["final"] == [max(max(v) for v in groups.values() if v)]
     assert len(groups["image"]) > 0 and len(groups["question"]) > 0
+
+
+def test_inspect_and_check_with_a_users_adapter_file(user_adapter_file):
+    import os
+
+    env_before = os.environ.get("HEADFLOW_ADAPTERS")
+    unknown = runner.invoke(app, ["inspect", "--model", "tiny:my_family"])
+    assert unknown.exit_code == 2 and "Unknown family 'my_family'" in unknown.output
+    result = runner.invoke(app, ["inspect", "--adapter", str(user_adapter_file), "--model", "tiny:my_family"])
+    assert result.exit_code == 0, result.output
+    model = json.loads(result.output)["model"]
+    assert model["name"] == "tiny:my_family" and model["family"] == "my_family"
+    assert os.environ.get("HEADFLOW_ADAPTERS") == env_before  # named for the command's duration only
+    again = runner.invoke(app, ["check", "--adapter", str(user_adapter_file), "--model", "tiny:my_family", "--json"])
+    assert again.exit_code == 0 and json.loads(again.output)["model"]["family"] == "my_family"
+
+
+def test_every_command_that_loads_a_model_takes_adapter():
+    import typer.main
+
+    commands = typer.main.get_command(app).commands
+    takes = {name for name, cmd in commands.items() if any("--adapter" in getattr(p, "opts", []) for p in cmd.params)}
+    assert takes == {"attribute", "validate", "flow", "study", "demo", "check", "inspect", "model-card"}
 
 
 def test_unknown_model_is_a_one_line_error():

@@ -117,6 +117,24 @@ def test_a_worker_error_reaches_the_driver(ray_cluster, plain_run, tmp_path):
     assert not (out / "summary.json").exists()
 
 
+@needs_ray
+@pytest.mark.slow
+def test_ray_workers_load_the_drivers_adapter_files(ray_cluster, plain_run, user_adapter_file, monkeypatch, tmp_path):
+    """A family from an adapter file (--adapter): the workers, started by a cluster that never saw the file, get
+    HEADFLOW_ADAPTERS in their runtime environment and load ``tiny:my_family`` (LLaVA's weights under another
+    name, so the result is the plain LLaVA run's)."""
+    from headflow.models.adapter import ADAPTERS_ENV, load_adapter_file
+
+    data, reference = plain_run
+    load_adapter_file(user_adapter_file)
+    monkeypatch.setenv(ADAPTERS_ENV, str(user_adapter_file))
+    result = HeadAttribution("tiny:my_family", **PARAMS).run(data, out=tmp_path / "run",
+                                                             runner=RayRunner(num_workers=1))
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["spec"]["model"] == "tiny:my_family"
+    assert_close_across_processes(np.load(result.run_dir / "targets.npy"), np.load(reference.run_dir / "targets.npy"))
+    assert_close_across_processes(result.attributions, reference.attributions)
+
+
 def test_a_model_built_in_python_cannot_be_shipped(tiny_models, tmp_path):
     lm = tiny_models("llava")
     data = load_dataset("default", n=1)

@@ -14,7 +14,7 @@ def test_check_invariants_pass(tiny_models, family):
     results = run_checks(tiny_models(family))
     assert [r.name for r in results] == ["a_clean_vs_hf", "b_identity_ablation", "c_prefix_vs_full", "d_same_seed"]
     for r in results:
-        assert r.max_abs_diff <= 1e-4, (family, r)
+        assert r.passed and r.error is None and r.max_abs_diff <= 1e-4, (family, r)
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +119,41 @@ def test_auto_path_falls_back_when_image_queries_are_touched(llava):
     assert engine.run(prompt, [Intervention(knockouts=(Knockout("image", "final"),))]).path == "prefix"
 
 
+def test_prefix_path_reason_names_a_sliding_window_shorter_than_the_prompt():
+    """A language model with a sliding window shorter than the prompt: the prefix path is refused with that reason
+    (not blamed on the rows), auto takes the full path, and the full path equals the slow reference, which applies
+    the model's own sliding-window mask."""
+    from headflow.models.adapter import adapter_class
+    from slow_reference import ReferenceRow, reference_logits
+
+    lm = load_model(adapter_class("llava_next").tiny())  # its own copy: the shared tiny model stays unchanged
+    engine = InterventionEngine(lm)
+    prompt = engine.prepare(check_image(), CHECK_QUESTION)
+    rows = [Intervention(knockouts=(Knockout("image", "final"),))]
+    assert engine.prefix_path_reason(prompt) is None and engine.prefix_path_reason(prompt, rows) is None
+    early = [Intervention(knockouts=(Knockout("system", "image"),))]
+    assert "at or before the image" in engine.prefix_path_reason(prompt, early)
+
+    lm.model.config.text_config.sliding_window = 8
+    prompt = engine.prepare(check_image(), CHECK_QUESTION)
+    why = f"the language model attends within a sliding window of 8 tokens, shorter than this prompt's " \
+          f"{prompt.groups.length} tokens"
+    assert engine.prefix_path_reason(prompt) == why and engine.prefix_path_reason(prompt, rows) == why
+    with pytest.raises(HeadflowError) as caught:
+        engine.run(prompt, rows, path="prefix")
+    assert str(caught.value) == f"The prefix path cannot serve this batch: {why}. Use path='auto' or 'full'."
+    out = engine.run(prompt, rows)
+    assert out.path == "full"
+    inputs, groups = lm.encode(check_image(), CHECK_QUESTION)
+    positions = groups.describe()
+    want = reference_logits(lm, inputs, groups, ReferenceRow(knockouts=[(range(lm.n_layers), range(lm.n_heads),
+                                                                         positions["final"], positions["image"])]))
+    assert torch.allclose(out.logits[0], want, atol=1e-4)
+    with torch.no_grad():
+        plain = lm.model(**inputs).logits[0, -1].float()
+    assert torch.allclose(prompt.clean_logits, plain, atol=1e-4)
+
+
 def test_batching_does_not_change_results(llava):
     lm, engine, prompt = llava
     rows = random_rows(lm.n_layers, lm.n_heads, 5, seed=9, knockouts=True)
@@ -221,3 +256,52 @@ def test_out_of_memory_backs_off_and_retries(llava, monkeypatch):
     assert auto.batch_size == 2 and out.shape[0] == 10
     monkeypatch.undo()
     assert torch.allclose(out, engine.run(prompt, rows, baseline=base).logits, atol=1e-5)
+
+
+# -- (e): one random ablation row and one knockout row against the slow reference (tests/slow_reference.py) ------
+
+
+@pytest.mark.parametrize("family", family_names())
+def test_engine_matches_the_slow_per_head_reference(tiny_models, family):
+    """Every registered family: a random ablation row (another image's keys/values as the baseline), a random
+    knockout row, and both with the knockout baseline, on the full path and the path auto chooses, equal the
+    model re-run eagerly with each head's attention written out by hand (float64), within 1e-4."""
+    from headflow.intervene.attention import LayerBaseline
+    from slow_reference import ReferenceRow, reference_image_kv, reference_logits
+
+    lm = tiny_models(family)
+    inputs, groups = lm.encode(check_image(), CHECK_QUESTION)
+    clean = reference_logits(lm, inputs, groups, ReferenceRow())
+    with torch.no_grad():
+        plain = lm.model(**inputs).logits[0, -1].float()
+    assert torch.allclose(clean, plain, atol=1e-4), (family, "the reference itself differs from the HF forward")
+    other_inputs, other_groups = lm.encode(check_image(seed=1), CHECK_QUESTION)
+    assert len(other_groups.image) == len(groups.image)
+    kv = reference_image_kv(lm, other_inputs, other_groups)
+
+    gen = torch.Generator().manual_seed(sum(map(ord, family)))
+    ablate = torch.rand(lm.n_layers, lm.n_heads, generator=gen) < 0.4
+    ablate[-1, 1] = True  # never empty
+    positions = groups.describe()
+    layers = (torch.rand(lm.n_layers, generator=gen) < 0.5).nonzero().flatten().tolist() or [0]
+    heads = (torch.rand(lm.n_heads, generator=gen) < 0.5).nonzero().flatten().tolist() or [1]
+    knockouts = (Knockout("image", "final", layers=layers, heads=heads), Knockout("question", "role"))
+    as_reference = [(k.layers or range(lm.n_layers), k.heads or range(lm.n_heads), positions[k.target],
+                     positions[k.source]) for k in knockouts]
+
+    engine = InterventionEngine(lm)
+    prompt = engine.prepare(check_image(), CHECK_QUESTION)
+    other = Baseline("custom", [LayerBaseline(k, v) for k, v in kv])
+    cases = [("ablation", Intervention(ablate=ablate), other, ReferenceRow(ablate=ablate, baseline=kv)),
+             ("knockout", Intervention(knockouts=knockouts), None, ReferenceRow(knockouts=as_reference)),
+             ("both, knockout baseline", Intervention(ablate=ablate, knockouts=knockouts), Baseline.knockout(),
+              ReferenceRow(ablate=ablate, knockouts=as_reference))]
+    moved = 0.0
+    for name, row, baseline, reference_row in cases:
+        want = reference_logits(lm, inputs, groups, reference_row)
+        moved = max(moved, float((want - clean).abs().max()))
+        for path in ("full", "auto"):
+            got = engine.run(prompt, [row], baseline=baseline, path=path)
+            diff = float((got.logits[0] - want).abs().max())
+            assert diff <= 1e-4, (family, name, path, got.path, diff)
+    assert moved > 1e-4, (family, "the rows do not change the logits; the comparison would prove nothing")

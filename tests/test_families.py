@@ -75,11 +75,19 @@ def test_register_adapter_rejects_a_taken_or_missing_name():
     class Nameless(FamilyAdapter):
         model_types = ("nameless",)
 
+    class SameType(FamilyAdapter):  # a new name, but the model type of another family
+        name = "llava_again"
+        model_types = ("llava",)
+
     with pytest.raises(HeadflowError, match=r"Family name 'llava' of .*Copied is already taken by "
                                             r"headflow\.models\.families\.llava\.LlavaAdapter"):
         register_adapter(Copied)
     with pytest.raises(HeadflowError, match="Adapter .*Nameless needs a family name"):
         register_adapter(Nameless)
+    with pytest.raises(HeadflowError, match=r"Model type 'llava' of .*SameType is already served by family 'llava' "
+                                            r"\(headflow\.models\.families\.llava\.LlavaAdapter\); give the new "
+                                            r"adapter its own 'model_types'"):
+        register_adapter(SameType)
     assert ADAPTERS == before
     assert register_adapter(ADAPTERS["llava"]) is ADAPTERS["llava"]  # re-registering the same class is fine
 
@@ -107,3 +115,95 @@ def test_models_modules_import_no_private_names_from_each_other():
             if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("headflow")):
                 offenders += [f"{path.relative_to(root)}: {a.name}" for a in node.names if a.name.startswith("_")]
     assert offenders == []
+
+
+# -- families from outside headflow: adapter files (--adapter, HEADFLOW_ADAPTERS) and entry points ---------------
+
+
+def test_an_adapter_file_joins_the_registry_once(user_adapter_file):
+    from headflow.models.adapter import load_adapter_file
+
+    assert "my_family" not in family_names()
+    assert load_adapter_file(user_adapter_file) == ["my_family"]
+    assert "my_family" in family_names() and ADAPTERS["my_family"].__name__ == "MyFamilyAdapter"
+    assert load_adapter_file(str(user_adapter_file)) == ["my_family"]  # again: the same class, no collision
+    lm = load_model("tiny:my_family")
+    assert lm.adapter.name == "my_family" and lm.n_layers == 2
+
+
+def test_the_user_adapter_fixture_left_nothing_behind():
+    assert "my_family" not in family_names()
+
+
+@pytest.mark.parametrize(("source", "expected"), [
+    ("x = 1\n", "registers no family adapter. Decorate a FamilyAdapter subclass with @register_adapter"),
+    ("import no_such_module_xyz\n", "failed to import: ModuleNotFoundError: No module named 'no_such_module_xyz'."),
+    ("from headflow.models import FamilyAdapter, register_adapter\n\n@register_adapter\nclass A(FamilyAdapter):\n"
+     "    name = 'llava'\n    model_types = ('a',)\n", "failed to import: HeadflowError: Family name 'llava' of "),
+    ("from headflow.models import FamilyAdapter, register_adapter\n\n@register_adapter\nclass A(FamilyAdapter):\n"
+     "    name = 'half'\n    model_types = ('half',)\n\nraise RuntimeError('late\\nmore')\n",
+     "failed to import: RuntimeError: late. Fix the file"),
+])
+def test_a_bad_adapter_file_is_one_line_and_registers_nothing(tmp_path, source, expected):
+    from headflow.models.adapter import load_adapter_file
+
+    family_names()
+    before = dict(ADAPTERS)
+    bad = tmp_path / "bad.py"
+    bad.write_text(source)
+    with pytest.raises(HeadflowError) as caught:
+        load_adapter_file(bad)
+    assert expected in str(caught.value) and str(bad) in str(caught.value) and "\n" not in str(caught.value)
+    assert ADAPTERS == before
+
+
+def test_adapter_file_that_is_missing_or_not_python(tmp_path):
+    from headflow.errors import MissingFileError
+    from headflow.models.adapter import load_adapter_file
+
+    with pytest.raises(MissingFileError, match=r"Adapter file '.*nope\.py' does not exist"):
+        load_adapter_file(tmp_path / "nope.py")
+    (tmp_path / "a.txt").write_text("x")
+    for path in (tmp_path / "a.txt", tmp_path):
+        with pytest.raises(HeadflowError, match=r"is not a \.py file"):
+            load_adapter_file(path)
+
+
+def test_environment_and_entry_points_register_families_in_a_fresh_process(user_adapter_file, tmp_path):
+    """What a Ray worker does: HEADFLOW_ADAPTERS names the file, and the first use of the registry loads it; an
+    installed package's ``headflow.families`` entry point is loaded the same way."""
+    import os
+    import subprocess
+    import sys
+
+    site = tmp_path / "site"
+    (site / "plugin_family-0.1.dist-info").mkdir(parents=True)
+    (site / "plugin_family-0.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: plugin-family\n"
+                                                                   "Version: 0.1\n")
+    (site / "plugin_family-0.1.dist-info" / "entry_points.txt").write_text(
+        "[headflow.families]\nplugin = plugin_family\n")
+    (site / "plugin_family.py").write_text(user_adapter_file.read_text().replace("my_family", "plugin_family")
+                                           .replace("MyFamilyAdapter", "PluginAdapter"))
+    code = ("from headflow import load_model; from headflow.models.adapter import family_names; "
+            "names = family_names(); assert {'my_family', 'plugin_family', 'llava'} <= set(names), names; "
+            "print(load_model('tiny:my_family').adapter.name, load_model('tiny:plugin_family').adapter.name)")
+    env = {**os.environ, "HEADFLOW_ADAPTERS": str(user_adapter_file),
+           "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["my_family", "plugin_family"]
+
+
+def test_a_broken_entry_point_is_one_line_naming_it(monkeypatch):
+    from importlib.metadata import EntryPoint
+
+    from headflow.models import adapter as registry
+
+    family_names()
+    broken = EntryPoint(name="broken", value="no_such_plugin_module_xyz", group=registry.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(registry.importlib.metadata, "entry_points", lambda group: [broken])
+    monkeypatch.setattr(registry, "_plugins_loaded", False)
+    with pytest.raises(HeadflowError, match=re.escape(
+            "Cannot load the family entry point 'broken' (no_such_plugin_module_xyz) of group 'headflow.families': "
+            "ModuleNotFoundError: No module named 'no_such_plugin_module_xyz'. Fix or uninstall the package")):
+        family_names()

@@ -18,7 +18,7 @@ _EXPORTS = {
     "Baseline": "intervene", "HeadRef": "intervene", "Intervention": "intervene",
     "InterventionEngine": "intervene", "Knockout": "intervene", "PreparedPrompt": "intervene",
     "FamilyAdapter": "models", "LoadedModel": "models", "TokenGroups": "models", "load_model": "models",
-    "register_adapter": "models",
+    "register_adapter": "models", "load_adapter_file": "models",
     "HeadAttribution": "attribution", "AttributionResult": "attribution", "Validation": "attribution",
     "ValidationResult": "attribution",
     "TokenFlow": "flow", "FlowResult": "flow",
@@ -40,7 +40,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .errors import HeadflowError
     from .flow import FlowResult, TokenFlow
     from .intervene import Baseline, HeadRef, Intervention, InterventionEngine, Knockout, PreparedPrompt
-    from .models import FamilyAdapter, LoadedModel, TokenGroups, load_model, register_adapter
+    from .models import FamilyAdapter, LoadedModel, TokenGroups, load_adapter_file, load_model, register_adapter
     from .report import write_report
     from .semantics import SemanticAnalysis, SemanticResult
     from .study import run_study

@@ -6,6 +6,10 @@ back to the driver, which writes them (a single writer, so run directories need 
 shared filesystem). An actor that dies is restarted by Ray and its unfinished call is retried; items
 whose results already reached the driver are never recomputed.
 
+Adapter files named in ``HEADFLOW_ADAPTERS`` (the CLI's ``--adapter``) are passed to every actor in its
+runtime environment, so workers register the same families as the driver (the files must exist at the same
+paths on every node).
+
 Where state lives: the Ray connection lasts from the first :meth:`RayRunner.map` to
 :meth:`RayRunner.close` (only a cluster the runner started itself is shut down); the actors, and the
 models they hold, last for one :meth:`~RayRunner.map` call. Ray is imported only inside these
@@ -14,6 +18,7 @@ methods, so headflow imports and runs without Ray installed.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -172,11 +177,16 @@ class RayRunner:
         """
         if n_items == 0:
             return
+        from .models.adapter import ADAPTERS_ENV
+
         ray = self.connect()
         plan = self.resolved(n_items)
+        options: dict[str, Any] = {}
+        if os.environ.get(ADAPTERS_ENV):  # --adapter files: each worker registers the same families
+            options["runtime_env"] = {"env_vars": {ADAPTERS_ENV: os.environ[ADAPTERS_ENV]}}
         actor_cls = ray.remote(_Worker).options(
             num_cpus=plan["cpus_per_worker"], num_gpus=plan["gpus_per_worker"],
-            max_restarts=self.max_retries, max_task_retries=self.max_retries)
+            max_restarts=self.max_retries, max_task_retries=self.max_retries, **options)
         context_ref = ray.put(context)
         actors = [actor_cls.remote(setup, context_ref, plan["cpus_per_worker"]) for _ in range(plan["num_workers"])]
         pending: dict[Any, Any] = {}  # object ref -> actor

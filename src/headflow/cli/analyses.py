@@ -62,7 +62,7 @@ def _shared(*names: str) -> list[inspect.Parameter]:
     return [SHARED[n] for n in names]
 
 
-DATA_OPTIONS = ("model", "data", "images", "data_seed", "image_column", "label_column", "mask_column")
+DATA_OPTIONS = ("model", "adapter", "data", "images", "data_seed", "image_column", "label_column", "mask_column")
 RUN_OPTIONS = ("device", "dtype", "ray", "workers")
 
 
@@ -121,7 +121,7 @@ def register(app: typer.Typer) -> None:
     model_opt = inspect.Parameter("model", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str],
                                   default=typer.Option(None, "--model", help="Defaults to the run's model."))
 
-    @command(app, "validate", [run_dir, model_opt, *_shared(*RUN_OPTIONS), *method_options(ValidationParams)])
+    @command(app, "validate", [run_dir, model_opt, SHARED["adapter"], *_shared(*RUN_OPTIONS), *method_options(ValidationParams)])
     def validate(**values: Any) -> None:
         """Rankings (attribution, single-head, attention weight, random) and completeness/faithfulness curves."""
         from ..attribution import Validation
@@ -203,8 +203,8 @@ def register(app: typer.Typer) -> None:
                                                         help="Keep images the clean model answers wrongly."))
     batch = [p for p in method_options(AttributionParams) if p.name == "batch_size"]
 
-    @command(app, "study", [*_shared("model", "data", "images", "data_seed", "out", "device", "dtype"), quick, masks,
-                            seed, keep_wrong, *batch])
+    @command(app, "study", [*_shared("model", "adapter", "data", "images", "data_seed", "out", "device", "dtype"),
+                            quick, masks, seed, keep_wrong, *batch])
     def study(**values: Any) -> None:
         """The whole study: attribution, validation, token flow, semantics, HTML report."""
         from dataclasses import replace
@@ -228,7 +228,7 @@ def register(app: typer.Typer) -> None:
     demo_quick = quick.replace(default=typer.Option(False, "--quick",
                                                     help="Small sizes (about 3 minutes on 2 CPU cores)."))
 
-    @command(app, "demo", [demo_out, demo_quick, SHARED["device"]])
+    @command(app, "demo", [demo_out, demo_quick, SHARED["adapter"], SHARED["device"]])
     def demo(**values: Any) -> None:
         """The study on the embedded default model and data; prints the report path."""
         from ..study import FULL, QUICK, run_study

@@ -5,18 +5,24 @@ default, help line, flag and type) and builds the typer options, so a default li
 options that are not a method's parameters — which model, which data, where to write, on which device, Ray —
 are :data:`SHARED`, defined here once.
 
+The shared ``--adapter FILE`` option (repeatable) is handled here once, for every command that takes it:
+:func:`command` imports each file before the command runs (so its ``@register_adapter`` families are known
+when the model loads) and names them in the environment variable ``HEADFLOW_ADAPTERS`` for the command's
+duration, which Ray workers inherit (see :mod:`headflow.models.adapter`).
+
 Where state lives: nothing here keeps state; the ``--debug`` flag is read from the environment variable
 ``HEADFLOW_DEBUG`` that the app's callback sets.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import types
 import typing
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional, Union
+from typing import Any, Callable, Iterator, Literal, Optional, Union
 
 import typer
 
@@ -25,6 +31,8 @@ from ..method import Params, field_extra
 
 DATA_HELP = "default | folder:PATH | coco:INSTANCES_JSON:IMAGES_DIR | hf:NAME_OR_PATH[:split]"
 MODEL_HELP = "default | tiny:<family> | local path | hub id"
+ADAPTER_HELP = ("A Python file defining a @register_adapter FamilyAdapter subclass (a family headflow does not "
+                "ship); imported before the model loads. Repeat for several files.")
 RAY_HELP = ("Shard the per-image work over Ray workers: 'auto' (this machine's cluster), HOST:PORT (a head node) "
             "or 'local' (start one here). Off by default.")
 
@@ -39,6 +47,7 @@ def _option(default: Any, flag: str, help: str, annotation: Any, kind: str = "op
 #: Options shared by the commands (name -> parameter); each command picks the ones it takes.
 SHARED: dict[str, inspect.Parameter] = {p.name: p for p in [
     _option("default", "--model", MODEL_HELP, str),
+    _option(None, "--adapter", ADAPTER_HELP, Optional[list[Path]]),
     _option("default", "--data", DATA_HELP, str),
     _option(None, "--images", "Number of images (default: the dataset's).", Optional[int]),
     _option(0, "--data-seed", "Seed of the dataset (generator or subsample).", int),
@@ -147,12 +156,13 @@ def command(app: typer.Typer, name: str, parameters: list[inspect.Parameter],
     """Register ``fn(**values)`` as command ``name`` with the given typer parameters.
 
     Every library error (:class:`HeadflowError`, and the ``OSError`` of a file the user named) becomes one
-    line on stderr and exit code 2; ``headflow --debug`` shows the traceback instead.
+    line on stderr and exit code 2; ``headflow --debug`` shows the traceback instead. A command that takes
+    :data:`SHARED` ``["adapter"]`` gets its files loaded first (:func:`user_adapters`); ``fn`` never sees it.
     """
 
     def register(fn: Callable[..., None]) -> Callable[..., None]:
         def wrapper(**values: Any) -> None:
-            with one_line_errors():
+            with one_line_errors(), user_adapters(values.pop("adapter", None)):
                 fn(**values)
 
         wrapper.__name__, wrapper.__doc__ = fn.__name__, fn.__doc__
@@ -165,6 +175,30 @@ def command(app: typer.Typer, name: str, parameters: list[inspect.Parameter],
         return fn
 
     return register
+
+
+@contextlib.contextmanager
+def user_adapters(paths: list[Path] | None) -> Iterator[None]:
+    """Import the ``--adapter`` files (their families join the registry) and name them in ``HEADFLOW_ADAPTERS``
+    until the command ends, so that Ray workers load them too. Bad files are one line (see
+    :func:`headflow.models.adapter.load_adapter_file`)."""
+    if not paths:
+        yield
+        return
+    from ..models.adapter import ADAPTERS_ENV, adapter_paths_from_env, load_adapter_file
+
+    for path in paths:
+        load_adapter_file(path)
+    previous = os.environ.get(ADAPTERS_ENV)
+    named = adapter_paths_from_env() + [str(Path(p).expanduser().resolve()) for p in paths]
+    os.environ[ADAPTERS_ENV] = os.pathsep.join(dict.fromkeys(named))
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(ADAPTERS_ENV, None)
+        else:
+            os.environ[ADAPTERS_ENV] = previous
 
 
 class one_line_errors:

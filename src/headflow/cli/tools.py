@@ -20,27 +20,37 @@ def register(app: typer.Typer) -> None:
     seed = inspect.Parameter("seed", inspect.Parameter.KEYWORD_ONLY, annotation=int,
                              default=typer.Option(0, "--seed", help="Seed of the random interventions checked."))
 
-    @command(app, "check", [SHARED["model"], as_json, SHARED["device"], SHARED["dtype"], seed])
+    @command(app, "check", [SHARED["model"], SHARED["adapter"], as_json, SHARED["device"], SHARED["dtype"], seed])
     def check(**values: Any) -> None:
-        """Run the exactness invariants (a)-(d) on MODEL; exits 1 if any fails."""
+        """Run the exactness invariants (a)-(d) on MODEL; each is reported even if another fails or raises; exits 1
+        if any fails."""
         from ..intervene.check import run_checks
         from ..models import load_model
 
         lm = load_model(values["model"], device=values["device"], dtype=values["dtype"])
         results = run_checks(lm, seed=values["seed"])
         ok = all(r.passed for r in results)
+        path = next((r.paths for r in results if "auto" in r.paths and r.name.startswith("c_")),
+                    next((r.paths for r in results if "auto" in r.paths), {}))
         if values["as_json"]:
-            typer.echo(json.dumps({"model": lm.describe(), "passed": ok, "checks": [r.to_dict() for r in results]},
-                                  indent=2))
+            typer.echo(json.dumps({"model": lm.describe(), "passed": ok,
+                                   "path": {k: path[k] for k in ("auto", "auto_reason", "not_compared") if k in path},
+                                   "checks": [r.to_dict() for r in results]}, indent=2))
         else:
             typer.echo(f"headflow check: {lm.name} ({lm.describe()['class']}, {lm.n_layers} layers x {lm.n_heads} "
                        f"heads, {lm.n_kv_heads} kv heads)")
+            if path:
+                typer.echo(f"  path: auto takes the {path['auto']} path ({path['auto_reason']})")
             for r in results:
-                typer.echo(f"  {'PASS' if r.passed else 'FAIL'}  {r.name:<22} max|dlogit| = {r.max_abs_diff:.2e}"
-                           f"  (tol {r.tolerance:.0e})  {r.description}")
+                status = "PASS" if r.passed else "ERROR" if r.error else "FAIL"
+                diff = "n/a" if r.max_abs_diff is None else f"{r.max_abs_diff:.2e}"
+                typer.echo(f"  {status:<5} {r.name:<22} max|dlogit| = {diff:<8}  (tol {r.tolerance:.0e})  "
+                           f"{r.description}")
+                if not r.passed:
+                    typer.echo(f"        why: {r.failure()}")
         raise typer.Exit(code=0 if ok else 1)
 
-    @command(app, "inspect", [SHARED["model"], SHARED["device"], SHARED["dtype"]])
+    @command(app, "inspect", [SHARED["model"], SHARED["adapter"], SHARED["device"], SHARED["dtype"]])
     def inspect_(**values: Any) -> None:
         """Print the model's family, head counts and the token groups of a sample prompt (positions and tokens)."""
         from ..intervene.check import CHECK_QUESTION, check_image
@@ -70,7 +80,7 @@ def register(app: typer.Typer) -> None:
     images = inspect.Parameter("images", inspect.Parameter.KEYWORD_ONLY, annotation=int, default=typer.Option(
         480, "--images", help="Fresh held-out images."))
 
-    @command(app, "model-card", [card_model, images, as_json, SHARED["device"]])
+    @command(app, "model-card", [card_model, SHARED["adapter"], images, as_json, SHARED["device"]])
     def model_card(**values: Any) -> None:
         """Recompute the default model's phenomenon numbers (accuracy, knockouts, single-head share)."""
         from ..models import load_model

@@ -225,9 +225,9 @@ class InterventionEngine:
         """Final-position logits for each row.
 
         ``path="auto"`` reuses the prefix cache (system + image, computed once in :meth:`prepare`)
-        when no row intervenes on a query before the text after the image, and falls back to the
-        full prompt otherwise. ``"prefix"`` and ``"full"`` force one path (``"prefix"`` raises if
-        it cannot apply).
+        when :meth:`prefix_path_reason` finds nothing against it, and falls back to the full prompt
+        otherwise. ``"prefix"`` and ``"full"`` force one path (``"prefix"`` raises, with that reason,
+        if it cannot apply).
 
         ``continuation`` token ids are appended after the prompt, teacher-forced, in the same pass: their
         logits come back as ``continuation_logits`` (used to read a whole answer word, or to check that the
@@ -243,13 +243,10 @@ class InterventionEngine:
         if compiled.ablate is not None and baseline is None:
             raise HeadflowError("Rows ablate heads but no baseline was given; pass baseline=Baseline.mean(prompts) "
                                 "or Baseline.knockout().")
-        use_prefix = (compiled.first_query >= prompt.prefix_length
-                      and self._prefix_allowed(prompt.groups.length + len(continuation)))
-        if path == "prefix" and not use_prefix:
-            raise HeadflowError("The prefix path cannot serve this batch: a row intervenes on a query at or before the "
-                                "image. Use path='auto' or 'full'.")
-        if path == "full":
-            use_prefix = False
+        reason = self._why_not_prefix(prompt, compiled, len(continuation))
+        if path == "prefix" and reason is not None:
+            raise HeadflowError(f"The prefix path cannot serve this batch: {reason}. Use path='auto' or 'full'.")
+        use_prefix = path != "full" and reason is None
         logits, attention, appended = [], [], []
         forward = self._run_prefix if use_prefix else self._run_full
         extra = self._continuation_inputs(prompt, continuation)
@@ -289,10 +286,39 @@ class InterventionEngine:
         self.batch_size = min(self._timings, key=self._timings.get)
         return self.batch_size
 
-    def _prefix_allowed(self, length: int) -> bool:
-        window = getattr(self.lm.text_config, "sliding_window", None)
-        use_window = getattr(self.lm.text_config, "use_sliding_window", True)
-        return not (window and use_window and window < length)
+    def prefix_path_reason(self, prompt: PreparedPrompt, rows: Sequence[Intervention] | None = None) -> str | None:
+        """Why the prefix path cannot serve ``prompt`` (and ``rows``, if given); ``None`` when it can.
+
+        The prefix path attends the shared prefix without the model's own mask, so it is valid only
+        where that mask is plain causal over the whole prompt: not for a language model with sliding-window
+        attention whose window is shorter than the prompt, nor for layers of another kind (e.g. chunked
+        attention). With ``rows``, also not when a row intervenes on a query at or before the image (the
+        prefix is computed once, without interventions). ``run(path="auto")`` takes the full path exactly
+        when this returns a reason; ``run(path="prefix")`` raises with it.
+        """
+        compiled = self.compile(prompt, rows) if rows is not None else None
+        return self._why_not_prefix(prompt, compiled)
+
+    def _why_not_prefix(self, prompt: PreparedPrompt, compiled: CompiledBatch | None, appended: int = 0) -> str | None:
+        """:meth:`prefix_path_reason`, for a prompt run with ``appended`` continuation tokens."""
+        config, length = self.lm.text_config, prompt.groups.length + appended
+        layer_types = getattr(config, "layer_types", None)
+        if layer_types:
+            other = sorted(set(layer_types) - {"full_attention", "sliding_attention"})
+            if other:
+                return (f"the language model has layers of type {', '.join(map(str, other))}, whose mask the prefix "
+                        "path does not apply")
+            sliding = "sliding_attention" in layer_types
+        else:
+            sliding = bool(getattr(config, "use_sliding_window", True))
+        window = getattr(config, "sliding_window", None)
+        if window and sliding and window < length:
+            return (f"the language model attends within a sliding window of {window} tokens, shorter than this "
+                    f"prompt's {length} tokens")
+        if compiled is not None and compiled.first_query < prompt.prefix_length:
+            return (f"a row intervenes on the query at position {compiled.first_query}, at or before the image "
+                    f"(the shared prefix ends at position {prompt.prefix_length})")
+        return None
 
     def _continuation_inputs(self, prompt: PreparedPrompt, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Embeddings ``[1, n, hidden]`` and position ids of ``n`` tokens appended after the prompt (text positions

@@ -7,23 +7,50 @@ Every module in that package is imported on first use of the registry (:func:`fa
 :func:`adapter_class`, :func:`adapter_for`), so nothing else needs editing: ``tiny:<name>`` and every
 family test (they parametrise over :func:`family_names`) pick a new file up by themselves. How to add one:
 ``models/families/README.md``.
+
+A family can also live outside headflow:
+
+* an **adapter file** (any ``.py`` file with a ``@register_adapter`` class), loaded by :func:`load_adapter_file`
+  (the CLI's ``--adapter FILE``) or named in the environment variable ``HEADFLOW_ADAPTERS`` (paths separated
+  by ``os.pathsep``), which is read on first use of the registry. ``--adapter`` sets that variable, so every
+  process that loads models for the command (Ray workers included: it is passed in their runtime
+  environment) registers the same families; the file must exist at the same path there;
+* an installed package that declares an **entry point** in the group ``headflow.families`` (a module that
+  registers adapters, or an adapter class), loaded on first use of the registry.
+
+Where state lives: the registry is :data:`ADAPTERS` (family name -> class), filled on first use in this
+process; :data:`ADAPTER_FILES` records the adapter files loaded (module name -> the classes each registered),
+so that loading one file again is a no-op.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import importlib.metadata
+import importlib.util
+import os
 import pkgutil
+import sys
+from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import HeadflowError
+from ..errors import HeadflowError, MissingFileError
 from .groups import SENTINEL, TokenGroups, answer_header, derive_groups, header_token_count
 
 ADAPTERS: dict[str, type["FamilyAdapter"]] = {}
+#: adapter files loaded in this process: module name -> the adapter classes the file registered
+ADAPTER_FILES: dict[str, tuple[type["FamilyAdapter"], ...]] = {}
+#: environment variable naming adapter files to load on first use of the registry (``os.pathsep``-separated)
+ADAPTERS_ENV = "HEADFLOW_ADAPTERS"
+#: entry-point group of installed packages that provide families
+ENTRY_POINT_GROUP = "headflow.families"
 _families_imported = False
+_plugins_loaded = False
 
 
 def register_adapter(cls: type["FamilyAdapter"]) -> type["FamilyAdapter"]:
@@ -33,19 +60,28 @@ def register_adapter(cls: type["FamilyAdapter"]) -> type["FamilyAdapter"]:
     ------
     HeadflowError
         If the class has no ``name``, or another class already registered that name (e.g. a copied
-        adapter file whose ``name`` was not changed, which would silently replace the original).
+        adapter file whose ``name`` was not changed, which would silently replace the original), or
+        one of its ``model_types`` is already served by another family (:func:`adapter_for` would
+        silently keep using the other one).
     """
     if not cls.name:
         raise HeadflowError(f"Adapter {cls.__qualname__} needs a family name: set its class attribute 'name'.")
+    same = lambda other: (other.__module__, other.__qualname__) == (cls.__module__, cls.__qualname__)  # noqa: E731
     other = ADAPTERS.get(cls.name)
-    if other is not None and (other.__module__, other.__qualname__) != (cls.__module__, cls.__qualname__):
+    if other is not None and not same(other):
         raise HeadflowError(f"Family name {cls.name!r} of {cls.__module__}.{cls.__qualname__} is already taken by "
                             f"{other.__module__}.{other.__qualname__}; give the new adapter its own 'name'.")
+    for other in ADAPTERS.values():
+        shared = [t for t in cls.model_types if t in other.model_types]
+        if shared and not same(other) and other.name != cls.name:
+            raise HeadflowError(f"Model type {shared[0]!r} of {cls.__module__}.{cls.__qualname__} is already served "
+                                f"by family {other.name!r} ({other.__module__}.{other.__qualname__}); give the new "
+                                "adapter its own 'model_types' (the config.model_type values it serves).")
     ADAPTERS[cls.name] = cls
     return cls
 
 
-def _import_families() -> None:
+def _import_builtin_families() -> None:
     """Import every module of :mod:`headflow.models.families` once; each registers its adapters."""
     global _families_imported
     if _families_imported:
@@ -55,6 +91,108 @@ def _import_families() -> None:
     for module in pkgutil.iter_modules(families.__path__, f"{families.__name__}."):
         importlib.import_module(module.name)
     _families_imported = True
+
+
+def _import_families() -> None:
+    """The built-in families, then (once per process) the entry points of ``headflow.families`` and the adapter
+    files named in ``HEADFLOW_ADAPTERS``. A plugin that fails is one line naming it, and is tried again on the
+    next use of the registry."""
+    global _plugins_loaded
+    _import_builtin_families()
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True  # first: a plugin's own imports may use the registry
+    try:
+        for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            _load_entry_point(entry)
+        for path in adapter_paths_from_env():
+            load_adapter_file(path)
+    except BaseException:
+        _plugins_loaded = False
+        raise
+
+
+def _load_entry_point(entry: importlib.metadata.EntryPoint) -> None:
+    where = f"entry point {entry.name!r} ({entry.value}) of group {ENTRY_POINT_GROUP!r}"
+    try:
+        loaded = entry.load()
+    except Exception as exc:  # noqa: BLE001 - a third-party plugin may raise anything
+        raise HeadflowError(f"Cannot load the family {where}: {_one_line(exc)}. Fix or uninstall the package that "
+                            "declares it.") from None
+    if isinstance(loaded, type) and issubclass(loaded, FamilyAdapter):
+        register_adapter(loaded)
+
+
+def adapter_paths_from_env() -> list[str]:
+    """The adapter files named in ``HEADFLOW_ADAPTERS`` (empty when it is unset)."""
+    return [p for p in os.environ.get(ADAPTERS_ENV, "").split(os.pathsep) if p.strip()]
+
+
+def load_adapter_file(path: str | Path) -> list[str]:
+    """Import a user's adapter file so that its ``@register_adapter`` classes join the registry.
+
+    The file is imported as a module of its own (named after its resolved path, so two files called
+    ``adapter.py`` do not collide); loading the same file again only re-registers its classes. The
+    built-in families are imported first, so a file may subclass them.
+
+    Parameters
+    ----------
+    path : str or Path
+        A ``.py`` file.
+
+    Returns
+    -------
+    list of str
+        The family names the file registered.
+
+    Raises
+    ------
+    HeadflowError
+        One line naming the file: it does not exist (:class:`~headflow.errors.MissingFileError`), is not a
+        ``.py`` file, raised while importing (the error's type and first line), or registered no adapter.
+    """
+    _import_builtin_families()
+    given = Path(path).expanduser()
+    if not given.exists():
+        raise MissingFileError(f"Adapter file {str(path)!r} does not exist (resolved: {given.resolve()}). Pass the "
+                               "path of a .py file that defines a @register_adapter FamilyAdapter subclass.")
+    if not given.is_file() or given.suffix != ".py":
+        raise HeadflowError(f"Adapter file {str(path)!r} is not a .py file. Pass a Python file that defines a "
+                            "@register_adapter FamilyAdapter subclass.")
+    resolved = given.resolve()
+    module_name = f"headflow_adapter_{resolved.stem}_{hashlib.sha1(str(resolved).encode()).hexdigest()[:12]}"
+    if module_name in ADAPTER_FILES:
+        for cls in ADAPTER_FILES[module_name]:
+            register_adapter(cls)
+        return [cls.name for cls in ADAPTER_FILES[module_name]]
+    before = dict(ADAPTERS)
+    spec = importlib.util.spec_from_file_location(module_name, resolved)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException as exc:
+        sys.modules.pop(module_name, None)
+        ADAPTERS.clear()
+        ADAPTERS.update(before)
+        if not isinstance(exc, Exception):
+            raise
+        raise HeadflowError(f"Adapter file {str(path)!r} failed to import: {_one_line(exc)}. Fix the file, or "
+                            "run it with python to see the traceback.") from None
+    added = tuple(cls for name, cls in ADAPTERS.items() if before.get(name) is not cls)
+    if not added:
+        sys.modules.pop(module_name, None)
+        raise HeadflowError(f"Adapter file {str(path)!r} registers no family adapter. Decorate a FamilyAdapter "
+                            "subclass with @register_adapter (from headflow.models import FamilyAdapter, "
+                            "register_adapter).")
+    ADAPTER_FILES[module_name] = added
+    return [cls.name for cls in added]
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    line = text.splitlines()[0].strip().rstrip(".") if text else ""
+    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
 
 
 def family_names() -> list[str]:
