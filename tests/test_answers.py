@@ -299,3 +299,48 @@ def test_a_template_without_an_answer_header_is_refused():
     lm.processor.chat_template = ONE_TOKEN_HEADER.replace(":{% endif %}", "{% endif %}")
     with pytest.raises(HeadflowError, match="writes nothing between the user's question and the answer"):
         lm.encode(IMAGE, DEFAULT_QUESTION)
+
+
+# -- the analyses ----------------------------------------------------------------------------------------------
+
+
+def test_attribution_records_collisions_and_the_whole_answers_target(tmp_path):
+    """Labels sharing a first token are warned about before the run and recorded; with ``target='sequence'`` the
+    clean target of each image is the summed log-probability of its answer's tokens under the model's forward."""
+    from headflow.attribution import HeadAttribution
+    from headflow.data import load_dataset
+    from headflow.data.base import Example
+    from headflow.errors import HeadflowWarning
+
+    lm = load_model("tiny:qwen2_vl")  # after "assistant\n" the answer has no leading space: "to" + "aster"
+    images = load_dataset("default", n=2)
+    data = [Example(id=f"x{i}", image=ex.image, label=label, factors={})
+            for i, (ex, label) in enumerate(zip(images, ["toaster", "toilet"]))]
+    with pytest.warns(HeadflowWarning, match=r"The labels 'toaster' and 'toilet' can both start with the token 'to'"):
+        result = HeadAttribution(lm, target="sequence", n_masks=8, n_val=8, keep_wrong=True).run(data, out=tmp_path)
+    assert result.summary["answer_collisions"] == [
+        {"labels": ["toaster", "toilet"], "token": "to", "token_id": lm.adapter.tokenizer().convert_tokens_to_ids("to")}]
+    engine = InterventionEngine(lm)
+    for row, ex in zip(result.images.itertuples(), data):
+        ids = [int(t) for t in row.answer_ids]
+        assert len(ids) > 1 and ids[0] == row.answer_id
+        prompt = engine.prepare(ex.image, DEFAULT_QUESTION)
+        inputs = _appended(prompt.inputs, ids[:-1])
+        with torch.no_grad():
+            logp = lm.model(**inputs).logits[0, -len(ids):].float().log_softmax(-1)
+        assert abs(row.clean_target - sum(float(logp[k, t]) for k, t in enumerate(ids))) < 1e-4
+
+
+def test_cli_shows_headflow_warnings_as_one_line():
+    import warnings
+
+    from headflow.cli import _one_line_warnings
+    from headflow.errors import HeadflowWarning
+
+    saved = warnings.formatwarning
+    try:
+        _one_line_warnings()
+        assert warnings.formatwarning(HeadflowWarning("two labels"), HeadflowWarning, "f.py", 3) == "warning: two labels\n"
+        assert "f.py:3" in warnings.formatwarning(UserWarning("other"), UserWarning, "f.py", 3)
+    finally:
+        warnings.formatwarning = saved
