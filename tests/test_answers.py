@@ -344,3 +344,24 @@ def test_cli_shows_headflow_warnings_as_one_line():
         assert "f.py:3" in warnings.formatwarning(UserWarning("other"), UserWarning, "f.py", 3)
     finally:
         warnings.formatwarning = saved
+
+
+def test_images_whose_label_cannot_be_written_are_skipped_not_fatal(tmp_path):
+    """The default model's word-level vocabulary has no 'zebra': that image is skipped with a warning and a record,
+    the others are analysed."""
+    from headflow.attribution import HeadAttribution
+    from headflow.data import load_dataset
+    from headflow.data.base import Example
+    from headflow.errors import HeadflowWarning
+    from headflow.flow import TokenFlow
+
+    images = load_dataset("default", n=3)
+    data = [Example(id=ex.id, image=ex.image, label="zebra" if i == 1 else ex.label, factors=ex.factors)
+            for i, ex in enumerate(images)]
+    with pytest.warns(HeadflowWarning, match=r"cannot write the label\(s\) 'zebra' as tokens"):
+        result = HeadAttribution("default", n_masks=8, n_val=8, keep_wrong=True).run(data, out=tmp_path / "a")
+    assert result.summary["unanswerable_labels"] == ["zebra"]
+    assert result.images["used"].tolist() == [True, False, True] and len(result.attributions) == 2
+    with pytest.warns(HeadflowWarning, match="zebra"):
+        flow = TokenFlow("default", keep_wrong=True, objects=False, progress=False, n_bootstrap=10).run(data)
+    assert flow.summary["images"]["unanswerable"] == [data[1].id] and flow.summary["images"]["n_kept"] == 2

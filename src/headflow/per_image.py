@@ -113,20 +113,31 @@ def clean_target(engine: InterventionEngine, prompt: PreparedPrompt, answer_ids:
     return float(image_targets(engine, prompt, [Intervention()], None, answer_ids, target)[0][0])
 
 
-def label_collisions(answers: Answers, labels) -> list[dict[str, Any]]:
-    """Pairs of the data's labels whose answers start with the same token (:meth:`Answers.collisions`), each
-    reported as a one-line :class:`~headflow.errors.HeadflowWarning` before a run and returned for its record."""
+def check_labels(answers: Answers, labels) -> dict[str, list]:
+    """What a run should know about its labels before it starts, each reported as a one-line
+    :class:`~headflow.errors.HeadflowWarning` and returned for its record:
+
+    - ``answer_collisions``: pairs of labels whose answers start with the same token (:meth:`Answers.collisions`);
+    - ``unanswerable_labels``: labels the model cannot write as a token after the prompt (unknown to a word-level
+      vocabulary, whitespace); their images are skipped, not fatal.
+    """
     import warnings
 
     from .errors import HeadflowWarning
 
-    pairs = answers.collisions(sorted(set(labels)))
+    labels = sorted(set(labels))
+    pairs = answers.collisions(labels)
     for pair in pairs:
         a, b = pair["labels"]
         warnings.warn(f"The labels {a!r} and {b!r} can both start with the token {pair['token']!r} after this prompt: "
                       "their first-token targets are the same logit (correctness is still checked on whole words); "
                       "--target sequence reads the whole answer.", HeadflowWarning, stacklevel=2)
-    return pairs
+    unanswerable = [label for label in labels if not answers.spellings(label)]
+    if unanswerable:
+        warnings.warn(f"The model cannot write the label(s) {', '.join(map(repr, unanswerable))} as tokens after this "
+                      "prompt (unknown to its vocabulary); their images are skipped. Relabel them with words the "
+                      "tokenizer knows.", HeadflowWarning, stacklevel=2)
+    return {"answer_collisions": pairs, "unanswerable_labels": unanswerable}
 
 
 def dataset_labels(data) -> list[str]:

@@ -37,7 +37,7 @@ from ..intervene.attention import LayerBaseline
 from ..method import Method, Result, check_memory, provenance, versions
 from ..models.loading import LoadedModel, load_model
 from ..per_image import (ImageJob, accumulate_kv, answer_correct, baseline_to, checked_prompt, clean_target, data_record,
-                         dataset_labels, image_baseline, image_job, image_targets, label_collisions, load_baseline, mask_rows, save_baseline,
+                         dataset_labels, image_baseline, image_job, image_targets, check_labels, load_baseline, mask_rows, save_baseline,
                          worker_engine, worker_spec)
 from ..store import (RowStore, ensure_config, load_npy, read_json, read_parquet, run_lock, save_npy, save_parquet,
                      write_json)
@@ -113,7 +113,7 @@ class HeadAttribution(Method):
         resolved = {"n_masks": n_masks, "n_heads_total": n_heads, "n_layers": lm.n_layers, "n_heads": lm.n_heads}
         config = ensure_config(out, spec, {"params": params.model_dump(mode="json"), "resolved": resolved,
                                            "model": lm.describe(), "versions": versions()}, rebuild_hint=hint)
-        collisions = label_collisions(lm.answers(params.question, aliases=params.aliases), dataset_labels(data))
+        labels = check_labels(lm.answers(params.question, aliases=params.aliases), dataset_labels(data))
         table, baseline = self._clean_pass(engine, data, params, out, hint)
         masks = sample_masks(n_masks, n_heads, params.ablation_prob, params.seed)
         val_masks = sample_masks(params.n_val, n_heads, params.ablation_prob, params.seed + 1_000_003)
@@ -135,7 +135,7 @@ class HeadAttribution(Method):
         used_before = read_json(previous).get("provenance", {}).get("resolved", {}) if previous.exists() else {}
         resolved["batch_size"] = used_before.get("batch_size", engine.batch_size) if not todo else engine.batch_size
         problems = dict(getattr(data, "problems", {}) or {})
-        return self._fit(out, config, table, store, masks, val_masks, params, lm, problems, resolved, collisions)
+        return self._fit(out, config, table, store, masks, val_masks, params, lm, problems, resolved, labels)
 
     # -- pass 1: clean runs ------------------------------------------------------------------
     def _clean_pass(self, engine: InterventionEngine, dataset, params: AttributionParams,
@@ -157,6 +157,16 @@ class HeadAttribution(Method):
         for idx, ex in enumerate(tqdm(_iter(dataset), total=len(dataset), desc="attribution: clean runs",
                                       unit="image")):
             prompt = engine.prepare(ex.image, params.question)
+            if params.baseline == "mean":
+                kv_sum = accumulate_kv(kv_sum, prompt.image_kv(), len(dataset))
+            rgb = np.asarray(ex.image.convert("RGB"), dtype=np.float64)
+            mean_colour += rgb.reshape(-1, 3).mean(0) / len(dataset)
+            if not answers.spellings(ex.label):  # unanswerable (reported before the run): skipped
+                records.append({"id": ex.id, "label": ex.label, **{f"factor_{k}": v for k, v in ex.factors.items()},
+                                "answer_id": -1, "answer_ids": [], "answer_token": None, "predicted_token": None,
+                                "clean_target": float("nan"), "clean_logit": float("nan"), "correct": False,
+                                "used": False})
+                continue
             answer = answers.resolve(ex.label, prompt.clean_logits)
             answer_id = answer.token_id
             predicted = int(prompt.clean_logits.argmax())
@@ -168,15 +178,11 @@ class HeadAttribution(Method):
                             "predicted_token": tokenizer.convert_ids_to_tokens(predicted),
                             "clean_target": clean, "clean_logit": float(prompt.clean_logits[answer_id]),
                             "correct": correct, "used": bool(correct or params.keep_wrong)})
-            rgb = np.asarray(ex.image.convert("RGB"), dtype=np.float64)
-            mean_colour += rgb.reshape(-1, 3).mean(0) / len(dataset)
             if records[-1]["used"]:
                 attention.append(prompt.image_attention.numpy())
                 hidden.append(prompt.final_hidden.numpy())
                 pixels.append(np.asarray(ex.image.convert("RGB").resize((8, 8), Image.BILINEAR), np.float32).ravel()
                               / 255.0)
-            if params.baseline == "mean":
-                kv_sum = accumulate_kv(kv_sum, prompt.image_kv(), len(dataset))
         baseline: Baseline | None = None
         if params.baseline == "mean":
             baseline = Baseline("mean", kv_sum)
@@ -197,7 +203,7 @@ class HeadAttribution(Method):
     # -- fit -------------------------------------------------------------------------------
     def _fit(self, out: Path, config: dict, table: pd.DataFrame, store: RowStore, masks: np.ndarray,
              val_masks: np.ndarray, params: AttributionParams, lm: LoadedModel,
-             problems: dict[str, int], resolved: dict[str, Any], collisions: list[dict[str, Any]]
+             problems: dict[str, int], resolved: dict[str, Any], labels: dict[str, list]
              ) -> "AttributionResult":
         n_masks = len(masks)
         targets = np.asarray(store.data)
@@ -218,7 +224,7 @@ class HeadAttribution(Method):
             "n_val": int(len(val_masks)), "ablation_prob": params.ablation_prob, "baseline": params.baseline,
             "target": params.target, "fit": params.fit,
             "clean_accuracy": float(table["correct"].mean()),
-            "answer_collisions": collisions,
+            **labels,
             "design_rank": design_rank(masks), "design_full_rank": design_rank(masks) == masks.shape[1] + 1,
             "lds_pearson_median": _nanmedian(pearson), "lds_spearman_median": _nanmedian(spearman),
             "lds_pearson_quartiles": _quartiles(pearson), "lds_spearman_quartiles": _quartiles(spearman),

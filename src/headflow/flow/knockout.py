@@ -28,7 +28,7 @@ from ..intervene.spec import ablation_matrix
 from ..method import Method, Result, provenance
 from ..models.geometry import token_coverage, token_rects
 from ..models.loading import load_model
-from ..per_image import answer_correct, data_record, dataset_labels, label_collisions, worker_engine, worker_spec
+from ..per_image import answer_correct, check_labels, data_record, dataset_labels, worker_engine, worker_spec
 from ..store import (ensure_config, load_pickle, read_json, read_parquet, run_lock, save_npz, save_parquet, save_pickle,
                      spec_hash, verify_file, write_json)
 from . import objects as obj
@@ -196,7 +196,7 @@ class TokenFlow(Method):
              spec_hash: str | None) -> FlowResult:
         engine = InterventionEngine(lm, batch_size=params.batch_size)
         starts = resolved["window_starts_"]
-        collisions = label_collisions(lm.answers(params.question, aliases=params.aliases), dataset_labels(dataset))
+        labels = check_labels(lm.answers(params.question, aliases=params.aliases), dataset_labels(dataset))
         plan = _FlowPlan(question=params.question, keep_wrong=params.keep_wrong, aliases=params.aliases,
                          objects=params.objects,
                          seed=params.seed, n_random=params.n_random, threshold=params.threshold, pairs=params.pairs,
@@ -208,11 +208,11 @@ class TokenFlow(Method):
             per_image = _flow_on(runner, worker_spec(self.model), engine, plan, dataset, progress, params)
         resolved["batch_size"] = engine.batch_size
         records, object_records, maps = [], [], {}
-        kept, dropped, skipped_objects = [], [], []
+        kept, dropped, skipped_objects, unanswerable = [], [], [], []
         geometry_error: str | None = None
         for one in per_image:  # in dataset order
             if not one.kept:
-                dropped.append(one.id)
+                (unanswerable if one.unanswerable else dropped).append(one.id)
                 continue
             kept.append(one.id)
             records += one.windows
@@ -229,7 +229,8 @@ class TokenFlow(Method):
         summary = self._summarize(params, windows, objects, kept, params.pairs, starts)
         summary["images"] = {"n_total": len(kept) + len(dropped), "n_kept": len(kept), "kept": kept,
                              "dropped_wrong": dropped, "no_object_or_background_tokens": skipped_objects}
-        summary["answer_collisions"] = collisions
+        summary["images"]["unanswerable"] = unanswerable
+        summary.update(labels)
         if geometry_error is not None:
             summary["objects_skipped_reason"] = geometry_error
         summary["params"] = params.model_dump(mode="json")
@@ -442,6 +443,7 @@ class _ImageFlow:
 
     id: str
     kept: bool
+    unanswerable: bool = False
     windows: list[tuple] = field(default_factory=list)
     objects: list[tuple] = field(default_factory=list)
     token_map: dict[str, np.ndarray] | None = None
@@ -458,8 +460,10 @@ def _flow_image(engine: InterventionEngine, plan: _FlowPlan, ex, index: int, *, 
     (False after an earlier image had no patch geometry).
     """
     lm = engine.lm
-    prompt = engine.prepare(ex.image, plan.question)
     answers = lm.answers(plan.question, aliases=plan.aliases)
+    if not answers.spellings(ex.label):  # reported before the run
+        return _ImageFlow(ex.id, kept=False, unanswerable=True)
+    prompt = engine.prepare(ex.image, plan.question)
     resolved = answers.resolve(ex.label, prompt.clean_logits)
     answer = resolved.token_id
     if not plan.keep_wrong and not answer_correct(engine, prompt, resolved, answers):
