@@ -88,6 +88,15 @@ BAD = [
     ([*F, "--threshold", "2"], "'threshold' parameter of TokenFlow must be a float in (0, 1]"),
     ([*F, "--maps", "-1"], "'n_maps' parameter of TokenFlow must be an int in [0, inf)"),
     ([*F, "--n-random", "-1"], "'n_random' parameter of TokenFlow must be an int in [0, inf)"),
+    # compare
+    (["compare", "{run}"], "needs at least two run directories; got 1"),
+    (["compare", "{run}", "{run}"], "is given twice"),
+    (["compare", "{run}", "{tmp}"], "is not a finished attribution run"),
+    (["compare", "{run}", "{tmp}/none"], "does not exist"),
+    (["compare", "{run}", "{tmp}", "--top-k", "0"], "'top_k' parameter of CompareRuns must be an int in [1, inf)"),
+    (["compare", "{run}", "{tmp}", "--top-fractions", "2"], "'top_fractions' parameter of CompareRuns"),
+    (["compare", "{run}", "{tmp}", "--top-fractions", "a,b"], "comma-separated list"),
+    (["compare", "{run}", "{tmp}", "--depth-bins", "1"], "'depth_bins' parameter of CompareRuns"),
     # semantics
     (["semantics", "{tmp}/none"], "does not exist"),
     (["semantics", "{run}", "--similarity", "euclid"], "must be one of cosine, spearman, jaccard:K"),

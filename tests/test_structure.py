@@ -95,10 +95,11 @@ def test_each_default_is_defined_once():
 
 def _methods():
     from headflow.attribution import HeadAttribution, Validation
+    from headflow.compare import CompareRuns
     from headflow.flow import TokenFlow
     from headflow.semantics import SemanticAnalysis
 
-    return [HeadAttribution, Validation, TokenFlow, SemanticAnalysis]
+    return [HeadAttribution, Validation, TokenFlow, SemanticAnalysis, CompareRuns]
 
 
 def test_every_method_has_one_shape():
@@ -116,10 +117,11 @@ def test_every_method_has_one_shape():
             assert init.parameters[name].default == info.get_default(call_default_factory=True), (method, name)
             assert info.description, (method, name)  # every parameter has its help line
     from headflow.attribution import AttributionResult, ValidationResult
+    from headflow.compare import ComparisonResult
     from headflow.flow import FlowResult
     from headflow.semantics import SemanticResult
 
-    for result in (AttributionResult, ValidationResult, FlowResult, SemanticResult):
+    for result in (AttributionResult, ValidationResult, FlowResult, SemanticResult, ComparisonResult):
         assert issubclass(result, Result)
         for name in ("save", "load", "plot"):
             assert getattr(result, name) is not getattr(Result, name), (result, name)
@@ -134,7 +136,8 @@ def test_unknown_parameter_is_refused_at_once():
 
 
 @pytest.mark.parametrize(("command", "params"), [("attribute", "AttributionParams"), ("validate", "ValidationParams"),
-                                                 ("flow", "FlowParams"), ("semantics", "SemanticParams")])
+                                                 ("flow", "FlowParams"), ("semantics", "SemanticParams"),
+                                                 ("compare", "CompareParams")])
 def test_cli_options_come_from_the_parameter_models(command, params):
     """Every parameter is an option of its command, with the model's default and help line."""
     import typer.main
@@ -143,10 +146,11 @@ def test_cli_options_come_from_the_parameter_models(command, params):
     from headflow.cli import app
     from headflow.cli.options import flag_of
     from headflow.flow.params import FlowParams
+    from headflow.compare.params import CompareParams
     from headflow.semantics.params import SemanticParams
 
     model = {"AttributionParams": AttributionParams, "ValidationParams": ValidationParams, "FlowParams": FlowParams,
-             "SemanticParams": SemanticParams}[params]
+             "SemanticParams": SemanticParams, "CompareParams": CompareParams}[params]
     click = typer.main.get_command(app).commands[command]
     options = {opt: p for p in click.params for opt in getattr(p, "opts", [])}
     for name, info in model.model_fields.items():
@@ -156,7 +160,8 @@ def test_cli_options_come_from_the_parameter_models(command, params):
         got = options[flag].default
         if isinstance(default, (tuple, list)) and not isinstance(got, (tuple, list)):
             got = [tuple(p.split(":")) for p in got.split(",")] if ":" in str(got) else got.split(",")
-            default = [tuple(p) for p in default] if default and isinstance(default[0], tuple) else list(default)
+            default = [tuple(p) for p in default] if default and isinstance(default[0], tuple) else [
+                str(v) for v in default]
         if name != "heads":
             assert got == default or str(got) == str(default), (command, name, got, default)
         assert options[flag].help.startswith(info.description[:20]) or name in ("ablation_prob", "heads")

@@ -16,6 +16,7 @@ from typing import Any, Optional
 import typer
 
 from ..attribution.params import AttributionParams, ValidationParams
+from ..compare.params import CompareParams
 from ..errors import HeadflowError
 from ..flow.params import FlowParams
 from ..semantics.params import SemanticParams
@@ -191,6 +192,35 @@ def register(app: typer.Typer) -> None:
         else:
             typer.echo(result.summary())
             typer.echo(f"wrote {values['run_dir'] / 'semantics.json'} and figures to {values['run_dir'] / 'figures'}")
+
+    compare_runs = inspect.Parameter("run_dirs", inspect.Parameter.KEYWORD_ONLY, annotation=list[Path],
+                                     default=typer.Argument(..., help="Two or more attribution or study run directories."))
+    compare_out = inspect.Parameter("out", inspect.Parameter.KEYWORD_ONLY, annotation=Path, default=typer.Option(
+        Path("compare"), "--out", help="Where compare.json, compare.html and figures/ are written."))
+
+    compare_json = inspect.Parameter("as_json", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=typer.Option(
+        False, "--json", help="Print compare.json instead of a summary."))
+
+    @command(app, "compare", [compare_runs, *method_options(CompareParams), compare_out, compare_json])
+    def compare(**values: Any) -> None:
+        """Head maps across runs and models: depth profiles, concentration, top-k overlap; writes compare.html."""
+        from ..compare import CompareRuns
+
+        result = CompareRuns(**params_from(CompareParams, values, "compare")).run(values["run_dirs"], out=values["out"])
+        if values["as_json"]:
+            typer.echo(json.dumps(result.summary, indent=2, default=str))
+            return
+        for run in result.summary["runs"]:
+            shares = "  ".join(f"top {float(f):.0%} {v:.1%}" for f, v in run["top_share"].items())
+            typer.echo(f"{run['name']}: {run['n_layers']}x{run['n_heads']} heads, mass-weighted depth "
+                       f"{run['mass_weighted_depth']:.2f}, {shares}")
+        for pair in result.summary["pairs"]:
+            head = pair["head_level"]
+            extra = (f", Spearman {head['spearman']:.3f}, top-{head['top_k']} overlap {head['top_k_overlap']:.0%}"
+                     if head else f" ({pair['reason']})")
+            typer.echo(f"{pair['runs'][0]} vs {pair['runs'][1]}: profile correlation "
+                       f"{pair['profile_correlation']:.3f}{extra}")
+        typer.echo(f"wrote {values['out'] / 'compare.html'}")
 
     quick = inspect.Parameter("quick", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=typer.Option(
         False, "--quick", help="Small sizes (a few minutes on CPU)."))

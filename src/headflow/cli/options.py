@@ -92,7 +92,7 @@ def from_cli(name: str, info: Any, raw: Any, owner: str) -> Any:
     if raw == "" and type(None) in args:
         return None
     if any(typing.get_origin(a) is list for a in options) or typing.get_origin(annotation) is list:
-        item = next(typing.get_args(a)[0] for a in options if typing.get_origin(a) is list)
+        item = next(typing.get_args(a)[0] for a in (*options, annotation) if typing.get_origin(a) is list)
         parts = [p.strip() for p in raw.split(",") if p.strip()]
         try:
             return [item(p) for p in parts]
