@@ -38,9 +38,11 @@ GROUPS = {
                  ["Ċ"]),
 }
 GROUPS["qwen2_5_vl"] = GROUPS["qwen2_vl"]
+GROUPS["llava_onevision"] = (["<|im_start|>", "user", "Ċ"], ["Ċ"], ["<|im_end|>", "Ċ", "<|im_start|>", "assistant"], ["Ċ"])
 QUESTION_TOKENS = {"llama": ["W", "hat", "▁is", "▁the", "▁main", "▁object", "▁in", "▁the", "▁image", "?"],
                    "qwen2": ["W", "hat", "Ġis", "Ġthe", "Ġmain", "Ġobject", "Ġin", "Ġthe", "Ġimage", "?"]}
-STYLE = {"llava": "llama", "llava_next": "llama", "qwen2_vl": "qwen2", "qwen2_5_vl": "qwen2", "internvl": "qwen2"}
+STYLE = {"llava": "llama", "llava_next": "llama", "qwen2_vl": "qwen2", "qwen2_5_vl": "qwen2", "internvl": "qwen2",
+         "llava_onevision": "qwen2"}
 LABELS = ["2", "3", "tv", "TV", "hydrant", "hairdryer", "toaster", "toilet", "hotdog", "hot", "cat"]
 
 
