@@ -39,10 +39,17 @@ GROUPS = {
 }
 GROUPS["qwen2_5_vl"] = GROUPS["qwen2_vl"]
 GROUPS["llava_onevision"] = (["<|im_start|>", "user", "Ċ"], ["Ċ"], ["<|im_end|>", "Ċ", "<|im_start|>", "assistant"], ["Ċ"])
+for _family, _bos in (("idefics3", "<|begin_of_text|>"), ("smolvlm", "<|im_start|>")):
+    GROUPS[_family] = ([_bos, "U", "ser", ":", "<fake_token_around_image>", "<row_1_col_1>"], ["<fake_token_around_image>"],
+                       ["<end_of_utterance>", "Ċ", "A", "ssistant"], [":"])
+# The tokens inside the image span between image tokens (tile and row markers), on IMAGE; every other family: none.
+_TILES = ["<fake_token_around_image>", "<row_1_col_2>", "Ċ", "<fake_token_around_image>", "<row_2_col_1>",
+          "<fake_token_around_image>", "<row_2_col_2>", "Ċ", "Ċ", "<fake_token_around_image>", "<global-img>"]
+SEPARATORS = {"idefics3": _TILES, "smolvlm": _TILES}
 QUESTION_TOKENS = {"llama": ["W", "hat", "▁is", "▁the", "▁main", "▁object", "▁in", "▁the", "▁image", "?"],
                    "qwen2": ["W", "hat", "Ġis", "Ġthe", "Ġmain", "Ġobject", "Ġin", "Ġthe", "Ġimage", "?"]}
 STYLE = {"llava": "llama", "llava_next": "llama", "qwen2_vl": "qwen2", "qwen2_5_vl": "qwen2", "internvl": "qwen2",
-         "llava_onevision": "qwen2"}
+         "llava_onevision": "qwen2", "idefics3": "qwen2", "smolvlm": "qwen2"}
 LABELS = ["2", "3", "tv", "TV", "hydrant", "hairdryer", "toaster", "toilet", "hotdog", "hot", "cat"]
 
 
@@ -73,7 +80,12 @@ def test_groups_token_by_token_on_the_real_template(models, family):
     assert _tokens(lm, ids, groups.question) == [*question_start, *QUESTION_TOKENS[STYLE[family]]]
     assert _tokens(lm, ids, groups.role) == role  # LLaVA-NeXT-Mistral: the pieces of "[/INST]" but its last
     assert _tokens(lm, ids, groups.final) == final
+    assert _tokens(lm, ids, groups.separators) == SEPARATORS.get(family, [])
+    assert groups.describe()["separators"] == list(groups.separators)
     assert groups.empty() == []
+    # every position in exactly one group, or a separator
+    tagged = sorted([*groups.system, *groups.image, *groups.question, *groups.role, *groups.final, *groups.separators])
+    assert tagged == list(range(groups.length))
 
 
 def test_every_family_has_every_group(models):

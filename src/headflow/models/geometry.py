@@ -32,7 +32,7 @@ from PIL import Image
 
 from ..errors import HeadflowError
 
-__all__ = ["anyres_rects", "token_rects", "token_coverage", "coverage_from_rects", "classify_tokens", "grid_rects",
+__all__ = ["anyres_rects", "split_image_rects", "token_rects", "token_coverage", "coverage_from_rects", "classify_tokens", "grid_rects",
            "size_value"]
 
 #: token classes of :func:`classify_tokens`
@@ -105,6 +105,41 @@ def anyres_rects(width: int, height: int, tile: int, grid: int, pinpoints: Any,
         row = grid_rects(1, n_cols, y0, (c0 * cell - paste_x) * sx, step_r * cell * sy, step_c * cell * sx)
         rows.extend([row, np.full((1, 4), np.nan)])
     return np.concatenate([base, *rows])
+
+
+def split_image_rects(width: int, height: int, longest_edge: int | None, tile: int, grid: int,
+                      split: bool = True) -> np.ndarray:
+    """Idefics3 / SmolVLM geometry of one image (``width x height`` original pixels): the tiles, row-major, then
+    the global image; ``grid x grid`` tokens per tile (patches merged by the connector's pixel shuffle, row-major).
+
+    The processor resizes the longest edge to ``longest_edge`` (even short edge; None: no resize), then up to
+    multiples of ``tile`` (keeping the aspect ratio) and, when that is larger than one tile, cuts it into
+    ``tile x tile`` tiles followed by the whole image squashed to one tile. Without ``split`` (or when the image fits
+    one tile) there is only the whole image, squashed to one tile.
+    """
+    if not split:
+        return grid_rects(grid, grid, 0.0, 0.0, height / grid, width / grid)
+    from transformers.models.idefics3.image_processing_pil_idefics3 import get_resize_output_image_size
+
+    h, w = height, width
+    if longest_edge:
+        h, w = get_resize_output_image_size(np.broadcast_to(np.uint8(0), (1, height, width)), longest_edge)
+    # Idefics3ImageProcessorPil.resize_for_vision_encoder
+    aspect = w / h
+    if w >= h:
+        w = math.ceil(w / tile) * tile
+        h = math.ceil(int(w / aspect) / tile) * tile
+    else:
+        h = math.ceil(h / tile) * tile
+        w = math.ceil(int(h * aspect) / tile) * tile
+    whole = grid_rects(grid, grid, 0.0, 0.0, height / grid, width / grid)
+    if h <= tile and w <= tile:
+        return whole
+    sy, sx = height / h, width / w
+    cell_h, cell_w = tile / grid * sy, tile / grid * sx
+    tiles = [grid_rects(grid, grid, r * tile * sy, c * tile * sx, cell_h, cell_w)
+             for r in range(h // tile) for c in range(w // tile)]
+    return np.concatenate([*tiles, whole])
 
 
 # ----------------------------------------------------------------------------------------------
