@@ -45,11 +45,15 @@ for _family, _bos in (("idefics3", "<|begin_of_text|>"), ("smolvlm", "<|im_start
 # The tokens inside the image span between image tokens (tile and row markers), on IMAGE; every other family: none.
 _TILES = ["<fake_token_around_image>", "<row_1_col_2>", "Ċ", "<fake_token_around_image>", "<row_2_col_1>",
           "<fake_token_around_image>", "<row_2_col_2>", "Ċ", "Ċ", "<fake_token_around_image>", "<global-img>"]
-SEPARATORS = {"idefics3": _TILES, "smolvlm": _TILES}
+GROUPS["aya_vision"] = (["<BOS_TOKEN>", "<|START_OF_TURN_TOKEN|>", "<|USER_TOKEN|>", "<|START_OF_IMG|>", *"TILE_1"],
+                        ["<|END_OF_IMG|>"], ["<|END_OF_TURN_TOKEN|>", "<|START_OF_TURN_TOKEN|>"], ["<|CHATBOT_TOKEN|>"])
+SEPARATORS = {"idefics3": _TILES, "smolvlm": _TILES,
+              "aya_vision": [*"TILE_2", *"TILE_3", *"TILE_4", *"TILE_GLOBAL"]}  # "TILE_i" is text: one piece a letter
 QUESTION_TOKENS = {"llama": ["W", "hat", "▁is", "▁the", "▁main", "▁object", "▁in", "▁the", "▁image", "?"],
                    "qwen2": ["W", "hat", "Ġis", "Ġthe", "Ġmain", "Ġobject", "Ġin", "Ġthe", "Ġimage", "?"]}
 STYLE = {"llava": "llama", "llava_next": "llama", "qwen2_vl": "qwen2", "qwen2_5_vl": "qwen2", "internvl": "qwen2",
-         "llava_onevision": "qwen2", "idefics3": "qwen2", "smolvlm": "qwen2"}
+         "llava_onevision": "qwen2", "idefics3": "qwen2", "smolvlm": "qwen2",
+         "aya_vision": "qwen2"}
 LABELS = ["2", "3", "tv", "TV", "hydrant", "hairdryer", "toaster", "toilet", "hotdog", "hot", "cat"]
 
 

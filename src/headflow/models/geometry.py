@@ -32,7 +32,7 @@ from PIL import Image
 
 from ..errors import HeadflowError
 
-__all__ = ["anyres_rects", "split_image_rects", "token_rects", "token_coverage", "coverage_from_rects", "classify_tokens", "grid_rects",
+__all__ = ["anyres_rects", "split_image_rects", "tiles_and_thumbnail_rects", "token_rects", "token_coverage", "coverage_from_rects", "classify_tokens", "grid_rects",
            "size_value"]
 
 #: token classes of :func:`classify_tokens`
@@ -140,6 +140,26 @@ def split_image_rects(width: int, height: int, longest_edge: int | None, tile: i
     tiles = [grid_rects(grid, grid, r * tile * sy, c * tile * sx, cell_h, cell_w)
              for r in range(h // tile) for c in range(w // tile)]
     return np.concatenate([*tiles, whole])
+
+
+def tiles_and_thumbnail_rects(width: int, height: int, image_processor: Any, grid: int) -> np.ndarray:
+    """GOT-OCR2-style dynamic tiling (InternVL, Aya Vision) of one image (``width x height`` original pixels): the
+    image resized to a ``cols x rows`` canvas of tiles chosen by aspect ratio (``crop_to_patches``, between
+    ``min_patches`` and ``max_patches`` tiles), the tiles row-major, then the thumbnail (the whole image in one tile)
+    when there is more than one tile; ``grid x grid`` tokens per tile, row-major."""
+    ip = image_processor
+    th, tw = size_value(ip.size, "height"), size_value(ip.size, "width")
+    cols = rows = 1
+    if getattr(ip, "crop_to_patches", False) and int(ip.max_patches) > 1:
+        from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import get_optimal_tiled_canvas
+
+        cols, rows = get_optimal_tiled_canvas((height, width), (th, tw), int(ip.min_patches), int(ip.max_patches))
+    sy, sx = height / (rows * th), width / (cols * tw)
+    tiles = [grid_rects(grid, grid, r * th * sy, c * tw * sx, th / grid * sy, tw / grid * sx)
+             for r in range(rows) for c in range(cols)]
+    if rows * cols > 1:
+        tiles.append(grid_rects(grid, grid, 0.0, 0.0, height / grid, width / grid))
+    return np.concatenate(tiles)
 
 
 # ----------------------------------------------------------------------------------------------
