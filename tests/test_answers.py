@@ -362,3 +362,37 @@ def test_cli_shows_headflow_warnings_as_one_line():
         assert "f.py:3" in warnings.formatwarning(UserWarning("other"), UserWarning, "f.py", 3)
     finally:
         warnings.formatwarning = saved
+
+
+# -- split images and several images: the tokens between image tokens are separators, never the question ----------
+
+
+def test_separators_are_in_no_group_and_not_in_the_question():
+    from headflow.models.groups import GROUP_NAMES, derive_groups
+
+    # ids: 0 text, 9 image, 5 a separator; "system" 2 tokens, 2 image runs around 2 separators, question 3, header 2
+    ids = [0, 0, 9, 9, 5, 5, 9, 9, 0, 0, 0, 7, 7]
+    groups = derive_groups(ids, image_token_id=9, header_tokens=2)
+    assert groups.image_runs == ((2, 3), (6, 7)) and groups.separators == (4, 5)
+    assert groups.image == (2, 3, 6, 7) and groups.question == (8, 9, 10) and groups.text_start == 8
+    assert groups.system == (0, 1) and groups.role == (11,) and groups.final == (12,)
+    described = groups.describe()
+    assert list(described) == [*GROUP_NAMES, "separators"] and described["separators"] == [4, 5]
+    assert not groups.mask("image")[[4, 5]].any() and not groups.mask("question")[[4, 5]].any()
+    # one image run: no separators, and the groups are what they always were
+    single = derive_groups([0, 9, 9, 0, 0, 7], image_token_id=9, header_tokens=1)
+    assert single.separators == () and single.question == (3, 4) and single.describe()["separators"] == []
+
+
+@pytest.mark.parametrize(("family", "between"), [("llava", ["<0x0A>"]),
+                                                 ("qwen2_vl", ["<|vision_end|>", "<|vision_start|>"])])
+def test_two_images_in_one_prompt_share_one_image_span(models, family, between):
+    """Two images: what the template writes between them is separators; the question is the same as with one."""
+    lm = models(family)
+    one_inputs, one = lm.encode(IMAGE, "What is the main object in the image?")
+    inputs, two = lm.encode([IMAGE, IMAGE], "What is the main object in the image?")
+    ids, one_ids = inputs["input_ids"][0].tolist(), one_inputs["input_ids"][0].tolist()
+    assert len(two.image_runs) == 2 and len(two.image) == 2 * len(one.image)
+    assert _tokens(lm, ids, two.separators) == between
+    assert _tokens(lm, ids, two.question) == _tokens(lm, one_ids, one.question)
+    assert _tokens(lm, ids, two.system) == _tokens(lm, one_ids, one.system)
