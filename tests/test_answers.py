@@ -38,9 +38,22 @@ GROUPS = {
                  ["Ċ"]),
 }
 GROUPS["qwen2_5_vl"] = GROUPS["qwen2_vl"]
+GROUPS["llava_onevision"] = (["<|im_start|>", "user", "Ċ"], ["Ċ"], ["<|im_end|>", "Ċ", "<|im_start|>", "assistant"], ["Ċ"])
+for _family, _bos in (("idefics3", "<|begin_of_text|>"), ("smolvlm", "<|im_start|>")):
+    GROUPS[_family] = ([_bos, "U", "ser", ":", "<fake_token_around_image>", "<row_1_col_1>"], ["<fake_token_around_image>"],
+                       ["<end_of_utterance>", "Ċ", "A", "ssistant"], [":"])
+# The tokens inside the image span between image tokens (tile and row markers), on IMAGE; every other family: none.
+_TILES = ["<fake_token_around_image>", "<row_1_col_2>", "Ċ", "<fake_token_around_image>", "<row_2_col_1>",
+          "<fake_token_around_image>", "<row_2_col_2>", "Ċ", "Ċ", "<fake_token_around_image>", "<global-img>"]
+GROUPS["aya_vision"] = (["<BOS_TOKEN>", "<|START_OF_TURN_TOKEN|>", "<|USER_TOKEN|>", "<|START_OF_IMG|>", *"TILE_1"],
+                        ["<|END_OF_IMG|>"], ["<|END_OF_TURN_TOKEN|>", "<|START_OF_TURN_TOKEN|>"], ["<|CHATBOT_TOKEN|>"])
+SEPARATORS = {"idefics3": _TILES, "smolvlm": _TILES,
+              "aya_vision": [*"TILE_2", *"TILE_3", *"TILE_4", *"TILE_GLOBAL"]}  # "TILE_i" is text: one piece a letter
 QUESTION_TOKENS = {"llama": ["W", "hat", "▁is", "▁the", "▁main", "▁object", "▁in", "▁the", "▁image", "?"],
                    "qwen2": ["W", "hat", "Ġis", "Ġthe", "Ġmain", "Ġobject", "Ġin", "Ġthe", "Ġimage", "?"]}
-STYLE = {"llava": "llama", "llava_next": "llama", "qwen2_vl": "qwen2", "qwen2_5_vl": "qwen2", "internvl": "qwen2"}
+STYLE = {"llava": "llama", "llava_next": "llama", "qwen2_vl": "qwen2", "qwen2_5_vl": "qwen2", "internvl": "qwen2",
+         "llava_onevision": "qwen2", "idefics3": "qwen2", "smolvlm": "qwen2",
+         "aya_vision": "qwen2"}
 LABELS = ["2", "3", "tv", "TV", "hydrant", "hairdryer", "toaster", "toilet", "hotdog", "hot", "cat"]
 
 
@@ -71,7 +84,12 @@ def test_groups_token_by_token_on_the_real_template(models, family):
     assert _tokens(lm, ids, groups.question) == [*question_start, *QUESTION_TOKENS[STYLE[family]]]
     assert _tokens(lm, ids, groups.role) == role  # LLaVA-NeXT-Mistral: the pieces of "[/INST]" but its last
     assert _tokens(lm, ids, groups.final) == final
+    assert _tokens(lm, ids, groups.separators) == SEPARATORS.get(family, [])
+    assert groups.describe()["separators"] == list(groups.separators)
     assert groups.empty() == []
+    # every position in exactly one group, or a separator
+    tagged = sorted([*groups.system, *groups.image, *groups.question, *groups.role, *groups.final, *groups.separators])
+    assert tagged == list(range(groups.length))
 
 
 def test_every_family_has_every_group(models):
@@ -365,3 +383,37 @@ def test_images_whose_label_cannot_be_written_are_skipped_not_fatal(tmp_path):
     with pytest.warns(HeadflowWarning, match="zebra"):
         flow = TokenFlow("default", keep_wrong=True, objects=False, progress=False, n_bootstrap=10).run(data)
     assert flow.summary["images"]["unanswerable"] == [data[1].id] and flow.summary["images"]["n_kept"] == 2
+
+
+# -- split images and several images: the tokens between image tokens are separators, never the question ----------
+
+
+def test_separators_are_in_no_group_and_not_in_the_question():
+    from headflow.models.groups import GROUP_NAMES, derive_groups
+
+    # ids: 0 text, 9 image, 5 a separator; "system" 2 tokens, 2 image runs around 2 separators, question 3, header 2
+    ids = [0, 0, 9, 9, 5, 5, 9, 9, 0, 0, 0, 7, 7]
+    groups = derive_groups(ids, image_token_id=9, header_tokens=2)
+    assert groups.image_runs == ((2, 3), (6, 7)) and groups.separators == (4, 5)
+    assert groups.image == (2, 3, 6, 7) and groups.question == (8, 9, 10) and groups.text_start == 8
+    assert groups.system == (0, 1) and groups.role == (11,) and groups.final == (12,)
+    described = groups.describe()
+    assert list(described) == [*GROUP_NAMES, "separators"] and described["separators"] == [4, 5]
+    assert not groups.mask("image")[[4, 5]].any() and not groups.mask("question")[[4, 5]].any()
+    # one image run: no separators, and the groups are what they always were
+    single = derive_groups([0, 9, 9, 0, 0, 7], image_token_id=9, header_tokens=1)
+    assert single.separators == () and single.question == (3, 4) and single.describe()["separators"] == []
+
+
+@pytest.mark.parametrize(("family", "between"), [("llava", ["<0x0A>"]),
+                                                 ("qwen2_vl", ["<|vision_end|>", "<|vision_start|>"])])
+def test_two_images_in_one_prompt_share_one_image_span(models, family, between):
+    """Two images: what the template writes between them is separators; the question is the same as with one."""
+    lm = models(family)
+    one_inputs, one = lm.encode(IMAGE, "What is the main object in the image?")
+    inputs, two = lm.encode([IMAGE, IMAGE], "What is the main object in the image?")
+    ids, one_ids = inputs["input_ids"][0].tolist(), one_inputs["input_ids"][0].tolist()
+    assert len(two.image_runs) == 2 and len(two.image) == 2 * len(one.image)
+    assert _tokens(lm, ids, two.separators) == between
+    assert _tokens(lm, ids, two.question) == _tokens(lm, one_ids, one.question)
+    assert _tokens(lm, ids, two.system) == _tokens(lm, one_ids, one.system)

@@ -112,3 +112,21 @@ def test_mask_of_wrong_shape_is_rejected(tiny_models):
     inputs, _ = lm.encode(image, QUESTION)
     with pytest.raises(HeadflowError, match=r"must have the image's shape \(64, 64\)"):
         token_coverage(lm, image, np.zeros((10, 10), dtype=bool), inputs)
+
+
+@pytest.mark.parametrize("family", ["idefics3", "smolvlm"])
+def test_split_image_geometry_matches_the_processed_tiles(tiny_models, family):
+    """Independent check: a white rectangle shows up in exactly the predicted 8x8-pixel blocks (patch 4 x pixel
+    shuffle 2) of each 32 px tile and of the global image, in the prompt's order (tiles row-major, then global)."""
+    lm = tiny_models(family)
+    mask = rect_mask(60, 90, 10, 50, 20, 70)
+    array = np.zeros((60, 90, 3), dtype=np.uint8)
+    array[mask] = 255
+    image = Image.fromarray(array)
+    inputs, groups = lm.encode(image, QUESTION)
+    tiles = inputs["pixel_values"][0].mean(1)  # (n_tiles + 1, 32, 32), normalised
+    assert tiles.shape[0] == 5 and len(groups.image) == 5 * 16  # 2x2 tiles + the global image
+    bright = (tiles > 0).float().view(5, 4, 8, 4, 8).mean((2, 4)).flatten().numpy()
+    cov = token_coverage(lm, image, mask, inputs)
+    np.testing.assert_allclose(bright, cov, atol=0.15)
+    assert cov[:16].max() > 0.9 and cov[-16:].max() > 0.9  # the rectangle is seen in a tile and in the global image

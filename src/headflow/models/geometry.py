@@ -23,6 +23,7 @@ math they share (:func:`grid_rects`, :func:`size_value`) and the entry points. N
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -31,7 +32,8 @@ from PIL import Image
 
 from ..errors import HeadflowError
 
-__all__ = ["token_rects", "token_coverage", "coverage_from_rects", "classify_tokens", "grid_rects", "size_value"]
+__all__ = ["anyres_rects", "split_image_rects", "tiles_and_thumbnail_rects", "token_rects", "token_coverage", "coverage_from_rects", "classify_tokens", "grid_rects",
+           "size_value"]
 
 #: token classes of :func:`classify_tokens`
 OBJECT, BACKGROUND, BOUNDARY, OTHER = "object", "background", "boundary", "other"
@@ -53,6 +55,111 @@ def grid_rects(n_rows: int, n_cols: int, y0: float, x0: float, cell_h: float, ce
     i, j = np.meshgrid(np.arange(n_rows), np.arange(n_cols), indexing="ij")
     i, j = i.ravel().astype(float), j.ravel().astype(float)
     return np.stack([y0 + i * cell_h, y0 + (i + 1) * cell_h, x0 + j * cell_w, x0 + (j + 1) * cell_w], -1)
+
+
+def anyres_rects(width: int, height: int, tile: int, grid: int, pinpoints: Any,
+                 max_num_patches: int | None = None) -> np.ndarray:
+    """LLaVA-NeXT / LLaVA-OneVision any-resolution geometry of one image (``width x height`` original pixels).
+
+    The base image (squashed to one ``tile x tile`` tile, ``grid x grid`` tokens), then the tile grid of the best
+    pinpoint (image resized keeping its aspect ratio, centred, padded), unpadded in feature units, row by row,
+    each row followed by a newline token (NaN). ``max_num_patches`` (OneVision's ``anyres_max_N``): where the
+    unpadded grid has more than ``N`` tiles' worth of tokens (ratio > 1.1), the model shrinks it bilinearly to
+    ``int(h // ratio) x int(w // ratio)`` tokens; each is then given the cells it is resampled from (an
+    approximation: bilinear weights reach half a cell further).
+    """
+    from transformers.image_processing_utils import select_best_resolution
+
+    base = grid_rects(grid, grid, 0.0, 0.0, height / grid, width / grid)
+    pinpoints = [list(p) for p in pinpoints]
+    bh, bw = select_best_resolution((height, width), pinpoints)
+    scale_w, scale_h = bw / width, bh / height
+    if scale_w < scale_h:
+        nw, nh = bw, min(math.ceil(height * scale_w), bh)
+    else:
+        nh, nw = bh, min(math.ceil(width * scale_h), bw)
+    paste_y, paste_x = (bh - nh) // 2, (bw - nw) // 2
+    fh, fw = (bh // tile) * grid, (bw // tile) * grid  # feature grid over the padded canvas
+    cell = tile / grid  # canvas px per feature cell
+    # unpad_image, in feature units
+    if width / height > fw / fh:
+        new_h = int(round(height * (fw / width), 7))
+        pad = (fh - new_h) // 2
+        r0, r1, c0, c1 = pad, fh - pad, 0, fw
+    else:
+        new_w = int(round(width * (fh / height), 7))
+        pad = (fw - new_w) // 2
+        r0, r1, c0, c1 = 0, fh, pad, fw - pad
+    n_rows, n_cols = r1 - r0, c1 - c0
+    step_r = step_c = 1.0
+    if max_num_patches is not None:
+        ratio = math.sqrt(n_rows * n_cols / (max_num_patches * grid**2))
+        if ratio > 1.1:
+            out_rows, out_cols = int(n_rows // ratio), int(n_cols // ratio)
+            step_r, step_c = n_rows / out_rows, n_cols / out_cols
+            n_rows, n_cols = out_rows, out_cols
+    sy, sx = height / nh, width / nw
+    rows = []
+    for r in range(n_rows):
+        y0 = ((r0 + r * step_r) * cell - paste_y) * sy
+        row = grid_rects(1, n_cols, y0, (c0 * cell - paste_x) * sx, step_r * cell * sy, step_c * cell * sx)
+        rows.extend([row, np.full((1, 4), np.nan)])
+    return np.concatenate([base, *rows])
+
+
+def split_image_rects(width: int, height: int, longest_edge: int | None, tile: int, grid: int,
+                      split: bool = True) -> np.ndarray:
+    """Idefics3 / SmolVLM geometry of one image (``width x height`` original pixels): the tiles, row-major, then
+    the global image; ``grid x grid`` tokens per tile (patches merged by the connector's pixel shuffle, row-major).
+
+    The processor resizes the longest edge to ``longest_edge`` (even short edge; None: no resize), then up to
+    multiples of ``tile`` (keeping the aspect ratio) and, when that is larger than one tile, cuts it into
+    ``tile x tile`` tiles followed by the whole image squashed to one tile. Without ``split`` (or when the image fits
+    one tile) there is only the whole image, squashed to one tile.
+    """
+    if not split:
+        return grid_rects(grid, grid, 0.0, 0.0, height / grid, width / grid)
+    from transformers.models.idefics3.image_processing_pil_idefics3 import get_resize_output_image_size
+
+    h, w = height, width
+    if longest_edge:
+        h, w = get_resize_output_image_size(np.broadcast_to(np.uint8(0), (1, height, width)), longest_edge)
+    # Idefics3ImageProcessorPil.resize_for_vision_encoder
+    aspect = w / h
+    if w >= h:
+        w = math.ceil(w / tile) * tile
+        h = math.ceil(int(w / aspect) / tile) * tile
+    else:
+        h = math.ceil(h / tile) * tile
+        w = math.ceil(int(h * aspect) / tile) * tile
+    whole = grid_rects(grid, grid, 0.0, 0.0, height / grid, width / grid)
+    if h <= tile and w <= tile:
+        return whole
+    sy, sx = height / h, width / w
+    cell_h, cell_w = tile / grid * sy, tile / grid * sx
+    tiles = [grid_rects(grid, grid, r * tile * sy, c * tile * sx, cell_h, cell_w)
+             for r in range(h // tile) for c in range(w // tile)]
+    return np.concatenate([*tiles, whole])
+
+
+def tiles_and_thumbnail_rects(width: int, height: int, image_processor: Any, grid: int) -> np.ndarray:
+    """GOT-OCR2-style dynamic tiling (InternVL, Aya Vision) of one image (``width x height`` original pixels): the
+    image resized to a ``cols x rows`` canvas of tiles chosen by aspect ratio (``crop_to_patches``, between
+    ``min_patches`` and ``max_patches`` tiles), the tiles row-major, then the thumbnail (the whole image in one tile)
+    when there is more than one tile; ``grid x grid`` tokens per tile, row-major."""
+    ip = image_processor
+    th, tw = size_value(ip.size, "height"), size_value(ip.size, "width")
+    cols = rows = 1
+    if getattr(ip, "crop_to_patches", False) and int(ip.max_patches) > 1:
+        from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import get_optimal_tiled_canvas
+
+        cols, rows = get_optimal_tiled_canvas((height, width), (th, tw), int(ip.min_patches), int(ip.max_patches))
+    sy, sx = height / (rows * th), width / (cols * tw)
+    tiles = [grid_rects(grid, grid, r * th * sy, c * tw * sx, th / grid * sy, tw / grid * sx)
+             for r in range(rows) for c in range(cols)]
+    if rows * cols > 1:
+        tiles.append(grid_rects(grid, grid, 0.0, 0.0, height / grid, width / grid))
+    return np.concatenate(tiles)
 
 
 # ----------------------------------------------------------------------------------------------

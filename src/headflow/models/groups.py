@@ -25,18 +25,27 @@ class TokenGroups:
     """Positions of each token group in one prompt of ``length`` tokens.
 
     ``system`` is everything before the first image token (system prompt and user header);
-    ``image`` the expanded image placeholder tokens (``image_runs`` lists each image separately);
-    ``question`` everything after the last image token up to the end of the user's question; ``role`` the
+    ``image`` the expanded image placeholder tokens (``image_runs``: each run of consecutive image tokens, i.e.
+    each image, or each tile / row of a split image); ``separators`` the other tokens inside the image span
+    (between the first and the last image token: the tile and row markers of a split image such as Idefics3's
+    ``<fake_token_around_image><row_1_col_2>`` or Pixtral's ``[IMG_BREAK]``, and whatever lies between two
+    images); ``question`` everything after the last image token up to the end of the user's question; ``role`` the
     template's tokens between the question and the answer (``header``: end of the user turn and assistant
     header), without its last token; ``final`` the last position, where the answer's first token is
     predicted. A group can be empty on some templates (``role`` when the header is one token):
     :meth:`empty` lists them, and knockouts that touch one are refused.
+
+    Separators are in no group of :data:`GROUP_NAMES`: they carry no pixels, so ``image`` (what ablations
+    replace and what a knockout with source ``"image"`` hides) is the image tokens alone, and they are not the
+    user's text, so ``question`` never holds them. They lie before :attr:`text_start`, in the shared prefix,
+    and :meth:`describe` lists them.
     """
 
     length: int
     image_runs: tuple[tuple[int, ...], ...]
     role_start: int
     header: str = ""
+    separators: tuple[int, ...] = ()
 
     @property
     def image(self) -> tuple[int, ...]:
@@ -57,8 +66,7 @@ class TokenGroups:
 
     @property
     def question(self) -> tuple[int, ...]:
-        image = set(self.image)
-        return tuple(p for p in range(self.first_image, self.role_start) if p not in image)
+        return tuple(range(self.text_start, self.role_start))
 
     @property
     def role(self) -> tuple[int, ...]:
@@ -81,7 +89,8 @@ class TokenGroups:
         return out
 
     def describe(self) -> dict[str, list[int]]:
-        return {name: list(self.positions(name)) for name in GROUP_NAMES}
+        """Positions of every group (:data:`GROUP_NAMES`), then ``separators`` (possibly empty)."""
+        return {**{name: list(self.positions(name)) for name in GROUP_NAMES}, "separators": list(self.separators)}
 
     def empty(self) -> list[str]:
         """Names of the groups with no token on this prompt (e.g. ``role`` on a one-token header)."""
@@ -136,7 +145,8 @@ def derive_groups(input_ids: Sequence[int], image_token_id: int, header_tokens: 
     """Token groups from the prompt ids and the number of tokens of the template's answer header at its end.
 
     The header (``role`` + ``final``) is the last ``header_tokens`` tokens; a header of no token leaves the
-    answer to be predicted right after the question, which no group layout can describe (an error).
+    answer to be predicted right after the question, which no group layout can describe (an error). The
+    non-image tokens between the first and the last image token are the ``separators``.
     """
     ids = list(input_ids)
     image_positions = [i for i, t in enumerate(ids) if t == image_token_id]
@@ -157,4 +167,6 @@ def derive_groups(input_ids: Sequence[int], image_token_id: int, header_tokens: 
     if role_start <= last_image:
         raise HeadflowError(f"The template's answer header {header!r} overlaps the image tokens; headflow needs the "
                             "question after the image.")
-    return TokenGroups(length=len(ids), image_runs=runs, role_start=role_start, header=header)
+    image = set(image_positions)
+    separators = tuple(p for p in range(runs[0][0], last_image) if p not in image)
+    return TokenGroups(length=len(ids), image_runs=runs, role_start=role_start, header=header, separators=separators)

@@ -113,7 +113,7 @@ def load_model(
     ----------
     spec : str, Path, or (model, processor)
         ``"default"`` (the embedded tiny LLaVA), ``"tiny:<family>"`` (random weights, built
-        locally: llava, llava_next, qwen2_vl, qwen2_5_vl, internvl), a local directory or hub id
+        locally: one of :func:`~headflow.models.adapter.family_names`), a local directory or hub id
         (loaded with ``AutoModelForImageTextToText`` and ``AutoProcessor``), or a loaded pair.
     device, dtype
         Where and in which precision to run. ``dtype=None`` keeps the checkpoint's dtype

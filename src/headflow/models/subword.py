@@ -152,11 +152,13 @@ def llama_tokenizer(special_tokens: Sequence[str] = (), *, image_token: str = "<
 
 def qwen2_tokenizer(special_tokens: Sequence[str], *, image_token: str,
                     extra_special_tokens: dict[str, str] | None = None, chat_template: str | None = None,
-                    eos_token: str = "<|im_end|>") -> Any:
+                    eos_token: str = "<|im_end|>", bos_token: str | None = None) -> Any:
     """A Qwen2-style byte-level BPE tokenizer (:class:`transformers.Qwen2Tokenizer`).
 
     Ids: the 256 byte symbols and trained pieces, then ``<|endoftext|>`` (padding) and ``special_tokens``
-    (ChatML's ``<|im_start|>``/``<|im_end|>``, vision markers), which are added tokens, never split.
+    (ChatML's ``<|im_start|>``/``<|im_end|>``, vision markers), which are added tokens, never split. The same
+    byte-level BPE stands in for the other byte-level vocabularies (Llama 3's, SmolLM2's, Mistral's Tekken);
+    ``bos_token`` names the token a chat template writes as ``bos_token`` (never added by the tokenizer itself).
     """
     from transformers import Qwen2Tokenizer
 
@@ -164,7 +166,8 @@ def qwen2_tokenizer(special_tokens: Sequence[str], *, image_token: str,
     named = {"image_token": image_token, **(extra_special_tokens or {})}
     tok = Qwen2Tokenizer(vocab=vocab, merges=_merges("qwen2"), eos_token=eos_token, pad_token="<|endoftext|>",
                          unk_token=None, extra_special_tokens=named, model_max_length=4096,
-                         **({"chat_template": chat_template} if chat_template is not None else {}))
+                         **({"chat_template": chat_template} if chat_template is not None else {}),
+                         **({"bos_token": bos_token} if bos_token is not None else {}))
     tok.add_tokens([t for t in dict.fromkeys(["<|endoftext|>", *special_tokens, *named.values()])],
                    special_tokens=True)
     return tok

@@ -99,8 +99,8 @@ _NO_VIDEO_PROCESSORS: dict[str, type] = {}
 def image_only_processor_cls(base_cls: type) -> type:
     """``base_cls`` without the ``video_processor`` sub-processor.
 
-    Qwen2VLProcessor / Qwen2_5_VLProcessor / InternVLProcessor require a video
-    processor, but in transformers 5.x every video processor needs torchvision (and a
+    Qwen2VLProcessor / Qwen2_5_VLProcessor / InternVLProcessor / LlavaOnevisionProcessor / SmolVLMProcessor
+    require a video processor, but in transformers 5.x every video processor needs torchvision (and a
     ``None`` video processor can neither be constructed nor saved).  Without
     torchvision we use this image-only subclass (named e.g. ``Qwen2VLProcessorNoVideo``);
     it is registered in ``PROCESSOR_MAPPING`` under a private string key so that
@@ -112,21 +112,26 @@ def image_only_processor_cls(base_cls: type) -> type:
     if name in _NO_VIDEO_PROCESSORS:
         return _NO_VIDEO_PROCESSORS[name]
 
-    # Explicit parameters (not **kwargs): ProcessorMixin derives the sub-processor list,
-    # the saved init kwargs and the accepted from_pretrained kwargs from __init__'s code.
-    if "image_seq_length" in inspect.signature(base_cls.__init__).parameters:  # InternVL
+    # Explicit parameters (not **kwargs): ProcessorMixin derives the sub-processor list, the saved init kwargs
+    # (inspect.signature) and the accepted from_pretrained kwargs (__code__.co_varnames) from __init__'s code, so
+    # the subclass's __init__ is written out with the base's own parameters, less the video processor.
+    params = [p for p in list(inspect.signature(base_cls.__init__).parameters.values())[1:]
+              if p.name != "video_processor" and p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+    defaults = {p.name: None if p.default is inspect.Parameter.empty else p.default for p in params}
+    source = (f"def __init__(self, {', '.join(f'{n}=_defaults[{n!r}]' for n in defaults)}, **kwargs):\n"
+              f"    _base.__init__(self, video_processor=None, {', '.join(f'{n}={n}' for n in defaults)}, **kwargs)\n")
+    namespace: dict[str, Any] = {"_base": base_cls, "_defaults": defaults}
+    exec(compile(source, f"<{name}.__init__>", "exec"), namespace)  # noqa: S102 - a fixed template of names
+    __init__ = namespace["__init__"]
 
-        def __init__(self, image_processor=None, tokenizer=None, image_seq_length=256, chat_template=None, **kwargs):
-            base_cls.__init__(
-                self, image_processor, tokenizer, None,
-                image_seq_length=image_seq_length, chat_template=chat_template, **kwargs,
-            )
-    else:
+    body = {"__init__": __init__, "__module__": __name__, "__doc__": base_cls.__doc__}
+    if base_cls.apply_chat_template is not ProcessorMixin.apply_chat_template:
+        # e.g. SmolVLMProcessor's reads its video processor's frame defaults: without video, the plain one
+        def apply_chat_template(self, conversation, chat_template=None, **kwargs):
+            return ProcessorMixin.apply_chat_template(self, conversation, chat_template, **kwargs)
 
-        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-            base_cls.__init__(self, image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
-
-    cls = type(name, (base_cls,), {"__init__": __init__, "__module__": __name__, "__doc__": base_cls.__doc__})
+        body["apply_chat_template"] = apply_chat_template
+    cls = type(name, (base_cls,), body)
     from transformers import AutoProcessor
 
     AutoProcessor.register(f"headflow_tiny_{name}", cls, exist_ok=True)

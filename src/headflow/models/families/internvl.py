@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from ...errors import HeadflowError
 from ..adapter import FamilyAdapter, register_adapter
-from ..geometry import grid_rects, size_value
+from ..geometry import tiles_and_thumbnail_rects
 from ..subword import qwen2_tokenizer
 from ..tiny import QWEN_SPECIAL_TOKENS, chat_template, image_only_processor_cls, seeded_model, tiny_lm_config
 
@@ -33,25 +31,12 @@ class InternVLAdapter(FamilyAdapter):
     def token_rects(self, image_size, inputs):
         """The image resized to a ``cols x rows`` canvas of tiles (row-major), then the thumbnail (whole image
         in one tile) when there is more than one tile; ``image_seq_length`` tokens per tile."""
-        processor = self.processor
         width, height = image_size
-        ip = processor.image_processor
-        th, tw = size_value(ip.size, "height"), size_value(ip.size, "width")
-        per_tile = int(getattr(processor, "image_seq_length", None) or self.model.config.image_seq_length)
+        per_tile = int(getattr(self.processor, "image_seq_length", None) or self.model.config.image_seq_length)
         q = int(round(math.sqrt(per_tile)))
         if q * q != per_tile:
             raise HeadflowError(f"InternVL patch geometry needs a square token grid per tile; got {per_tile} tokens.")
-        cols = rows = 1
-        if getattr(ip, "crop_to_patches", False) and int(ip.max_patches) > 1:
-            from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import get_optimal_tiled_canvas
-
-            cols, rows = get_optimal_tiled_canvas((height, width), (th, tw), int(ip.min_patches), int(ip.max_patches))
-        sy, sx = height / (rows * th), width / (cols * tw)
-        tiles = [grid_rects(q, q, r * th * sy, c * tw * sx, th / q * sy, tw / q * sx)
-                 for r in range(rows) for c in range(cols)]
-        if rows * cols > 1:
-            tiles.append(grid_rects(q, q, 0.0, 0.0, height / q, width / q))
-        return np.concatenate(tiles)
+        return tiles_and_thumbnail_rects(width, height, self.processor.image_processor, q)
 
     @classmethod
     def tiny(cls, seed=0):

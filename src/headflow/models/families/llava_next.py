@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import math
-
-import numpy as np
-
 from ...errors import HeadflowError
 from ..adapter import FamilyAdapter, register_adapter
-from ..geometry import grid_rects
+from ..geometry import anyres_rects
 from ..subword import llama_tokenizer
 from ..tiny import chat_template, clip_vision_config, seeded_model, tiny_lm_config
 
@@ -21,42 +17,14 @@ class LlavaNextAdapter(FamilyAdapter):
     def token_rects(self, image_size, inputs):
         """Anyres: base image (squashed to the tile size), then the unpadded tile grid row by row, each row
         followed by a newline token (NaN)."""
-        from transformers.image_processing_utils import select_best_resolution
-
         config = self.model.config
         width, height = image_size
-        ip = self.processor.image_processor
-        tile = int(config.vision_config.image_size)
-        g = tile // int(config.vision_config.patch_size)
-        base = grid_rects(g, g, 0.0, 0.0, height / g, width / g)
         if getattr(config, "vision_feature_select_strategy", "default") == "full":
             raise HeadflowError("Patch geometry for LLaVA-NeXT with vision_feature_select_strategy='full' is not "
                                 "supported; object/background analysis needs the 'default' strategy.")
-        pinpoints = [list(p) for p in (getattr(config, "image_grid_pinpoints", None) or ip.image_grid_pinpoints)]
-        bh, bw = select_best_resolution((height, width), pinpoints)
-        scale_w, scale_h = bw / width, bh / height
-        if scale_w < scale_h:
-            nw, nh = bw, min(math.ceil(height * scale_w), bh)
-        else:
-            nh, nw = bh, min(math.ceil(width * scale_h), bw)
-        paste_y, paste_x = (bh - nh) // 2, (bw - nw) // 2
-        fh, fw = (bh // tile) * g, (bw // tile) * g  # feature grid over the padded canvas
-        cell = tile / g  # canvas px per feature cell
-        # unpad_image, in feature units
-        if width / height > fw / fh:
-            new_h = int(round(height * (fw / width), 7))
-            pad = (fh - new_h) // 2
-            r0, r1, c0, c1 = pad, fh - pad, 0, fw
-        else:
-            new_w = int(round(width * (fh / height), 7))
-            pad = (fw - new_w) // 2
-            r0, r1, c0, c1 = 0, fh, pad, fw - pad
-        sy, sx = height / nh, width / nw
-        rows = []
-        for r in range(r0, r1):
-            row = grid_rects(1, c1 - c0, (r * cell - paste_y) * sy, (c0 * cell - paste_x) * sx, cell * sy, cell * sx)
-            rows.extend([row, np.full((1, 4), np.nan)])
-        return np.concatenate([base, *rows])
+        pinpoints = getattr(config, "image_grid_pinpoints", None) or self.processor.image_processor.image_grid_pinpoints
+        tile = int(config.vision_config.image_size)
+        return anyres_rects(width, height, tile, tile // int(config.vision_config.patch_size), pinpoints)
 
     @classmethod
     def tiny(cls, seed=0):
