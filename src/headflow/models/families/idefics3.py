@@ -4,6 +4,8 @@ ended by ``\\n``, then ``\\n<fake_token_around_image><global-img>`` and the whol
 
 from __future__ import annotations
 
+import importlib.util
+
 from ...errors import HeadflowError
 from ..adapter import FamilyAdapter, register_adapter
 from ..geometry import size_value, split_image_rects
@@ -82,8 +84,6 @@ class SmolVLMAdapter(Idefics3Adapter):
         )
         from transformers.models.smolvlm.configuration_smolvlm import SmolVLMVisionConfig
         from transformers.utils import is_torchvision_available
-
-        import importlib.util
 
         if importlib.util.find_spec("num2words") is None:  # transformers' SmolVLMProcessor refuses to start without it
             raise HeadflowError("tiny:smolvlm needs the num2words package (SmolVLM's processor uses it); install it "
