@@ -65,6 +65,10 @@ class ForwardState:
     capture_attention: bool = False
     capture_all_queries: bool = False  # full path only: ``image_attention[layer]`` is ``(B, H, Q)``, differentiable
     image_attention: dict[int, torch.Tensor] = field(default_factory=dict)
+    #: replayed: each layer's attention mask (bool ``[1, 1, Q, K]``), used instead of the one the layer receives
+    masks: list[torch.Tensor] | None = None
+    #: recording: each layer's mask as received, whether the layer is causal, and its sliding window
+    mask_record: dict[int, tuple[Any, bool, int | None]] | None = None
 
     def touches(self, layer: int) -> bool:
         if self.capture_attention or self.capture_all_queries:
@@ -122,6 +126,13 @@ def headflow_attention(
                                       **kwargs)
     layer = int(module.layer_idx)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    if state.masks is not None:
+        attention_mask = state.masks[layer]
+    if state.mask_record is not None:
+        window = kwargs.get("sliding_window", getattr(module, "sliding_window", None))
+        causal = kwargs.get("is_causal")
+        state.mask_record[layer] = (attention_mask, bool(getattr(module, "is_causal", True) if causal is None else causal),
+                                    int(window) if window else None)
     if state.record is not None:
         state.record[layer] = (key.detach(), value.detach())
     if state.mode == "prefix":

@@ -226,6 +226,15 @@ class FamilyAdapter:
     def text_config(self) -> Any:
         return self.model.config.get_text_config()
 
+    def output_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits ``[..., vocab]`` of the language model's last hidden states, as the model's own forward computes
+        them after its language model: the output head, then any final logit soft-capping."""
+        logits = self.model.get_output_embeddings()(hidden)
+        cap = getattr(self.text_config(), "final_logit_softcapping", None)
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
     def image_token_id(self) -> int:
         config = self.model.config
         for attr in ("image_token_id", "image_token_index"):
