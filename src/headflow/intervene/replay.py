@@ -253,7 +253,7 @@ def replay_kwargs(recorded: RecordedInputs, start: int, rows: int,
             raise HeadflowError("The language model receives DeepStack features without their positions.")
         if start and not bool(visual[:, start:].any()):
             out.pop("visual_pos_masks", None)  # no image position is run: nothing to add
-            out.pop("deepstack_visual_embeds")
+            out.pop("deepstack_visual_embeds", None)
         elif start:
             raise HeadflowError("DeepStack features at positions after the prefix; use the full path.")
         else:

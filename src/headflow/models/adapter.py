@@ -214,6 +214,9 @@ class FamilyAdapter:
     model_types: ClassVar[tuple[str, ...]] = ()
     #: sub-config of the language model, as ``set_attn_implementation`` expects it
     text_config_key: ClassVar[str] = "text_config"
+    #: the prompt text already holds the tokenizer's special tokens (a chat template that writes ``<bos>``): the
+    #: processor is called with ``add_special_tokens=False``, as ``apply_chat_template(tokenize=True)`` does
+    prompt_has_special_tokens: ClassVar[bool] = False
 
     def __init__(self, model: torch.nn.Module, processor: Any) -> None:
         self.model = model
@@ -277,7 +280,8 @@ class FamilyAdapter:
         if not images:
             raise HeadflowError("A prompt needs at least one image; pass image=PIL.Image.")
         text = self.prompt_text(question, n_images=len(images))
-        inputs = self.processor(text=[text], images=list(images), return_tensors="pt")
+        extra = {"add_special_tokens": False} if self.prompt_has_special_tokens else {}
+        inputs = self.processor(text=[text], images=list(images), return_tensors="pt", **extra)
         ids = inputs["input_ids"][0].tolist()
         header = answer_header(lambda q: self.prompt_text(q, n_images=len(images)))
         n_header = header_token_count(self.tokenizer(), text, header)
