@@ -15,6 +15,10 @@ INVARIANTS = ["a_clean_vs_hf", "b_identity_ablation", "c_prefix_vs_full", "d_sam
 CHECK_FIELDS = {"name", "description", "passed", "max_abs_diff", "tolerance", "error", "worst", "paths", "failure"}
 
 
+#: families on which auto takes the full path, and what the reason says (PaliGemma: a prefix-LM)
+FULL_PATH_FAMILIES = {"paligemma": "a bidirectional prefix"}
+
+
 @pytest.mark.parametrize("family", family_names())
 def test_check_json_passes_every_invariant_on_every_family(family):
     result = runner.invoke(app, ["check", "--model", f"tiny:{family}", "--json"])
@@ -24,8 +28,13 @@ def test_check_json_passes_every_invariant_on_every_family(family):
     for c in report["checks"]:
         assert set(c) == CHECK_FIELDS, c
         assert c["passed"] and c["error"] is None and c["failure"] is None and c["max_abs_diff"] <= c["tolerance"]
-    assert report["path"]["auto"] == "prefix" and report["path"]["not_compared"] == {}
     c = report["checks"][2]
+    if family in FULL_PATH_FAMILIES:  # the model's own mask rules the prefix path out, and the report says why
+        assert report["path"]["auto"] == "full" and FULL_PATH_FAMILIES[family] in report["path"]["auto_reason"]
+        assert c["paths"]["compared"] == ["auto", "full"] and FULL_PATH_FAMILIES[family] in \
+            c["paths"]["not_compared"]["prefix"]
+        return
+    assert report["path"]["auto"] == "prefix" and report["path"]["not_compared"] == {}
     assert c["paths"]["compared"] == ["auto", "full", "prefix"] and c["paths"]["auto"] == "prefix"
 
 

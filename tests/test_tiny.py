@@ -38,6 +38,12 @@ def _inputs(processor, image):
     return processor(text=prompt, images=[image], return_tensors="pt")
 
 
+def _image_token_id(processor) -> int:
+    """The id of the token the processor repeats per image feature (Gemma3Processor.image_token_id is the
+    begin-of-image token; the tokenizer's image_token is the soft token)."""
+    return getattr(processor.tokenizer, "image_token_id", None) or processor.image_token_id
+
+
 def _num_image_features(model, inputs) -> int:
     vision_inputs = {k: v for k, v in inputs.items() if k not in _NON_VISION_KEYS}
     with torch.no_grad():
@@ -64,8 +70,9 @@ def test_forward_and_image_tokens(tiny):
     assert vocab == len(processor.tokenizer)
     assert logits.shape == (1, inputs["input_ids"].shape[1], vocab)
     assert torch.isfinite(logits).all()
-    n_tokens = int((inputs["input_ids"] == processor.image_token_id).sum())
-    assert processor.image_token_id == model.config.image_token_id
+    image_token_id = _image_token_id(processor)
+    n_tokens = int((inputs["input_ids"] == image_token_id).sum())
+    assert image_token_id == model.config.image_token_id
     assert n_tokens > 0 and n_tokens == _num_image_features(model, inputs)
 
 
