@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 from ...errors import HeadflowError
 from ..adapter import FamilyAdapter, register_adapter
 from ..geometry import grid_rects
@@ -58,4 +60,11 @@ class Gemma3Adapter(FamilyAdapter):
         config = Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=TINY_TOKENS,
                               boi_token_index=conv("<start_of_image>"), eoi_token_index=conv("<end_of_image>"),
                               image_token_index=conv("<image_soft_token>"), tie_word_embeddings=True)
-        return seeded_model(Gemma3ForConditionalGeneration, config, seed), processor
+        model = seeded_model(Gemma3ForConditionalGeneration, config, seed)
+        # Gemma 3 initialises its image projection to zeros: every image token would embed as 0 and the tiny model
+        # would see no image at all. A seeded random projection (image embeddings of about the text's norm).
+        projection = model.model.multi_modal_projector.mm_input_projection_weight
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            projection.copy_(torch.randn(projection.shape, generator=generator) * 0.05)
+        return model, processor
