@@ -196,7 +196,7 @@ def test_bad_inputs_give_one_line_errors(llava):
         engine.run(prompt, [Intervention(knockouts=(Knockout("image", "answer"),))])
     with pytest.raises(HeadflowError, match="no baseline was given"):
         engine.run(prompt, [Intervention(ablate=[(0, 0)])])
-    with pytest.raises(HeadflowError, match="Unknown family 'gpt9'. Supported: internvl, llava"):
+    with pytest.raises(HeadflowError, match=f"Unknown family 'gpt9'. Supported: {', '.join(family_names())}."):
         load_model("tiny:gpt9")
     with pytest.raises(HeadflowError, match="at least one image"):
         lm.encode([], CHECK_QUESTION)

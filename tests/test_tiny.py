@@ -26,7 +26,7 @@ from headflow.models.tiny import build_tiny
 
 QUESTION = "What is the main object in the image? Answer with one word."
 MESSAGES = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
-_NON_VISION_KEYS = {"input_ids", "attention_mask", "mm_token_type_ids"}
+_NON_VISION_KEYS = {"input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids", "labels"}
 
 
 def _image(h: int = 40, w: int = 60) -> Image.Image:
@@ -34,7 +34,10 @@ def _image(h: int = 40, w: int = 60) -> Image.Image:
 
 
 def _inputs(processor, image):
-    prompt = processor.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=False)
+    if processor.chat_template is None:  # PaliGemma: the processor builds the prompt around "<image>" + question
+        prompt = processor.image_token + QUESTION
+    else:
+        prompt = processor.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=False)
     return processor(text=prompt, images=[image], return_tensors="pt")
 
 
