@@ -178,3 +178,21 @@ def test_an_intervention_leaves_nothing_behind_on_the_model(tiny_models, family)
     with torch.no_grad():
         plain = lm.model(**prompt.inputs).logits[0, -1].float()
     assert torch.allclose(plain, prompt.clean_logits, atol=1e-5)
+
+
+def test_an_input_of_an_unknown_kind_is_refused_in_one_line():
+    """Never silently left out: a language-model input without a replay rule stops prepare() with one line."""
+    from headflow.intervene.replay import recorded_inputs
+
+    embeds = torch.zeros(1, 3, 8)
+    masks = {0: (None, True, None)}
+    with pytest.raises(HeadflowError) as caught:
+        recorded_inputs({"inputs_embeds": embeds, "rope_scales": torch.ones(1, 3)}, masks, 1, "SomeVLM")
+    assert str(caught.value) == ("SomeVLM passes 'rope_scales' to its language model, an input headflow does not know "
+                                 "how to replay; add it to headflow.intervene.replay.REPLAY with its rule.")
+    with pytest.raises(HeadflowError, match="did not pass inputs_embeds"):
+        recorded_inputs({"input_ids": torch.zeros(1, 3, dtype=torch.long)}, masks, 1, "SomeVLM")
+    kept = recorded_inputs({"inputs_embeds": embeds, "use_cache": False, "flag": True}, masks, 1, "SomeVLM")
+    assert set(kept.kwargs) == {"inputs_embeds", "flag", "position_ids"}
+    assert kept.kwargs["position_ids"].tolist() == [[0, 1, 2]]
+    assert torch.equal(kept.masks[0], torch.ones(3, 3).tril().bool())

@@ -131,8 +131,8 @@ def headflow_attention(
     if state.mask_record is not None:
         window = kwargs.get("sliding_window", getattr(module, "sliding_window", None))
         causal = kwargs.get("is_causal")
-        state.mask_record[layer] = (attention_mask, bool(getattr(module, "is_causal", True) if causal is None else causal),
-                                    int(window) if window else None)
+        causal = bool(getattr(module, "is_causal", True) if causal is None else causal)
+        state.mask_record[layer] = (attention_mask, causal, int(window) if window else None)
     if state.record is not None:
         state.record[layer] = (key.detach(), value.detach())
     if state.mode == "prefix":

@@ -1,8 +1,11 @@
 """The intervention engine: prepare a prompt once (clean run, prefix cache), then run many rows.
 
+Both paths re-run the language model alone on what it received on the clean run (:mod:`.replay`: its inputs and
+each layer's own mask), then the model's output head; the prefix path is taken where those masks make it exact.
+
 Where state lives: a :class:`PreparedPrompt` holds one image's clean logits, its recorded keys and
-values (per layer, post-RoPE, ``[1, kv_head, position, head_dim]``) and the suffix's token ids and
-position ids. It lives as long as the caller keeps it. The model itself is only changed inside
+values (per layer, post-RoPE, ``[1, kv_head, position, head_dim]``) and the language model's recorded inputs and
+masks. It lives as long as the caller keeps it. The model itself is only changed inside
 :func:`~headflow.intervene.attention.attention_scope` for the duration of one call.
 """
 

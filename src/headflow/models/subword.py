@@ -29,7 +29,8 @@ from typing import Any
 
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
 
-__all__ = ["CORPUS_WORDS", "DATA_DIR", "RARE_WORDS", "gemma_tokenizer", "llama_tokenizer", "qwen2_tokenizer", "train_bpe", "trained_bpe"]
+__all__ = ["CORPUS_WORDS", "DATA_DIR", "RARE_WORDS", "gemma_tokenizer", "llama_tokenizer",
+           "qwen2_tokenizer", "train_bpe", "trained_bpe"]
 
 #: Words seen often in the training corpus: they end up as whole pieces (with their leading-space marker).
 CORPUS_WORDS: tuple[str, ...] = (
