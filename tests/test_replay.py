@@ -96,8 +96,9 @@ def test_qwen3_vl_deepstack_features_are_replayed_and_matter(tiny_models):
 
 
 def test_gemma3_sliding_window_shorter_than_the_prompt():
-    """Gemma 3 with a sliding window shorter than the prompt (and the bidirectional image block): the model's own
-    mask rules out the prefix path, and the full path equals the slow reference, which applies that mask."""
+    """Gemma 3 with a sliding window shorter than the prompt (and the bidirectional image block): the prefix path
+    applies the window inside its prefix blocks; it, the full path and a teacher-forced continuation (the window
+    carried past the prompt) equal the slow reference / the model's own forward."""
     from transformers import Gemma3ForConditionalGeneration
 
     from headflow.models.tiny import seeded_model
@@ -111,23 +112,30 @@ def test_gemma3_sliding_window_shorter_than_the_prompt():
     assert prompt.recorded.windows == [8, None]
     sliding, full = prompt.recorded.masks
     assert not bool(sliding[-1, 0]) and bool(full[-1, 0])
-    why = engine.prefix_path_reason(prompt)
-    assert why == (f"the language model attends within a sliding window of 8 tokens, shorter than this prompt's "
-                   f"{prompt.groups.length} tokens")
+    assert engine.prefix_path_reason(prompt) is None
     gen = torch.Generator().manual_seed(3)
     ablate = torch.rand(lm.n_layers, lm.n_heads, generator=gen) < 0.5
     ablate[0, 1] = True
     positions = prompt.groups.describe()
-    out = engine.run(prompt, [Intervention(ablate=ablate, knockouts=(Knockout("question", "final"),))],
-                     baseline=Baseline.knockout())
-    assert out.path == "full" and out.reason == why
+    row = Intervention(ablate=ablate, knockouts=(Knockout("question", "final"),))
     want = reference_logits(lm, prompt.inputs, prompt.groups, ReferenceRow(ablate=ablate, knockouts=[
         (range(lm.n_layers), range(lm.n_heads), positions["final"], positions["question"])]))
-    assert float((out.logits[0] - want).abs().max()) <= 1e-4
     assert float((want - prompt.clean_logits).abs().max()) > 1e-4
+    for path in ("prefix", "full", "auto"):
+        out = engine.run(prompt, [row], baseline=Baseline.knockout(), path=path)
+        assert out.path == ("full" if path == "full" else "prefix") and (out.reason is None) == (out.path == "prefix")
+        assert float((out.logits[0] - want).abs().max()) <= 1e-4, path
+    ids = [5, 6, 7, 8, 9, 10, 11, 12, 13]  # past the window's reach from the prompt's last position
+    inputs = dict(prompt.inputs)
+    inputs["input_ids"] = torch.cat([inputs["input_ids"], torch.tensor([ids])], 1)
+    for key in ("attention_mask", "token_type_ids"):
+        inputs[key] = torch.cat([inputs[key], torch.full((1, len(ids)), int(key == "attention_mask"))], 1)
     with torch.no_grad():
-        plain = lm.model(**prompt.inputs).logits[0, -1].float()
-    assert float((engine.run(prompt, [Intervention()]).logits[0] - plain).abs().max()) <= 1e-4
+        reference = lm.model(**inputs).logits[0, -len(ids) - 1:].float()
+    for path in ("prefix", "full"):
+        out = engine.run(prompt, [Intervention()], continuation=ids, path=path)
+        assert float((out.logits[0] - reference[0]).abs().max()) <= 1e-4, path
+        assert float((out.continuation_logits[0] - reference[1:]).abs().max()) <= 1e-4, path
 
 
 def test_extended_mask_continues_causally_within_the_window():

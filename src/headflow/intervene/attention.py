@@ -67,6 +67,9 @@ class ForwardState:
     image_attention: dict[int, torch.Tensor] = field(default_factory=dict)
     #: replayed: each layer's attention mask (bool ``[1, 1, Q, K]``), used instead of the one the layer receives
     masks: list[torch.Tensor] | None = None
+    #: prefix path: per layer, the prefix keys the model's own mask hides from the queries run (bool ``[S, prefix]``,
+    #: True = hidden; None where it hides none)
+    prefix_hidden: list[torch.Tensor | None] | None = None
     #: recording: each layer's mask as received, whether the layer is causal, and its sliding window
     mask_record: dict[int, tuple[Any, bool, int | None]] | None = None
 
@@ -302,6 +305,11 @@ def _prefix_path_attention(query, key, value, mask, scale, state: ForwardState, 
     blocked = None
     if state.batch is not None:
         blocked = state.batch.blocked(layer, q_pos, torch.arange(offset + s, device=device))
+    hidden = state.prefix_hidden[layer] if state.prefix_hidden is not None else None
+    if hidden is not None:  # the model's own mask hides some prefix keys (a sliding window): applied like a knockout
+        masked = torch.zeros(s, offset + s, dtype=torch.bool, device=device)
+        masked[:, :offset] = hidden
+        blocked = masked.expand(batch, n_heads, s, offset + s) if blocked is None else blocked | masked
     ablated = state.batch.ablated_heads(layer) if state.batch is not None else None
     swap = ablated is not None and state.baseline_kind != "none"
     folded_q = _fold(query, n_kv)

@@ -302,11 +302,12 @@ class InterventionEngine:
         """Why the prefix path cannot serve ``prompt`` (and ``rows``, if given); ``None`` when it can.
 
         Read from the model's own attention masks, recorded per layer on the clean run (:mod:`.replay`): the
-        prefix path attends the shared prefix (system + image) whole and reuses its keys and values, so it is
-        valid exactly when every query after the prefix may attend every prefix position (not so under a sliding
-        window shorter than the prompt) and no prefix query attends a position after the prefix (not so in a
-        prefix-LM such as PaliGemma, whose image and prompt attend each other). With ``rows``, also not when a row
-        intervenes on a query at or before the image (the prefix is computed once, without interventions).
+        prefix path reuses the shared prefix's (system + image) keys and values from the clean run, so it is valid
+        exactly when no prefix query attends a position after the prefix (not so in a prefix-LM such as PaliGemma,
+        whose image and prompt attend each other). Which prefix positions each later query may attend is taken
+        from the same masks and applied inside the prefix blocks (a sliding window shorter than the prompt hides
+        the oldest). With ``rows``, also not when a row intervenes on a query at or before the image (the prefix
+        is computed once, without interventions).
         ``run(path="auto")`` takes the full path exactly when this returns a reason; ``run(path="prefix")``
         raises with it.
         """
@@ -368,7 +369,9 @@ class InterventionEngine:
         state = self._state(prompt, chunk, baseline, "prefix" if start else "full", capture)
         n_appended = 0 if extra is None else extra[0].shape[1]
         kwargs = replay_kwargs(prompt.recorded, start, chunk.size, extra)
-        state.masks = replay_masks(prompt.recorded, start, n_appended, self.lm.device)
+        state.masks, hidden = replay_masks(prompt.recorded, start, n_appended, self.lm.device)
+        if start:
+            state.prefix_hidden = hidden
         with self._scope():
             out = self.lm.adapter.language_model()(**kwargs, use_cache=False, **{STATE_KWARG: state})
             logits = self.lm.adapter.output_logits(out.last_hidden_state[:, -(1 + n_appended):])

@@ -172,38 +172,34 @@ def extended_mask(mask: torch.Tensor, window: int | None, appended: int) -> torc
     return out
 
 
-def replay_masks(recorded: RecordedInputs, start: int, appended: int, device: torch.device) -> list[torch.Tensor]:
-    """Per layer, the bool mask ``[1, 1, S, S]`` of the positions run (``start`` on, appended tokens included)."""
-    out: dict[tuple[int, int | None], torch.Tensor] = {}
-    masks = []
+def replay_masks(recorded: RecordedInputs, start: int, appended: int,
+                 device: torch.device) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+    """Per layer, the bool mask ``[1, 1, S, S]`` among the positions run (``start`` on, appended tokens included),
+    and, on the prefix path (``start`` > 0), which prefix keys the mask hides from them (bool ``[S, start]``, True
+    = hidden; None where it hides none, e.g. a sliding window that covers the prompt)."""
+    done: dict[tuple[int, int | None], tuple[torch.Tensor, torch.Tensor | None]] = {}
+    masks, hidden = [], []
     for mask, window in zip(recorded.masks, recorded.windows):
         key = (id(mask), window)
-        if key not in out:
-            out[key] = extended_mask(mask, window, appended)[start:, start:][None, None].to(device)
-        masks.append(out[key])
-    return masks
+        if key not in done:
+            full = extended_mask(mask, window, appended)
+            hides = ~full[start:, :start]
+            done[key] = (full[start:, start:][None, None].to(device), hides.to(device) if bool(hides.any()) else None)
+        masks.append(done[key][0])
+        hidden.append(done[key][1])
+    return masks, hidden
 
 
 def prefix_violation(recorded: RecordedInputs, prefix_length: int, appended: int) -> str | None:
     """Why the model's own mask rules out the prefix path for this prompt (``None`` if it allows it).
 
-    The prefix path is exact when every query from ``prefix_length`` on attends every prefix key (the prefix
-    block is attended whole) and no prefix query attends a later key (the prefix keys and values, recorded once,
-    do not depend on the suffix).
+    The prefix path reuses the prefix keys and values of the clean run, so it is exact when no prefix query
+    attends a later position (they do not depend on the suffix). Which prefix keys each later query may attend
+    (all of them under a causal mask, those within the window under a sliding window) is applied inside the
+    prefix blocks (:func:`replay_masks`).
     """
-    total = recorded.length + appended
     for layer, mask, window in recorded.distinct_masks():
-        full = extended_mask(mask, window, appended)
-        hidden = ~full[prefix_length:, :prefix_length]
-        if bool(hidden.any()):
-            q, k = (int(i) for i in hidden.nonzero()[0])
-            q += prefix_length
-            if window is not None and q - k >= window:
-                return (f"the language model attends within a sliding window of {window} tokens, shorter than this "
-                        f"prompt's {total} tokens")
-            return (f"the model's own mask in layer {layer} hides position {k} of the prefix from the query at "
-                    f"position {q}")
-        ahead = full[:prefix_length, prefix_length:]
+        ahead = extended_mask(mask, window, appended)[:prefix_length, prefix_length:]
         if bool(ahead.any()):
             q, k = (int(i) for i in ahead.nonzero()[0])
             return (f"the model's own mask in layer {layer} lets the prefix query at position {q} attend position "
