@@ -204,3 +204,21 @@ def test_an_input_of_an_unknown_kind_is_refused_in_one_line():
     assert set(kept.kwargs) == {"inputs_embeds", "flag", "position_ids"}
     assert kept.kwargs["position_ids"].tolist() == [[0, 1, 2]]
     assert torch.equal(kept.masks[0], torch.ones(3, 3).tril().bool())
+
+
+@pytest.mark.parametrize("family", ["qwen3_vl", "gemma3"])
+def test_two_images_of_the_same_size_keep_their_own_inputs(tiny_models, family):
+    """The record belongs to each prepared prompt (nothing keyed by prompt length on the model or adapter): two
+    images of the same size, prepared one after the other, each replay to their own logits, on both paths."""
+    lm = tiny_models(family)
+    engine = InterventionEngine(lm)
+    first = engine.prepare(check_image(seed=0), CHECK_QUESTION)
+    second = engine.prepare(check_image(seed=1), CHECK_QUESTION)
+    assert first.groups.length == second.groups.length
+    assert float((first.clean_logits - second.clean_logits).abs().max()) > 1e-4
+    for prompt in (first, second):
+        with torch.no_grad():
+            plain = lm.model(**prompt.inputs).logits[0, -1].float()
+        for path in ("prefix", "full"):
+            got = engine.run(prompt, [Intervention()], path=path).logits[0]
+            assert float((got - plain).abs().max()) <= 1e-4, (family, path)
