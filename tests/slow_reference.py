@@ -4,8 +4,10 @@ each head's attention written out by hand.
 Independent of headflow's engine: nothing here imports ``headflow.intervene`` (no prefix cache, no block merge,
 no SDPA kernel, no folded queries, no compiled batches). The reference registers its own attention function
 with transformers' ``AttentionInterface`` and transformers' own ``eager_mask`` as its mask function, so each
-layer receives the model's post-RoPE queries, keys and values and the model's own causal mask (sliding window
-included) from transformers; then, per query head, it computes ``softmax(q k^T * scale + mask) v`` in float64
+layer receives the model's post-RoPE queries, keys and values and the model's own mask from transformers,
+whatever builds it (causal, sliding window, Gemma 3's bidirectional image block and PaliGemma's bidirectional
+prefix, both built by the top-level model from ``token_type_ids`` through the same mask interface; the test
+checks that the reference's clean run equals the plain forward, so a mask it missed would fail there); then, per query head, it computes ``softmax(q k^T * scale + mask) v`` in float64
 with the row's intervention applied literally:
 
 * **ablation** of head ``(layer, h)``: queries at or after the text start see, at image positions, the

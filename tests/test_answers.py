@@ -37,7 +37,7 @@ GROUPS = {
     "internvl": (["<|im_start|>", "user", "Ċ", "<img>"], ["</img>", "Ċ"], ["<|im_end|>", "Ċ", "<|im_start|>", "assistant"],
                  ["Ċ"]),
 }
-GROUPS["qwen2_5_vl"] = GROUPS["qwen2_vl"]
+GROUPS["qwen2_5_vl"] = GROUPS["qwen3_vl"] = GROUPS["qwen2_vl"]  # Qwen3-VL: Qwen2-VL's template (templates/SOURCES.md)
 GROUPS["llava_onevision"] = (["<|im_start|>", "user", "Ċ"], ["Ċ"], ["<|im_end|>", "Ċ", "<|im_start|>", "assistant"], ["Ċ"])
 for _family, _bos in (("idefics3", "<|begin_of_text|>"), ("smolvlm", "<|im_start|>")):
     GROUPS[_family] = ([_bos, "U", "ser", ":", "<fake_token_around_image>", "<row_1_col_1>"], ["<fake_token_around_image>"],
@@ -49,11 +49,17 @@ GROUPS["aya_vision"] = (["<BOS_TOKEN>", "<|START_OF_TURN_TOKEN|>", "<|USER_TOKEN
                         ["<|END_OF_IMG|>"], ["<|END_OF_TURN_TOKEN|>", "<|START_OF_TURN_TOKEN|>"], ["<|CHATBOT_TOKEN|>"])
 SEPARATORS = {"idefics3": _TILES, "smolvlm": _TILES,
               "aya_vision": [*"TILE_2", *"TILE_3", *"TILE_4", *"TILE_GLOBAL"]}  # "TILE_i" is text: one piece a letter
+# Gemma 3: Gemma3Processor writes "\n\n<start_of_image>" + soft tokens + "<end_of_image>\n\n" for the placeholder
+GROUPS["gemma3"] = (["<bos>", "<start_of_turn>", "u", "ser", "<0x0A>", "<0x0A>", "<0x0A>", "<start_of_image>"],
+                    ["<end_of_image>", "<0x0A>", "<0x0A>"], ["<end_of_turn>", "<0x0A>", "<start_of_turn>", "m", "o",
+                                                            "d", "el"], ["<0x0A>"])
+# PaliGemma: "<image>" x N + "<bos>" + question + "\n": nothing before the image, a one-token answer header
+GROUPS["paligemma"] = ([], ["<bos>"], [], ["<0x0A>"])
 QUESTION_TOKENS = {"llama": ["W", "hat", "▁is", "▁the", "▁main", "▁object", "▁in", "▁the", "▁image", "?"],
                    "qwen2": ["W", "hat", "Ġis", "Ġthe", "Ġmain", "Ġobject", "Ġin", "Ġthe", "Ġimage", "?"]}
 STYLE = {"llava": "llama", "llava_next": "llama", "qwen2_vl": "qwen2", "qwen2_5_vl": "qwen2", "internvl": "qwen2",
-         "llava_onevision": "qwen2", "idefics3": "qwen2", "smolvlm": "qwen2",
-         "aya_vision": "qwen2"}
+         "llava_onevision": "qwen2", "idefics3": "qwen2", "smolvlm": "qwen2", "aya_vision": "qwen2",
+         "qwen3_vl": "qwen2", "gemma3": "llama", "paligemma": "llama"}  # Gemma: the Llama-style pieces
 LABELS = ["2", "3", "tv", "TV", "hydrant", "hairdryer", "toaster", "toilet", "hotdog", "hot", "cat"]
 
 
@@ -86,17 +92,20 @@ def test_groups_token_by_token_on_the_real_template(models, family):
     assert _tokens(lm, ids, groups.final) == final
     assert _tokens(lm, ids, groups.separators) == SEPARATORS.get(family, [])
     assert groups.describe()["separators"] == list(groups.separators)
-    assert groups.empty() == []
+    assert groups.empty() == list(lm.adapter.empty_groups)
     # every position in exactly one group, or a separator
     tagged = sorted([*groups.system, *groups.image, *groups.question, *groups.role, *groups.final, *groups.separators])
     assert tagged == list(range(groups.length))
 
 
 def test_every_family_has_every_group(models):
-    """A new family joins this test: no group may come out empty on its tiny model's template."""
+    """A new family joins this test: no group may come out empty on its tiny model's template, except those its
+    adapter declares empty (a prompt layout without that part: PaliGemma's has no system prompt and no role)."""
     for family in family_names():
-        _, groups = models(family).encode(IMAGE, DEFAULT_QUESTION)
-        assert groups.empty() == [], family
+        lm = models(family)
+        _, groups = lm.encode(IMAGE, DEFAULT_QUESTION)
+        assert groups.empty() == list(lm.adapter.empty_groups), family
+        assert set(lm.adapter.empty_groups) <= {"system", "role"}, family  # image, question, final: never empty
 
 
 def test_old_internvl_template_encodes_like_the_current_one(models):
@@ -194,29 +203,33 @@ def test_aliases_cover_cocos_multi_word_names():
         assert name in ALIASES[word], (name, word)
 
 
-def _appended(inputs: dict, ids: list[int]) -> dict:
-    """The processor's inputs with text tokens ``ids`` appended (per-token inputs extended as for text)."""
+def _appended(inputs: dict, ids: list[int], token_type: int = 0) -> dict:
+    """The processor's inputs with text tokens ``ids`` appended (per-token inputs extended as for text; ``token_type``
+    for ``token_type_ids``: PaliGemma's generated tokens are suffix tokens, 1, attended causally)."""
     length = inputs["input_ids"].shape[1]
     out = dict(inputs)
     for key, value in inputs.items():
         if torch.is_tensor(value) and value.ndim == 2 and value.shape == (1, length):
-            fill = torch.tensor([ids]) if key == "input_ids" else torch.full((1, len(ids)), int(key == "attention_mask"))
+            value_of = {"attention_mask": 1, "token_type_ids": token_type}.get(key, 0)
+            fill = torch.tensor([ids]) if key == "input_ids" else torch.full((1, len(ids)), value_of)
             out[key] = torch.cat([value, fill.to(value.dtype)], dim=1)
     return out
 
 
-@pytest.mark.parametrize("family", ["llava", "llava_next", "qwen2_vl", "internvl"])
+@pytest.mark.parametrize("family", ["llava", "llava_next", "qwen2_vl", "internvl", "gemma3", "qwen3_vl", "paligemma"])
 def test_continuation_is_the_models_own_forward(models, family):
-    """Teacher-forced tokens after the prompt: the engine's logits (prefix and full path) are the model's own
-    forward on the prompt with those tokens appended."""
+    """Teacher-forced tokens after the prompt: the engine's logits (prefix and full path; PaliGemma, a prefix-LM:
+    the full path) are the model's own forward on the prompt with those tokens appended."""
     lm = models(family)
     engine = InterventionEngine(lm)
     prompt = engine.prepare(IMAGE, DEFAULT_QUESTION)
     ids = list(lm.answers(DEFAULT_QUESTION).spellings("hairdryer")[0].ids)
-    inputs = _appended(prompt.inputs, ids)
+    inputs = _appended(prompt.inputs, ids, token_type=int(family == "paligemma"))
     with torch.no_grad():
         reference = lm.model(**inputs).logits[0, -len(ids) - 1:].float()
-    for path in ("prefix", "full"):
+    paths = ("full",) if family == "paligemma" else ("prefix", "full")
+    assert (engine.prefix_path_reason(prompt) is None) == (family != "paligemma")
+    for path in paths:
         out = engine.run(prompt, [Intervention()], continuation=ids, path=path)
         assert out.path == path
         torch.testing.assert_close(out.logits[0], reference[0], atol=1e-4, rtol=1e-4)

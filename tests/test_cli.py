@@ -15,6 +15,10 @@ INVARIANTS = ["a_clean_vs_hf", "b_identity_ablation", "c_prefix_vs_full", "d_sam
 CHECK_FIELDS = {"name", "description", "passed", "max_abs_diff", "tolerance", "error", "worst", "paths", "failure"}
 
 
+#: families on which auto takes the full path, and what the reason says (PaliGemma: a prefix-LM)
+FULL_PATH_FAMILIES = {"paligemma": "a bidirectional prefix"}
+
+
 @pytest.mark.parametrize("family", family_names())
 def test_check_json_passes_every_invariant_on_every_family(family):
     result = runner.invoke(app, ["check", "--model", f"tiny:{family}", "--json"])
@@ -24,30 +28,34 @@ def test_check_json_passes_every_invariant_on_every_family(family):
     for c in report["checks"]:
         assert set(c) == CHECK_FIELDS, c
         assert c["passed"] and c["error"] is None and c["failure"] is None and c["max_abs_diff"] <= c["tolerance"]
-    assert report["path"]["auto"] == "prefix" and report["path"]["not_compared"] == {}
     c = report["checks"][2]
+    if family in FULL_PATH_FAMILIES:  # the model's own mask rules the prefix path out, and the report says why
+        assert report["path"]["auto"] == "full" and FULL_PATH_FAMILIES[family] in report["path"]["auto_reason"]
+        assert c["paths"]["compared"] == ["auto", "full"] and FULL_PATH_FAMILIES[family] in \
+            c["paths"]["not_compared"]["prefix"]
+        return
+    assert report["path"]["auto"] == "prefix" and report["path"]["not_compared"] == {}
     assert c["paths"]["compared"] == ["auto", "full", "prefix"] and c["paths"]["auto"] == "prefix"
 
 
 def test_check_reports_every_invariant_when_the_prefix_path_is_invalid(tmp_path):
-    """A language model whose sliding window is shorter than the prompt: auto takes the full path (and says why),
-    the prefix path is not compared (and says why), and nothing crashes."""
+    """A prefix-LM (PaliGemma, saved and loaded from a directory): auto takes the full path (and says why, from the
+    model's own mask), the prefix path is not compared (and says why), and nothing crashes."""
     from headflow.models.adapter import adapter_class
 
-    model, processor = adapter_class("llava_next").tiny()
-    model.config.text_config.sliding_window = 8
+    model, processor = adapter_class("paligemma").tiny()
     model.save_pretrained(tmp_path / "m")
     processor.save_pretrained(tmp_path / "m")
     result = runner.invoke(app, ["check", "--model", str(tmp_path / "m"), "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)  # stderr has transformers' loading progress bar
     assert [c["name"] for c in report["checks"]] == INVARIANTS and report["passed"] is True
-    why = "sliding window of 8 tokens, shorter than this prompt's"
+    why = "lets the prefix query at position 0 attend position 16 after the prefix (a bidirectional prefix"
     assert report["path"]["auto"] == "full" and why in report["path"]["auto_reason"]
     for c in report["checks"][1:3]:
         assert c["paths"]["compared"] == ["auto", "full"] and why in c["paths"]["not_compared"]["prefix"]
     text = runner.invoke(app, ["check", "--model", str(tmp_path / "m")])
-    assert text.exit_code == 0 and "auto takes the full path (the language model attends within a sliding window" \
+    assert text.exit_code == 0 and "auto takes the full path (the model's own mask in layer 0 lets the prefix query" \
         in text.output and text.output.count("PASS") == 4
 
 

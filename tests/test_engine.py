@@ -121,39 +121,43 @@ def test_auto_path_falls_back_when_image_queries_are_touched(llava):
     assert engine.run(prompt, [Intervention(knockouts=(Knockout("image", "final"),))]).path == "prefix"
 
 
-def test_prefix_path_reason_names_a_sliding_window_shorter_than_the_prompt():
-    """A language model with a sliding window shorter than the prompt: the prefix path is refused with that reason
-    (not blamed on the rows), auto takes the full path, and the full path equals the slow reference, which applies
-    the model's own sliding-window mask."""
+def test_a_sliding_window_shorter_than_the_prompt_is_applied_inside_the_prefix_blocks(monkeypatch):
+    """A language model with a sliding window shorter than the prompt: the prefix keys and values still do not
+    depend on the suffix, so the prefix path serves it, hiding the prefix keys outside each query's window (read
+    from the model's own mask); prefix, full and auto equal the slow reference, which applies that mask. Without
+    the window inside the prefix blocks the prefix path would be off (so this test can fail)."""
+    from headflow.intervene import replay
     from headflow.models.adapter import adapter_class
     from slow_reference import ReferenceRow, reference_logits
 
     lm = load_model(adapter_class("llava_next").tiny())  # its own copy: the shared tiny model stays unchanged
     engine = InterventionEngine(lm)
+    lm.model.config.text_config.sliding_window = 8
     prompt = engine.prepare(check_image(), CHECK_QUESTION)
+    assert not bool(prompt.recorded.masks[0][-1, 0])  # the model's own mask hides the oldest positions
     rows = [Intervention(knockouts=(Knockout("image", "final"),))]
     assert engine.prefix_path_reason(prompt) is None and engine.prefix_path_reason(prompt, rows) is None
     early = [Intervention(knockouts=(Knockout("system", "image"),))]
     assert "at or before the image" in engine.prefix_path_reason(prompt, early)
-
-    lm.model.config.text_config.sliding_window = 8
-    prompt = engine.prepare(check_image(), CHECK_QUESTION)
-    why = f"the language model attends within a sliding window of 8 tokens, shorter than this prompt's " \
-          f"{prompt.groups.length} tokens"
-    assert engine.prefix_path_reason(prompt) == why and engine.prefix_path_reason(prompt, rows) == why
-    with pytest.raises(HeadflowError) as caught:
-        engine.run(prompt, rows, path="prefix")
-    assert str(caught.value) == f"The prefix path cannot serve this batch: {why}. Use path='auto' or 'full'."
-    out = engine.run(prompt, rows)
-    assert out.path == "full"
     inputs, groups = lm.encode(check_image(), CHECK_QUESTION)
     positions = groups.describe()
     want = reference_logits(lm, inputs, groups, ReferenceRow(knockouts=[(range(lm.n_layers), range(lm.n_heads),
                                                                          positions["final"], positions["image"])]))
-    assert torch.allclose(out.logits[0], want, atol=1e-4)
+    for path in ("prefix", "full", "auto"):
+        out = engine.run(prompt, rows, path=path)
+        assert out.path == ("full" if path == "full" else "prefix")
+        assert torch.allclose(out.logits[0], want, atol=1e-4), path
     with torch.no_grad():
         plain = lm.model(**inputs).logits[0, -1].float()
     assert torch.allclose(prompt.clean_logits, plain, atol=1e-4)
+    assert torch.allclose(engine.run(prompt, [Intervention()], path="prefix").logits[0], plain, atol=1e-4)
+    real = replay.replay_masks
+    monkeypatch.setattr(replay, "replay_masks", lambda *a: (real(*a)[0], [None] * lm.n_layers))
+    from headflow.intervene import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "replay_masks", replay.replay_masks)
+    ignored = engine.run(prompt, [Intervention()], path="prefix").logits[0]
+    assert float((ignored - plain).abs().max()) > 1e-4
 
 
 def test_batching_does_not_change_results(llava):
@@ -287,7 +291,8 @@ def test_engine_matches_the_slow_per_head_reference(tiny_models, family):
     positions = groups.describe()
     layers = (torch.rand(lm.n_layers, generator=gen) < 0.5).nonzero().flatten().tolist() or [0]
     heads = (torch.rand(lm.n_heads, generator=gen) < 0.5).nonzero().flatten().tolist() or [1]
-    knockouts = (Knockout("image", "final", layers=layers, heads=heads), Knockout("question", "role"))
+    second = ("question", "role") if "role" not in groups.empty() else ("image", "question")
+    knockouts = (Knockout("image", "final", layers=layers, heads=heads), Knockout(*second))
     as_reference = [(k.layers or range(lm.n_layers), k.heads or range(lm.n_heads), positions[k.target],
                      positions[k.source]) for k in knockouts]
 

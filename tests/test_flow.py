@@ -54,7 +54,9 @@ def flow_rows(lm, prompt, ex):
     """Window rows of every default pair, object/background/random rows and per-token rows."""
     from headflow.models.geometry import token_coverage
 
-    rows = [Intervention(knockouts=obj.knockouts(s, t, [l], None)) for s, t in DEFAULT_PAIRS for l in range(lm.n_layers)]
+    empty = set(prompt.groups.empty())  # PaliGemma: no system or role token
+    pairs = [(s, t) for s, t in DEFAULT_PAIRS if not {s, t} & empty]
+    rows = [Intervention(knockouts=obj.knockouts(s, t, [l], None)) for s, t in pairs for l in range(lm.n_layers)]
     heads = torch.zeros(lm.n_layers, lm.n_heads, dtype=torch.bool)
     heads[0, 1] = heads[1, 2] = heads[1, 3] = True
     rows += [Intervention(knockouts=obj.knockouts("image", "final", range(lm.n_layers), heads))]
@@ -72,9 +74,13 @@ def test_flow_rows_prefix_path_equals_full_prompt(tiny_models, family):
     engine = InterventionEngine(lm, batch_size=16)
     prompt = engine.prepare(ex.image, QUESTION)
     rows = flow_rows(lm, prompt, ex)
-    fast = engine.run(prompt, rows, path="prefix")
     slow = engine.run(prompt, rows, path="full")
-    assert fast.path == "prefix" and slow.path == "full"
+    if engine.prefix_path_reason(prompt) is not None:  # PaliGemma, a prefix-LM: auto takes the full path
+        fast = engine.run(prompt, rows)
+        assert fast.path == "full" and fast.reason == engine.prefix_path_reason(prompt)
+    else:
+        fast = engine.run(prompt, rows, path="prefix")
+        assert fast.path == "prefix" and slow.path == "full"
     assert torch.allclose(fast.logits, slow.logits, atol=1e-5)
     assert (fast.logits - prompt.clean_logits).abs().amax(-1).max() > 1e-4  # not all no-ops
 

@@ -26,7 +26,7 @@ from headflow.models.tiny import build_tiny
 
 QUESTION = "What is the main object in the image? Answer with one word."
 MESSAGES = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
-_NON_VISION_KEYS = {"input_ids", "attention_mask", "mm_token_type_ids"}
+_NON_VISION_KEYS = {"input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids", "labels"}
 
 
 def _image(h: int = 40, w: int = 60) -> Image.Image:
@@ -34,8 +34,17 @@ def _image(h: int = 40, w: int = 60) -> Image.Image:
 
 
 def _inputs(processor, image):
-    prompt = processor.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=False)
+    if processor.chat_template is None:  # PaliGemma: the processor builds the prompt around "<image>" + question
+        prompt = processor.image_token + QUESTION
+    else:
+        prompt = processor.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=False)
     return processor(text=prompt, images=[image], return_tensors="pt")
+
+
+def _image_token_id(processor) -> int:
+    """The id of the token the processor repeats per image feature (Gemma3Processor.image_token_id is the
+    begin-of-image token; the tokenizer's image_token is the soft token)."""
+    return getattr(processor.tokenizer, "image_token_id", None) or processor.image_token_id
 
 
 def _num_image_features(model, inputs) -> int:
@@ -64,8 +73,9 @@ def test_forward_and_image_tokens(tiny):
     assert vocab == len(processor.tokenizer)
     assert logits.shape == (1, inputs["input_ids"].shape[1], vocab)
     assert torch.isfinite(logits).all()
-    n_tokens = int((inputs["input_ids"] == processor.image_token_id).sum())
-    assert processor.image_token_id == model.config.image_token_id
+    image_token_id = _image_token_id(processor)
+    n_tokens = int((inputs["input_ids"] == image_token_id).sum())
+    assert image_token_id == model.config.image_token_id
     assert n_tokens > 0 and n_tokens == _num_image_features(model, inputs)
 
 

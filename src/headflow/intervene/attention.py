@@ -65,6 +65,13 @@ class ForwardState:
     capture_attention: bool = False
     capture_all_queries: bool = False  # full path only: ``image_attention[layer]`` is ``(B, H, Q)``, differentiable
     image_attention: dict[int, torch.Tensor] = field(default_factory=dict)
+    #: replayed: each layer's attention mask (bool ``[1, 1, Q, K]``), used instead of the one the layer receives
+    masks: list[torch.Tensor] | None = None
+    #: prefix path: per layer, the prefix keys the model's own mask hides from the queries run (bool ``[S, prefix]``,
+    #: True = hidden; None where it hides none)
+    prefix_hidden: list[torch.Tensor | None] | None = None
+    #: recording: each layer's mask as received, whether the layer is causal, and its sliding window
+    mask_record: dict[int, tuple[Any, bool, int | None]] | None = None
 
     def touches(self, layer: int) -> bool:
         if self.capture_attention or self.capture_all_queries:
@@ -122,6 +129,13 @@ def headflow_attention(
                                       **kwargs)
     layer = int(module.layer_idx)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    if state.masks is not None:
+        attention_mask = state.masks[layer]
+    if state.mask_record is not None:
+        window = kwargs.get("sliding_window", getattr(module, "sliding_window", None))
+        causal = kwargs.get("is_causal")
+        causal = bool(getattr(module, "is_causal", True) if causal is None else causal)
+        state.mask_record[layer] = (attention_mask, causal, int(window) if window else None)
     if state.record is not None:
         state.record[layer] = (key.detach(), value.detach())
     if state.mode == "prefix":
@@ -291,6 +305,11 @@ def _prefix_path_attention(query, key, value, mask, scale, state: ForwardState, 
     blocked = None
     if state.batch is not None:
         blocked = state.batch.blocked(layer, q_pos, torch.arange(offset + s, device=device))
+    hidden = state.prefix_hidden[layer] if state.prefix_hidden is not None else None
+    if hidden is not None:  # the model's own mask hides some prefix keys (a sliding window): applied like a knockout
+        masked = torch.zeros(s, offset + s, dtype=torch.bool, device=device)
+        masked[:, :offset] = hidden
+        blocked = masked.expand(batch, n_heads, s, offset + s) if blocked is None else blocked | masked
     ablated = state.batch.ablated_heads(layer) if state.batch is not None else None
     swap = ablated is not None and state.baseline_kind != "none"
     folded_q = _fold(query, n_kv)

@@ -28,7 +28,8 @@ from .spec import Intervention, Knockout
 TOLERANCE = 1e-4
 CHECK_QUESTION = "What is the main object in the image?"
 #: Why ``run(path="auto")`` takes the prefix path when the engine finds nothing against it.
-PREFIX_OK = "every intervened query lies after the image and the model's attention mask is plain causal"
+PREFIX_OK = ("every intervened query lies after the image, and the model's own masks let no prefix query attend past "
+             "the prefix")
 
 
 @dataclass(frozen=True)

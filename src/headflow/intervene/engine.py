@@ -1,8 +1,11 @@
 """The intervention engine: prepare a prompt once (clean run, prefix cache), then run many rows.
 
+Both paths re-run the language model alone on what it received on the clean run (:mod:`.replay`: its inputs and
+each layer's own mask), then the model's output head; the prefix path is taken where those masks make it exact.
+
 Where state lives: a :class:`PreparedPrompt` holds one image's clean logits, its recorded keys and
-values (per layer, post-RoPE, ``[1, kv_head, position, head_dim]``) and the suffix's token ids and
-position ids. It lives as long as the caller keeps it. The model itself is only changed inside
+values (per layer, post-RoPE, ``[1, kv_head, position, head_dim]``) and the language model's recorded inputs and
+masks. It lives as long as the caller keeps it. The model itself is only changed inside
 :func:`~headflow.intervene.attention.attention_scope` for the duration of one call.
 """
 
@@ -21,6 +24,7 @@ from ..method import DEFAULT_BATCH_SIZE
 from ..models.groups import TokenGroups
 from ..models.loading import LoadedModel
 from .attention import STATE_KWARG, ForwardState, LayerBaseline, attention_scope
+from .replay import RecordedInputs, prefix_violation, recording, recorded_inputs, replay_kwargs, replay_masks
 from .spec import CompiledBatch, Intervention, compile_rows
 
 PathChoice = Literal["auto", "prefix", "full"]
@@ -33,10 +37,15 @@ class PreparedPrompt:
     Attributes
     ----------
     groups : TokenGroups
+    inputs : dict
+        The processor's outputs.
     clean_logits : Float[Tensor, "vocab"]
         Final-position logits of the clean run.
     keys, values : list of Float[Tensor, "1 kv_head position head_dim"]
         Recorded per layer over the whole prompt.
+    recorded : RecordedInputs
+        Everything the language model received on the clean run (embeddings, position ids, any other input of
+        the family, each layer's attention mask): what both paths replay.
     image_attention : Float[Tensor, "layer head"]
         Mass of the final token's query on image positions in the clean run.
     final_hidden : Float[Tensor, "hidden"]
@@ -48,10 +57,19 @@ class PreparedPrompt:
     clean_logits: torch.Tensor
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
-    embeds: torch.Tensor
-    position_ids: torch.Tensor | None
+    recorded: RecordedInputs
     image_attention: torch.Tensor
     final_hidden: torch.Tensor
+
+    @property
+    def embeds(self) -> torch.Tensor:
+        """The language model's input embeddings ``[1, position, hidden]``."""
+        return self.recorded.kwargs["inputs_embeds"]
+
+    @property
+    def position_ids(self) -> torch.Tensor | None:
+        """The language model's position ids (``[1, n]`` or multi-axis ``[axis, 1, n]``), if it received any."""
+        return self.recorded.kwargs.get("position_ids")
 
     @property
     def prefix_length(self) -> int:
@@ -126,12 +144,16 @@ class Baseline:
 @dataclass
 class RunOutput:
     """Final-position logits ``[row, vocab]``, if captured image attention ``[row, layer, head]``, and with a
-    ``continuation`` the logits at each appended token ``[row, token, vocab]`` (each predicts the next one)."""
+    ``continuation`` the logits at each appended token ``[row, token, vocab]`` (each predicts the next one). ``path``
+    is the path run (``"prefix"`` or ``"full"``) and ``reason`` why the full path was run (``None`` on the prefix
+    path)."""
 
     logits: torch.Tensor
     image_attention: torch.Tensor | None
     path: str
     continuation_logits: torch.Tensor | None = None
+    #: why the full path was taken (``None`` on the prefix path)
+    reason: str | None = None
 
 
 class InterventionEngine:
@@ -176,36 +198,25 @@ class InterventionEngine:
 
     # -- clean run -------------------------------------------------------------------------
     def prepare(self, image: Image.Image | Sequence[Image.Image], question: str) -> PreparedPrompt:
-        """Encode, run the clean prompt once, and record keys/values, embeddings and position ids."""
+        """Encode, run the clean prompt once, and record keys/values and everything the language model receives
+        (:mod:`.replay`)."""
         inputs, groups = self.lm.encode(image, question)
         state = ForwardState(mode="full", prefix_length=0, length=groups.length,
                              image_positions=torch.tensor(groups.image), text_start=groups.text_start,
-                             record={}, capture_attention=True)
-        captured: dict[str, torch.Tensor | None] = {}
-
-        def grab(_module, args, kwargs):
-            captured["embeds"] = kwargs.get("inputs_embeds")
-            captured["position_ids"] = kwargs.get("position_ids")
-
-        handle = self.lm.adapter.language_model().register_forward_pre_hook(grab, with_kwargs=True)
-        try:
-            with self._scope():
-                out = self.lm.model(**inputs, use_cache=False, output_hidden_states=True, **{STATE_KWARG: state})
-        finally:
-            handle.remove()
-        if captured.get("embeds") is None:
-            raise HeadflowError(f"{type(self.lm.model).__name__} did not pass inputs_embeds to its language model; "
-                                "its family adapter must override how the prompt is run.")
+                             record={}, capture_attention=True, mask_record={})
+        with recording(self.lm.adapter.language_model()) as captured, self._scope():
+            out = self.lm.model(**inputs, use_cache=False, output_hidden_states=True, **{STATE_KWARG: state})
         n_layers = self.lm.n_layers
         if len(state.record) != n_layers:
             raise HeadflowError(f"headflow's attention saw {len(state.record)} of {n_layers} language-model layers; "
                                 "the model does not dispatch attention through AttentionInterface.")
+        recorded = recorded_inputs(captured, state.mask_record, n_layers, type(self.lm.model).__name__)
         attention = torch.stack([state.image_attention[layer][0] for layer in range(n_layers)])
         return PreparedPrompt(
             groups=groups, inputs=inputs, clean_logits=out.logits[0, -1].float(),
             keys=[state.record[layer][0] for layer in range(n_layers)],
             values=[state.record[layer][1] for layer in range(n_layers)],
-            embeds=captured["embeds"], position_ids=captured["position_ids"], image_attention=attention.float(),
+            recorded=recorded, image_attention=attention.float(),
             final_hidden=out.hidden_states[-1][0, -1].float())
 
     # -- interventions ---------------------------------------------------------------------
@@ -270,8 +281,9 @@ class InterventionEngine:
             appended.append(out[:, 1:])
             attention.append(att)
             start += chunk.size
+        why = None if use_prefix else (reason or "path='full' was asked for")
         return RunOutput(torch.cat(logits), torch.cat(attention) if capture_attention else None,
-                         "prefix" if use_prefix else "full", torch.cat(appended) if continuation else None)
+                         "prefix" if use_prefix else "full", torch.cat(appended) if continuation else None, why)
 
     _CALIBRATION_SIZES = (16, 32, 64, 128)
 
@@ -289,40 +301,32 @@ class InterventionEngine:
     def prefix_path_reason(self, prompt: PreparedPrompt, rows: Sequence[Intervention] | None = None) -> str | None:
         """Why the prefix path cannot serve ``prompt`` (and ``rows``, if given); ``None`` when it can.
 
-        The prefix path attends the shared prefix without the model's own mask, so it is valid only
-        where that mask is plain causal over the whole prompt: not for a language model with sliding-window
-        attention whose window is shorter than the prompt, nor for layers of another kind (e.g. chunked
-        attention). With ``rows``, also not when a row intervenes on a query at or before the image (the
-        prefix is computed once, without interventions). ``run(path="auto")`` takes the full path exactly
-        when this returns a reason; ``run(path="prefix")`` raises with it.
+        Read from the model's own attention masks, recorded per layer on the clean run (:mod:`.replay`): the
+        prefix path reuses the shared prefix's (system + image) keys and values from the clean run, so it is valid
+        exactly when no prefix query attends a position after the prefix (not so in a prefix-LM such as PaliGemma,
+        whose image and prompt attend each other). Which prefix positions each later query may attend is taken
+        from the same masks and applied inside the prefix blocks (a sliding window shorter than the prompt hides
+        the oldest). With ``rows``, also not when a row intervenes on a query at or before the image (the prefix
+        is computed once, without interventions).
+        ``run(path="auto")`` takes the full path exactly when this returns a reason; ``run(path="prefix")``
+        raises with it.
         """
         compiled = self.compile(prompt, rows) if rows is not None else None
         return self._why_not_prefix(prompt, compiled)
 
     def _why_not_prefix(self, prompt: PreparedPrompt, compiled: CompiledBatch | None, appended: int = 0) -> str | None:
         """:meth:`prefix_path_reason`, for a prompt run with ``appended`` continuation tokens."""
-        config, length = self.lm.text_config, prompt.groups.length + appended
-        layer_types = getattr(config, "layer_types", None)
-        if layer_types:
-            other = sorted(set(layer_types) - {"full_attention", "sliding_attention"})
-            if other:
-                return (f"the language model has layers of type {', '.join(map(str, other))}, whose mask the prefix "
-                        "path does not apply")
-            sliding = "sliding_attention" in layer_types
-        else:
-            sliding = bool(getattr(config, "use_sliding_window", True))
-        window = getattr(config, "sliding_window", None)
-        if window and sliding and window < length:
-            return (f"the language model attends within a sliding window of {window} tokens, shorter than this "
-                    f"prompt's {length} tokens")
+        reason = prefix_violation(prompt.recorded, prompt.prefix_length, appended)
+        if reason is not None:
+            return reason
         if compiled is not None and compiled.first_query < prompt.prefix_length:
             return (f"a row intervenes on the query at position {compiled.first_query}, at or before the image "
                     f"(the shared prefix ends at position {prompt.prefix_length})")
         return None
 
     def _continuation_inputs(self, prompt: PreparedPrompt, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Embeddings ``[1, n, hidden]`` and position ids of ``n`` tokens appended after the prompt (text positions
-        continue from the prompt's last, on every rotary axis), or None."""
+        """Embeddings ``[1, n, hidden]`` and position ids ``[n]`` of ``n`` tokens appended after the prompt (text
+        positions continue from the prompt's last, on every rotary axis), or None."""
         if not ids:
             return None
         embed = self.lm.model.get_input_embeddings()
@@ -352,15 +356,6 @@ class InterventionEngine:
             state.prefix = [(k[:, :, :prefix_length], v[:, :, :prefix_length]) for k, v in zip(prompt.keys, prompt.values)]
         return state
 
-    def _forward(self, state: ForwardState, n_logits: int, **model_inputs) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits ``[row, n_logits, vocab]`` of the last ``n_logits`` positions (the final one, then any appended)."""
-        with self._scope():
-            out = self.lm.model(**model_inputs, use_cache=False, logits_to_keep=n_logits, **{STATE_KWARG: state})
-        attention = None
-        if state.capture_attention:
-            attention = torch.stack([state.image_attention[layer] for layer in range(self.lm.n_layers)], dim=1)
-        return out.logits[:, -n_logits:].float(), attention
-
     def _run_full(self, prompt, chunk, baseline, capture, extra):
         return self._run_from(0, prompt, chunk, baseline, capture, extra)
 
@@ -368,32 +363,22 @@ class InterventionEngine:
         return self._run_from(prompt.prefix_length, prompt, chunk, baseline, capture, extra)
 
     def _run_from(self, start: int, prompt, chunk, baseline, capture, extra):
-        """Run positions ``start..`` of the prompt (``start`` 0: the full path), then any appended tokens."""
+        """Run the language model on positions ``start..`` of the prompt (``start`` 0: the full path), then any
+        appended tokens, replaying what it received on the clean run (inputs and each layer's mask); logits
+        ``[row, 1 + appended, vocab]`` of the final position and the appended ones, from the model's output head."""
         state = self._state(prompt, chunk, baseline, "prefix" if start else "full", capture)
-        rows = chunk.size
-        embeds = prompt.embeds[:, start:]
-        position_ids = _positions(prompt.position_ids, start, prompt.groups.length, embeds.device)
-        if extra is not None:
-            embeds = torch.cat([embeds, extra[0]], dim=1)
-            position_ids = torch.cat([position_ids, extra[1].to(position_ids.device).expand(*position_ids.shape[:-1], -1)],
-                                     dim=-1)
-        n_logits = 1 + (0 if extra is None else extra[0].shape[1])
-        return self._forward(state, n_logits, inputs_embeds=embeds.expand(rows, -1, -1),
-                             position_ids=_expand_rows(position_ids, rows))
-
-
-def _positions(position_ids: torch.Tensor | None, start: int, stop: int, device: torch.device) -> torch.Tensor:
-    """Position ids of positions ``[start, stop)``: ``[1, n]`` or multi-axis M-RoPE ``[axis, 1, n]``."""
-    if position_ids is None:
-        return torch.arange(start, stop, device=device)[None]
-    return position_ids[..., start:stop]
-
-
-def _expand_rows(position_ids: torch.Tensor, rows: int) -> torch.Tensor:
-    """Position ids for ``rows`` rows (1-D ``[rows, n]`` or multi-axis ``[axis, rows, n]``)."""
-    if position_ids.ndim == 2:
-        return position_ids.expand(rows, -1)
-    return position_ids.expand(position_ids.shape[0], rows, -1)
+        n_appended = 0 if extra is None else extra[0].shape[1]
+        kwargs = replay_kwargs(prompt.recorded, start, chunk.size, extra)
+        state.masks, hidden = replay_masks(prompt.recorded, start, n_appended, self.lm.device)
+        if start:
+            state.prefix_hidden = hidden
+        with self._scope():
+            out = self.lm.adapter.language_model()(**kwargs, use_cache=False, **{STATE_KWARG: state})
+            logits = self.lm.adapter.output_logits(out.last_hidden_state[:, -(1 + n_appended):])
+        attention = None
+        if state.capture_attention:
+            attention = torch.stack([state.image_attention[layer] for layer in range(self.lm.n_layers)], dim=1)
+        return logits.float(), attention
 
 
 def _slice_batch(batch: CompiledBatch, start: int, stop: int) -> CompiledBatch:

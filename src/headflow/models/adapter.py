@@ -214,6 +214,12 @@ class FamilyAdapter:
     model_types: ClassVar[tuple[str, ...]] = ()
     #: sub-config of the language model, as ``set_attn_implementation`` expects it
     text_config_key: ClassVar[str] = "text_config"
+    #: the prompt text already holds the tokenizer's special tokens (a chat template that writes ``<bos>``): the
+    #: processor is called with ``add_special_tokens=False``, as ``apply_chat_template(tokenize=True)`` does
+    prompt_has_special_tokens: ClassVar[bool] = False
+    #: token groups the family's prompt layout has no token for (PaliGemma: nothing before the image, and a
+    #: one-token answer header); knockouts and flow pairs that need one are refused
+    empty_groups: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, model: torch.nn.Module, processor: Any) -> None:
         self.model = model
@@ -225,6 +231,15 @@ class FamilyAdapter:
 
     def text_config(self) -> Any:
         return self.model.config.get_text_config()
+
+    def output_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits ``[..., vocab]`` of the language model's last hidden states, as the model's own forward computes
+        them after its language model: the output head, then any final logit soft-capping."""
+        logits = self.model.get_output_embeddings()(hidden)
+        cap = getattr(self.text_config(), "final_logit_softcapping", None)
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
 
     def image_token_id(self) -> int:
         config = self.model.config
@@ -249,6 +264,11 @@ class FamilyAdapter:
         return self.processor.apply_chat_template(self.messages(question, n_images=n_images),
                                                   add_generation_prompt=True, tokenize=False)
 
+    def processor_text(self, question: str, n_images: int = 1) -> str:
+        """The text handed to the processor for one prompt (default: :meth:`prompt_text`; a processor that builds
+        the prompt itself, like PaliGemma's, gets less)."""
+        return self.prompt_text(question, n_images=n_images)
+
     def answer_joiner(self, question: str) -> str | None:
         """What the chat template writes between its answer header and an assistant's answer (``" "`` for LLaVA's
         ``ASSISTANT: cat``), from rendering a finished turn; None where the template does not show it."""
@@ -268,7 +288,9 @@ class FamilyAdapter:
         if not images:
             raise HeadflowError("A prompt needs at least one image; pass image=PIL.Image.")
         text = self.prompt_text(question, n_images=len(images))
-        inputs = self.processor(text=[text], images=list(images), return_tensors="pt")
+        extra = {"add_special_tokens": False} if self.prompt_has_special_tokens else {}
+        inputs = self.processor(text=[self.processor_text(question, n_images=len(images))], images=list(images),
+                                return_tensors="pt", **extra)
         ids = inputs["input_ids"][0].tolist()
         header = answer_header(lambda q: self.prompt_text(q, n_images=len(images)))
         n_header = header_token_count(self.tokenizer(), text, header)

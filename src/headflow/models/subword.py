@@ -29,7 +29,8 @@ from typing import Any
 
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
 
-__all__ = ["CORPUS_WORDS", "DATA_DIR", "RARE_WORDS", "llama_tokenizer", "qwen2_tokenizer", "train_bpe", "trained_bpe"]
+__all__ = ["CORPUS_WORDS", "DATA_DIR", "RARE_WORDS", "gemma_tokenizer", "llama_tokenizer",
+           "qwen2_tokenizer", "train_bpe", "trained_bpe"]
 
 #: Words seen often in the training corpus: they end up as whole pieces (with their leading-space marker).
 CORPUS_WORDS: tuple[str, ...] = (
@@ -146,6 +147,31 @@ def llama_tokenizer(special_tokens: Sequence[str] = (), *, image_token: str = "<
                          pad_token="<pad>", extra_special_tokens=named, model_max_length=4096,
                          **({"chat_template": chat_template} if chat_template is not None else {}))
     tok.add_special_tokens({"pad_token": "<pad>"})
+    tok.add_tokens([t for t in dict.fromkeys([*special_tokens, *named.values()])], special_tokens=True)
+    return tok
+
+
+def gemma_tokenizer(special_tokens: Sequence[str] = (), *, image_token: str,
+                    extra_special_tokens: dict[str, str] | None = None, chat_template: str | None = None) -> Any:
+    """A Gemma-style SentencePiece BPE tokenizer (:class:`transformers.GemmaTokenizer`): the Llama-style trained
+    pieces (``▁`` marks a space, digits alone, byte fallback) under Gemma's ids and normaliser (spaces become ``▁``,
+    no space is prepended).
+
+    Ids: ``<pad>`` 0, ``<eos>`` 1, ``<bos>`` 2, ``<unk>`` 3, ``<mask>`` 4, the 256 byte-fallback tokens, the trained
+    pieces, then ``special_tokens`` and the named ones (added tokens, never split). ``tokenizer(text)`` prepends
+    ``<bos>``, as Gemma's does (Gemma 3's chat template writes it too: encode its prompts without special tokens).
+    """
+    from transformers import GemmaTokenizer
+
+    vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, "<mask>": 4}
+    for byte in range(256):
+        vocab[f"<0x{byte:02X}>"] = len(vocab)
+    for piece in sorted(json.loads(trained_bpe("llama")[0]).items(), key=lambda kv: kv[1]):
+        vocab.setdefault(piece[0], len(vocab))
+    named = {"image_token": image_token, **(extra_special_tokens or {})}
+    tok = GemmaTokenizer(vocab=vocab, merges=_merges("llama"), add_bos_token=True, add_eos_token=False,
+                         extra_special_tokens=named, model_max_length=4096,
+                         **({"chat_template": chat_template} if chat_template is not None else {}))
     tok.add_tokens([t for t in dict.fromkeys([*special_tokens, *named.values()])], special_tokens=True)
     return tok
 
