@@ -1,6 +1,7 @@
 """SIGKILL, in a real ``headflow`` process, at several points of every stage; and two writers on one run.
 
-Each command runs as a subprocess (``OMP_NUM_THREADS=1``, so every run computes in the same order). The test polls
+Each command runs as its own process (``OMP_NUM_THREADS=1``, so every run computes in the same order; forked from
+one Python that imported headflow once, see :data:`ZYGOTE`, so that starting one costs no imports). The test polls
 the run directory until a chosen point is reached (the clean pass written, rows done, a flow image done, a study
 step finished), sends ``SIGKILL`` (no ``finally``, no lock release, no ``atexit``), checks that the run is really
 unfinished there, then runs the same command again to completion and compares its results, byte for byte, with an

@@ -184,8 +184,8 @@ class Validation(Method):
                                             model=lm.describe(), data=spec.get("data"),
                                             spec_hash=config["spec_hash"])
         out_result = ValidationResult(run_dir, data_out)
+        out_result.plot()  # before validation.json, which marks the validation finished (figures included)
         out_result.save(run_dir)
-        out_result.plot()
         return out_result
 
     def _summarise(self, curves, y_clean, y_all, grid, n, params, result) -> dict[str, Any]:

@@ -184,12 +184,13 @@ class TokenFlow(Method):
             config = ensure_config(out, spec, {"params": params.model_dump(mode="json"), "resolved": resolved},
                                    rebuild_hint=f"headflow flow --out {out} with the options in {out / 'config.json'}")
             if (out / "flow.json").exists():
+                _FlowProgress(out).clear()  # (left by a run killed between writing flow.json and clearing it)
                 return FlowResult.load(out)  # finished with this configuration
             progress = _FlowProgress(out)
             result = self._run(lm, params, data, window=window, heads=heads, resolved=resolved, runner=runner,
                                progress=progress, spec_hash=config["spec_hash"])
+            result.plot(out / "figures")  # before flow.json, which marks the run finished (figures included)
             result.save(out)
-            result.plot(out / "figures")
             progress.clear()
         return result
 
