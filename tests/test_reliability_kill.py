@@ -33,7 +33,7 @@ import pytest
 
 from headflow.store import LOCK_NAME
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork and POSIX signals")]
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
