@@ -398,6 +398,58 @@ def test_images_whose_label_cannot_be_written_are_skipped_not_fatal(tmp_path):
     assert flow.summary["images"]["unanswerable"] == [data[1].id] and flow.summary["images"]["n_kept"] == 2
 
 
+def test_skipped_labels_are_printed_by_every_command_and_shown_in_the_report(tmp_path, monkeypatch):
+    """A folder dataset with a 'zebra' (not in the default model's vocabulary) and a row without an image: attribute,
+    flow and study print both with the skipped-item counts, and the report shows the labels where data problems are."""
+    import csv
+    import re
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from headflow.cli import app
+    from headflow.data import export_folder, load_dataset
+    from headflow.report import write_report
+
+    root = export_folder(load_dataset("default", n=3), tmp_path / "data")
+    with open(root / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    rows[1]["label"] = "zebra"
+    rows.append({**rows[0], "image": "images/missing.png", "id": "missing"})
+    with open(root / "manifest.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    common = ["--model", "default", "--data", f"folder:{root}", "--keep-wrong"]
+    skipped = "skipped 1 image(s) whose label the model cannot write: 'zebra' (relabel them with words the tokenizer knows)"
+    runner = CliRunner()
+    run = tmp_path / "run"
+    outputs = {
+        "attribute": runner.invoke(app, ["attribute", *common, "--masks", "8", "--val-masks", "8", "--out", str(run)]),
+        "flow": runner.invoke(app, ["flow", *common, "--objects", "false", "--bootstrap", "10", "--out",
+                                    str(run / "flow")]),
+    }
+    for command, res in outputs.items():
+        assert res.exit_code == 0, (command, res.output)
+        lines = res.stdout.splitlines()
+        assert "skipped data items: missing_image 1" in lines and skipped in lines, (command, res.stdout)
+    html = write_report(run).read_text()
+    assert re.search(r'<td data-key="unanswerable_labels">zebra</td>', html)
+    assert re.search(r"2 of 2 images kept; 1 skipped because the model cannot write their label \(zebra\)", html)
+    # the study prints what its attribution step recorded (the same HeadAttribution as above; not re-run here)
+    import headflow.study
+
+    def study_of_the_run(model, data, out, **kwargs):
+        assert (model, data) == ("default", f"folder:{root}")
+        shutil.copytree(run, out)
+        return out / "report.html"
+
+    monkeypatch.setattr(headflow.study, "run_study", study_of_the_run)
+    res = runner.invoke(app, ["study", *common, "--quick", "--masks", "8", "--out", str(tmp_path / "study")])
+    assert res.exit_code == 0, res.output
+    assert "skipped data items: missing_image 1" in res.stdout.splitlines() and skipped in res.stdout.splitlines()
+
+
 # -- split images and several images: the tokens between image tokens are separators, never the question ----------
 
 

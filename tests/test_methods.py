@@ -5,6 +5,7 @@ and leaves the earlier result byte-identical. The study resumes by configuration
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -204,7 +205,67 @@ def test_semantics_refuses_a_similarity_that_cannot_fit_in_memory(tmp_path, monk
     _write_run_dir(tmp_path, n_used=24)
     real = os.sysconf
     monkeypatch.setattr(os, "sysconf", lambda name: 1 if name == "SC_AVPHYS_PAGES" else real(name))
-    with pytest.raises(HeadflowError, match=r"The similarity of 24 x 24 images needs about .* GiB but .* GiB is "
+    with pytest.raises(HeadflowError, match=r"The similarity of 24 x 24 images needs about 18\.0 KiB but [\d.]+ KiB is "
                                             r"free; analyse fewer images\."):
         SemanticAnalysis(n_permutations=20, cv_folds=2).run(tmp_path)
     assert not (tmp_path / "semantics.json").exists()
+
+
+# -- memory guards: flow and validation refuse, through the CLI, what cannot fit (one line, exit 2, nothing written) --
+
+def _little_memory(monkeypatch, free: int = 4096) -> None:
+    import headflow.method
+
+    monkeypatch.setattr(headflow.method, "available_memory", lambda: free)
+
+
+def _refused_one_line(argv: list[str]) -> str:
+    res = CliRunner().invoke(app, argv)
+    lines = [line for line in res.output.splitlines() if line.strip() and not line.startswith("warning: ")]
+    assert res.exit_code == 2, (argv, res.output, res.exception)
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.output
+    return lines[0]
+
+
+def test_flow_refuses_a_run_that_cannot_fit_in_memory(tmp_path, monkeypatch):
+    _little_memory(monkeypatch)
+    out = tmp_path / "f"
+    line = _refused_one_line(["flow", "--model", "tiny:llava", "--images", "2", "--keep-wrong", "--maps", "1",
+                              "--bootstrap", "10", "--out", str(out)])
+    # tiny:llava: 2 layers (window 1: 2 starts) x 6 pairs + 2 + 2 x 8 random sets + 16 image tokens for the map
+    rows = 6 * 2 + 2 + 2 * 8 + 16
+    assert re.fullmatch(rf"error: The flow of 2 images \({rows} rows of 38 tokens per image, batch size 64, 10 "
+                        r"bootstrap resamples\) needs about [\d.]+ MiB but 4\.0 KiB is free; use a smaller "
+                        r"--batch-size or --bootstrap, or fewer --images or --maps\.", line), line
+    assert not out.exists()  # refused before the run directory is made
+    _little_memory(monkeypatch, 2**40)  # with the memory, the same command runs
+    assert CliRunner().invoke(app, ["flow", "--model", "tiny:llava", "--images", "2", "--keep-wrong", "--maps", "1",
+                                    "--bootstrap", "10", "--out", str(out)]).exit_code == 0
+
+
+def test_validation_refuses_a_run_that_cannot_fit_in_memory(attribution_run, tmp_path, monkeypatch):
+    import shutil
+
+    out, _ = attribution_run
+    run = tmp_path / "run"
+    shutil.copytree(out, run, ignore=shutil.ignore_patterns("validation*", "single_head.npy", ".headflow.lock"))
+    before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    _little_memory(monkeypatch)
+    line = _refused_one_line(["validate", str(run), "--max-images", "3", "--k-grid", "0,2,8"])
+    # 8 heads: pass A 9 rows, pass B 5 rankings x 2 curves x 3 k = 30 rows
+    assert re.fullmatch(r"error: The validation of 3 images \(30 rows of 38 tokens per image, batch size 64\) needs "
+                        r"about [\d.]+ MiB but 4\.0 KiB is free; use a smaller --batch-size or fewer --max-images\.",
+                        line), line
+    after = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert after == before  # nothing written: no validation/, no validation.json, no lock left
+
+
+def test_the_memory_estimate_grows_with_the_prompt_the_batch_and_the_rows(tiny_models):
+    from headflow.per_image import engine_memory
+
+    lm = tiny_models("llava")
+    base = engine_memory(lm, 38, 64, 100)
+    assert engine_memory(lm, 76, 64, 100) > 2 * base  # more than double: attention scores grow with its square
+    assert engine_memory(lm, 38, 1, 100) < base < engine_memory(lm, 38, "auto", 200)
+    vocab = lm.text_config.vocab_size
+    assert engine_memory(lm, 38, 64, 1000) - engine_memory(lm, 38, 64, 100) == 2 * 900 * vocab * 4  # the logits

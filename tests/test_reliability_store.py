@@ -296,6 +296,42 @@ def test_the_lock_is_reentrant_and_released_on_an_exception(tmp_path):
     assert not (run / LOCK_NAME).exists()
 
 
+def test_taking_the_lock_removes_the_temporaries_of_a_killed_writer(tmp_path):
+    """A writer killed mid-write (SIGKILL: no ``finally``) leaves its temporary; the next run_lock removes it, in the
+    run and below, but not in a sub-directory that is another run (its own lock) nor files that only look alike."""
+    import tempfile
+
+    run = tmp_path / "run"
+    (run / "validation").mkdir(parents=True)
+    (run / "flow").mkdir()
+    (run / ".flow_progress").mkdir()
+    left = [Path(tempfile.mkstemp(dir=d, prefix=f".{name}.", suffix=write_mod.TEMP_SUFFIX)[1])
+            for d, name in ((run, "integrity.json"), (run / "validation", "single.npy"))]
+    other_run = Path(tempfile.mkstemp(dir=run / "flow", prefix=".flow.json.", suffix=".tmp")[1])
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (run / "flow" / LOCK_NAME).write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
+    (run / "notes.tmp").write_text("mine")
+    (run / ".hidden.tmp").write_text("mine too")
+    with run_lock(run):
+        assert not any(p.exists() for p in left)
+    assert other_run.exists() and (run / "notes.tmp").exists() and (run / ".hidden.tmp").exists()
+    assert (run / ".flow_progress").is_dir()
+    with run_lock(run / "flow"):  # that run removes its own
+        assert not other_run.exists()
+
+
+def test_a_refusal_names_the_live_holder_not_the_dead_process_it_took_over_from(monkeypatch):
+    """Between taking a dead process's lock and writing its own PID, the new holder's file is empty or names the
+    dead process: the refused process reads it again until it names a live one."""
+    from headflow.store import lock as lock_mod
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    live = {"pid": os.getpid(), "host": socket.gethostname(), "start": None}
+    reads = iter([{}, {"pid": int(dead.stdout), "host": socket.gethostname(), "start": None}, live])
+    monkeypatch.setattr(lock_mod, "_read_lock", lambda fd: next(reads))
+    assert lock_mod._holder(-1) == live
+
+
 # -- write errors --------------------------------------------------------------------------------
 
 def _failing(code: int):

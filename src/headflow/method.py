@@ -187,20 +187,39 @@ def versions() -> dict[str, str]:
     return out
 
 
+def available_memory() -> int | None:
+    """Bytes of memory this machine has free now (``sysconf``), or ``None`` where it cannot be read."""
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - platforms without sysconf
+        return None
+
+
+def format_bytes(n: float) -> str:
+    """``n`` bytes in the largest binary unit up to GiB that keeps it at least 1 (``1.5 GiB``, ``12.0 KiB``)."""
+    for unit in ("B", "KiB", "MiB"):
+        if abs(n) < 1024:
+            return f"{n:.0f} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
 def check_memory(needed: int, what: str, fix: str) -> None:
     """Refuse, before any work, a computation that needs more memory than this machine has free.
 
     ``needed`` bytes for ``what`` (e.g. "512 masks x 48 heads x 96 images for the fit"); ``fix`` says what to
-    make smaller. Where the free memory cannot be read (no ``sysconf``), nothing is refused.
-    """
-    import os
+    make smaller. Where the free memory cannot be read (:func:`available_memory` is ``None``), nothing is refused.
 
-    try:
-        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - platforms without sysconf
-        return
-    if needed > available:
-        raise HeadflowError(f"{what} needs about {needed / 2**30:.1f} GiB but {available / 2**30:.1f} GiB is free; "
+    Raises
+    ------
+    HeadflowError
+        "{what} needs about 1.2 GiB but 512.0 MiB is free; {fix}."
+    """
+    available = available_memory()
+    if available is not None and needed > available:
+        raise HeadflowError(f"{what} needs about {format_bytes(needed)} but {format_bytes(available)} is free; "
                             f"{fix}.")
 
 

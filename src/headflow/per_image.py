@@ -113,6 +113,30 @@ def clean_target(engine: InterventionEngine, prompt: PreparedPrompt, answer_ids:
     return float(image_targets(engine, prompt, [Intervention()], None, answer_ids, target)[0][0])
 
 
+def engine_memory(lm: LoadedModel, n_tokens: int, batch_size: int | str, n_rows: int) -> int:
+    """Bytes of host memory the intervention engine needs for one image of ``n_tokens`` tokens and ``n_rows`` rows.
+
+    From the model's shape: the clean prompt's keys and values (``2 x layers x KV heads x tokens x head_dim``) and
+    embeddings, one forward pass of ``batch_size`` rows (per row: float32 attention scores and their softmax
+    ``2 x heads x tokens^2``, the residual stream, MLP and one layer's keys and values), and the float32 logits
+    of every row with a working copy. ``batch_size="auto"`` counts the largest size a CPU calibrates (128).
+    Zero for a model on an accelerator: its engine state is in the accelerator's memory, where ``"auto"``
+    backs off on its own.
+    """
+    if lm.device.type != "cpu":
+        return 0
+    cfg = lm.text_config
+    item = lm.dtype.itemsize
+    hidden = int(getattr(cfg, "hidden_size", 0) or 0)
+    head_dim = int(getattr(cfg, "head_dim", None) or hidden // max(lm.n_heads, 1))
+    mlp = int(getattr(cfg, "intermediate_size", None) or 4 * hidden)
+    vocab = int(getattr(cfg, "vocab_size", 0) or 0)
+    kv = 2 * lm.n_kv_heads * n_tokens * head_dim * item
+    batch = min(n_rows, 128 if batch_size == "auto" else int(batch_size))
+    per_row = 2 * lm.n_heads * n_tokens * n_tokens * 4 + n_tokens * (4 * hidden + 2 * mlp) * item + kv
+    return lm.n_layers * kv + n_tokens * hidden * item + batch * per_row + 2 * n_rows * vocab * 4
+
+
 def check_labels(answers: Answers, labels) -> dict[str, list]:
     """What a run should know about its labels before it starts, each reported as a one-line
     :class:`~headflow.errors.HeadflowWarning` and returned for its record:

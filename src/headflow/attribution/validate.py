@@ -22,10 +22,10 @@ import torch
 from ..errors import HeadflowError
 from ..executor import map_images
 from ..intervene import Baseline, Intervention, InterventionEngine
-from ..method import Method, Result, provenance
-from ..models.loading import load_model
-from ..per_image import (ImageJob, baseline_to, checked_prompt, clean_target, image_baseline, image_job, image_targets,
-                         load_baseline, rows_correct, worker_engine, worker_spec)
+from ..method import Method, Result, check_memory, provenance
+from ..models.loading import LoadedModel, load_model
+from ..per_image import (ImageJob, baseline_to, checked_prompt, clean_target, engine_memory, image_baseline, image_job,
+                         image_targets, load_baseline, rows_correct, worker_engine, worker_spec)
 from ..store import RowStore, ensure_config, load_npy, read_json, run_lock, save_npy, write_json
 from .core import AttributionResult, rebuild_hint
 from .params import AttributionParams, ValidationParams
@@ -128,6 +128,9 @@ class Validation(Method):
         grid = list(params.k_grid or default_k_grid(n))
         used = result.images.index[result.images["used"]].tolist()[: params.max_images]
         resolved = {"k_grid": grid, "n_images": len(used)}
+        if used and not (run_dir / "validation.json").exists():  # before anything is written
+            dataset = dataset if dataset is not None else dataset_of(spec)
+            _check_memory(lm, params, run_params.question, dataset[used[0]].image, len(used), n, grid)
         config = ensure_config(self.config_dir(run_dir), {"method": "Validation", "run": result.config["spec_hash"],
                                                           **params.spec()},
                                {"params": params.model_dump(mode="json"), "resolved": resolved}, rebuild_hint=hint)
@@ -181,8 +184,8 @@ class Validation(Method):
                                             model=lm.describe(), data=spec.get("data"),
                                             spec_hash=config["spec_hash"])
         out_result = ValidationResult(run_dir, data_out)
+        out_result.plot()  # before validation.json, which marks the validation finished (figures included)
         out_result.save(run_dir)
-        out_result.plot()
         return out_result
 
     def _summarise(self, curves, y_clean, y_all, grid, n, params, result) -> dict[str, Any]:
@@ -226,6 +229,18 @@ class Validation(Method):
                        "k80_attribution": ours, "k80_random": others[2],
                        "rule": "holds if k80(attribution) <= 0.5 * k80(random)", "holds": bool(subset)},
         }
+
+
+def _check_memory(lm: LoadedModel, params: ValidationParams, question: str, image, n_images: int, n_heads: int,
+                  grid: list[int]) -> None:
+    """Refuse, before anything is written, a validation whose per-image engine state (the prompt of the first
+    image, encoded) or result rows (``single`` and ``curves``, float32, with working copies) do not fit in memory."""
+    _, groups = lm.encode(image, question)
+    rows = max(n_heads + 1, 2 * len(RANKINGS) * len(grid))  # pass A: all + single heads; pass B: the curves
+    results = 3 * 4 * n_images * ((n_heads + 2) + 4 * len(RANKINGS) * len(grid))
+    check_memory(engine_memory(lm, groups.length, params.batch_size, rows) + results,
+                 f"The validation of {n_images} images ({rows} rows of {groups.length} tokens per image, batch size "
+                 f"{params.batch_size})", "use a smaller --batch-size or fewer --max-images")
 
 
 # -- per image: the same functions here and on Ray workers ----------------------------------------

@@ -114,7 +114,8 @@ def register(app: typer.Typer) -> None:
                    f"LDS median Pearson {s['lds_pearson_median']:.3f} / Spearman {s['lds_spearman_median']:.3f}")
         typer.echo("top heads (layer, head, attribution): " +
                    ", ".join(f"({l},{h},{v:.3f})" for l, h, v in s["top_heads"][:5]))
-        _problems(s.get("data_problems"))
+        labels = s.get("unanswerable_labels") or []
+        _problems(s.get("data_problems"), labels, int(result.images["label"].isin(labels).sum()))
         typer.echo(f"wrote {out}")
 
     run_dir = inspect.Parameter("run_dir", inspect.Parameter.KEYWORD_ONLY, annotation=Path,
@@ -174,7 +175,8 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"  {name:<18} peak layer {p['peak_layer']['value']:>3}   mean layer "
                        f"{'n/a' if m is None else f'{m:.2f}'}")
         typer.echo(f"  C3: {s['c3'].get('verdict')}   C4: {s['c4'].get('verdict')}")
-        _problems(getattr(dataset, "problems", None))
+        _problems(getattr(dataset, "problems", None), s.get("unanswerable_labels") or [],
+                  len(s["images"].get("unanswerable", [])))
 
     sem_run = inspect.Parameter("run_dir", inspect.Parameter.KEYWORD_ONLY, annotation=Path, default=typer.Argument(
         ..., help="Run directory with attributions.npy and images.parquet."))
@@ -251,6 +253,7 @@ def register(app: typer.Typer) -> None:
         path = run_study(values["model"], values["data"], values["out"], plan=plan, seed=values["seed"],
                          data_seed=values["data_seed"], batch_size=batch_size, device=values["device"],
                          dtype=values["dtype"], keep_wrong=values["keep_wrong"], log=typer.echo)
+        _study_problems(values["out"])
         typer.echo(f"report: {path}")
 
     demo_out = inspect.Parameter("out", inspect.Parameter.KEYWORD_ONLY, annotation=Path, default=typer.Option(
@@ -268,7 +271,22 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"report: {path}")
 
 
-def _problems(problems: dict | None) -> None:
-    """Print the skipped-item counts of the data (nothing when there were none)."""
+def _problems(problems: dict | None, unanswerable: list[str] = (), n_unanswerable: int = 0) -> None:
+    """Print the skipped-item counts of the data, and the images skipped because the model cannot write their
+    label (``unanswerable`` labels, ``n_unanswerable`` images); nothing when there were none."""
     if problems:
         typer.echo("skipped data items: " + ", ".join(f"{reason} {count}" for reason, count in problems.items()))
+    if unanswerable:
+        typer.echo(f"skipped {n_unanswerable} image(s) whose label the model cannot write: "
+                   f"{', '.join(map(repr, unanswerable))} (relabel them with words the tokenizer knows)")
+
+
+def _study_problems(out: Path) -> None:
+    """What a study skipped: the data items and unanswerable labels of its attribution step (every image of the
+    study; the flow step analyses the first of them)."""
+    from ..store import read_json, read_parquet
+
+    summary = read_json(out / "summary.json")
+    labels = summary.get("unanswerable_labels") or []
+    n = int(read_parquet(out / "images.parquet")["label"].isin(labels).sum()) if labels else 0
+    _problems(summary.get("data_problems"), labels, n)

@@ -25,10 +25,11 @@ from ..errors import HeadflowError, param_error
 from ..executor import map_images
 from ..intervene import Intervention, InterventionEngine
 from ..intervene.spec import ablation_matrix
-from ..method import Method, Result, provenance
+from ..method import Method, Result, check_memory, provenance
 from ..models.geometry import token_coverage, token_rects
 from ..models.loading import load_model
-from ..per_image import answer_correct, check_labels, data_record, dataset_labels, worker_engine, worker_spec
+from ..per_image import (answer_correct, check_labels, data_record, dataset_labels, engine_memory, worker_engine,
+                         worker_spec)
 from ..store import (ensure_config, load_pickle, read_json, read_parquet, run_lock, save_npz, save_parquet, save_pickle,
                      spec_hash, verify_file, write_json)
 from . import objects as obj
@@ -164,6 +165,8 @@ class TokenFlow(Method):
         window = params.window if params.window is not None else max(1, round(n_layers / 6))
         if len(data):
             _check_pairs_measurable(lm, data[0].image, params)
+            if out is None or not (Path(out) / "flow.json").exists():  # (a finished run is loaded, not computed)
+                _check_memory(lm, params, data, window)
         heads = None if params.heads is None else ablation_matrix([tuple(h) for h in params.heads], n_layers,
                                                                   lm.n_heads)
         resolved = {"window_": window, "pairs_": [list(p) for p in params.pairs],
@@ -181,12 +184,13 @@ class TokenFlow(Method):
             config = ensure_config(out, spec, {"params": params.model_dump(mode="json"), "resolved": resolved},
                                    rebuild_hint=f"headflow flow --out {out} with the options in {out / 'config.json'}")
             if (out / "flow.json").exists():
+                _FlowProgress(out).clear()  # (left by a run killed between writing flow.json and clearing it)
                 return FlowResult.load(out)  # finished with this configuration
             progress = _FlowProgress(out)
             result = self._run(lm, params, data, window=window, heads=heads, resolved=resolved, runner=runner,
                                progress=progress, spec_hash=config["spec_hash"])
+            result.plot(out / "figures")  # before flow.json, which marks the run finished (figures included)
             result.save(out)
-            result.plot(out / "figures")
             progress.clear()
         return result
 
@@ -410,6 +414,26 @@ def _check_pairs_measurable(lm, image, params: FlowParams) -> None:
         for group in (source, target):
             if group in groups.empty():
                 raise groups.empty_group_error(group, f"The flow pair {pair_name((source, target))}")
+
+
+def _check_memory(lm, params: FlowParams, data: Sequence, window: int) -> None:
+    """Refuse, before anything is written, a flow run whose per-image engine state (the first image's prompt,
+    encoded) or results (window and object records, per-pair tables, bootstrap indices, token maps) do not fit."""
+    image = data[0].image
+    _, groups = lm.encode(image, params.question)
+    n_images, n_starts, n_pairs = len(data), lm.n_layers - window + 1, len(params.pairs)
+    n_image_tokens = len(groups.image)
+    maps = params.n_maps > 0 and params.objects is not False
+    rows = n_pairs * n_starts + 2 + 2 * params.n_random + (n_image_tokens if maps else 0)
+    width, height = image.size
+    results = (256 * n_images * (n_pairs * n_starts + 4)  # window and object records (Python tuples)
+               + 2 * 2 * 8 * n_images * n_starts * n_pairs  # per-pair float64 tables (prob, logit), working copies
+               + 8 * params.n_bootstrap * n_images  # bootstrap indices
+               + min(params.n_maps, n_images) * (7 * 8 * n_image_tokens + 3 * width * height))  # token maps
+    check_memory(engine_memory(lm, groups.length, params.batch_size, rows) + results,
+                 f"The flow of {n_images} images ({rows} rows of {groups.length} tokens per image, batch size "
+                 f"{params.batch_size}, {params.n_bootstrap} bootstrap resamples)",
+                 "use a smaller --batch-size or --bootstrap, or fewer --images or --maps")
 
 
 def _image_ids(dataset: Sequence) -> list[str] | None:

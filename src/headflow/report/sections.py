@@ -157,6 +157,9 @@ def model_section(inp: Inputs) -> Built:
          "n_images"),
         ("Data items skipped (bad data)", ", ".join(f"{reason}: {count}" for reason, count in
                                                    summary["data_problems"].items()) or "none", "data_problems"),
+        ("Labels the model cannot write (images skipped)",
+         ", ".join(map(str, summary.optional("unanswerable_labels") or [])) or "none",  # (older runs lack it)
+         "unanswerable_labels"),
         ("Clean accuracy", fmt_pct(summary["clean_accuracy"]), "clean_accuracy"),
         ("Wrongly answered images kept", fmt(keep_wrong), None),
         ("Question", text(question), None),
@@ -256,8 +259,11 @@ def flow_section(inp: Inputs) -> Built:
     body = table(("Pair", "Peak layer [95% CI]", "\u0394p/p at peak", "Effect-weighted mean layer [95% CI]"), rows,
                  id="flow-table")
     images = f["images"]
+    unanswerable = images.optional("unanswerable") or []  # (older runs lack it)
+    skipped = (f"; {esc(fmt(len(unanswerable)))} skipped because the model cannot write their label "
+               f"({esc(', '.join(map(str, f.optional('unanswerable_labels') or [])))})" if unanswerable else "")
     body += (f"<p class=\"note\">{esc(fmt(images['n_kept']))} of {esc(fmt(images['n_total']))} images "
-             f"kept; window {esc(fmt(window))} layers; effect: {esc(f['effect'])}.</p>")
+             f"kept{skipped}; window {esc(fmt(window))} layers; effect: {esc(f['effect'])}.</p>")
     c3 = f["c3"]
     if c3["verdict"] == "not tested":
         body += callout(f"<strong>C3</strong> not tested: {esc(c3['reason'])}.")

@@ -7,7 +7,8 @@ Guarantees
 ----------
 * **Atomic writes.** Every file is written to a temporary file next to it, flushed and fsynced, then
   ``os.replace``-d into place (:func:`atomic_write`): a reader sees the old content or the new one, never
-  a mix, whatever kills the writer.
+  a mix, whatever kills the writer. A writer killed mid-write (``SIGKILL``) leaves its temporary file, which the
+  next :func:`run_lock` of the run removes (:func:`remove_temporaries`).
 * **Integrity records.** Array, table and pickle files written by :func:`save_npy`,
   :func:`save_parquet` and :func:`save_pickle` get a record (size, sha256, and shape and dtype for
   ``.npy``) in ``integrity.json`` next to them; :func:`load_npy`, :func:`read_parquet`,
@@ -35,7 +36,7 @@ from pathlib import Path
 
 from ..errors import HeadflowError, RunIntegrityError
 from .atomic import atomic_write, json_default, read_json, write_error, write_json
-from .lock import LOCK_NAME, check_unlocked, run_lock
+from .lock import LOCK_NAME, check_unlocked, remove_temporaries, run_lock
 from .records import (FULL_HASH_LIMIT, INTEGRITY_NAME, file_record, load_npy, load_pickle, read_parquet, save_npy,
                       save_npz, save_parquet, save_pickle, save_recorded, verify_file)
 from .rows import RowStore
@@ -53,6 +54,7 @@ __all__ = [
     "load_pickle",
     "read_json",
     "read_parquet",
+    "remove_temporaries",
     "run_data_files",
     "run_lock",
     "save_npy",

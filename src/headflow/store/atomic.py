@@ -14,7 +14,10 @@ import numpy as np
 
 from ..errors import HeadflowError, MissingFileError, RunIntegrityError, WriteError
 
-__all__ = ["atomic_write", "read_json", "write_error", "write_json"]
+__all__ = ["TEMP_SUFFIX", "atomic_write", "read_json", "write_error", "write_json"]
+
+TEMP_SUFFIX = ".tmp"
+"""Suffix of :func:`atomic_write`'s temporary files (``.NAME.XXXXXXXX.tmp`` next to ``NAME``)."""
 
 
 def _size(n: float) -> str:
@@ -86,7 +89,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], *, size_hint: 
             free = _free_bytes(path.parent)
             if free is not None and free < size_hint:
                 raise OSError(errno_.ENOSPC, os.strerror(errno_.ENOSPC))
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
         os.close(fd)
         write(Path(tmp))
         fd = os.open(tmp, os.O_RDONLY)

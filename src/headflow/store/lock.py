@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import threading
 import time
@@ -17,9 +18,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import HeadflowError
-from .atomic import write_error
+from .atomic import TEMP_SUFFIX, write_error
 
-__all__ = ["LOCK_NAME", "check_unlocked", "run_lock"]
+__all__ = ["LOCK_NAME", "check_unlocked", "remove_temporaries", "run_lock"]
 
 LOCK_NAME = ".headflow.lock"
 """Lock file of a run directory (see :func:`run_lock`)."""
@@ -98,7 +99,8 @@ def run_lock(run_dir: str | Path) -> Iterator[Path]:
 
     A second process (or host) that tries to lock the same directory gets a :class:`HeadflowError`
     naming the holder's PID and host. A lock left by a process that died on this host is taken over.
-    Re-entrant within a process; released on exit, also on an exception. The lock is a file,
+    Re-entrant within a process; released on exit, also on an exception. Taking the lock removes the temporary
+    files of writers that were killed mid-write (:func:`remove_temporaries`). The lock is a file,
     ``run_dir/.headflow.lock`` (PID, host, start time), guarded by ``flock`` where the file system
     supports it; it is removed on release.
 
@@ -120,6 +122,7 @@ def run_lock(run_dir: str | Path) -> Iterator[Path]:
         else:
             fd = _acquire(run_dir)
             _HELD[key] = [fd, 1]
+            remove_temporaries(run_dir)
     try:
         yield run_dir
     finally:
@@ -142,7 +145,7 @@ def _acquire(run_dir: Path) -> int:
         except OSError as exc:
             raise write_error(lock, exc) from exc
         locked = _flock(fd)
-        info = _read_lock(fd)
+        info = _read_lock(fd) if locked is not False else _holder(fd)
         if locked is False or not _claimable(info, locked):
             os.close(fd)
             raise _busy(run_dir, info)
@@ -165,6 +168,44 @@ def _acquire(run_dir: Path) -> int:
             raise write_error(lock, exc) from exc
         return fd
     raise HeadflowError(f"Could not lock {run_dir}: its lock file {lock} keeps changing. Try again.")
+
+
+_TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]{8}" + re.escape(TEMP_SUFFIX) + "$")
+
+
+def remove_temporaries(run_dir: str | Path) -> list[Path]:
+    """Delete the temporary files that writers killed mid-write (``SIGKILL``, a power cut: no ``finally`` ran) left
+    in ``run_dir`` and below; returns them. :func:`run_lock` calls it once it holds the run, when no other writer
+    of the run is alive. Sub-directories holding their own lock file (another run's) are left to that run.
+    """
+    run_dir = Path(run_dir)
+    removed = []
+    for root, dirs, files in os.walk(run_dir):
+        if Path(root) != run_dir and LOCK_NAME in files:
+            dirs[:] = []
+            continue
+        for name in files:
+            if _TEMPORARY.match(name):
+                path = Path(root) / name
+                try:
+                    path.unlink()
+                    removed.append(path)
+                except OSError:
+                    pass
+    return removed
+
+
+def _holder(fd: int) -> dict[str, Any]:
+    """The info of a lock another process holds (its ``flock``). One that has just taken over a dead process's lock
+    writes its own PID a moment after taking it: until then the file is empty or names the dead process, so
+    re-read it for up to a second (the refusal names the live holder)."""
+    info = _read_lock(fd)
+    for _ in range(100):
+        if info and (info.get("host") != socket.gethostname() or _alive(int(info.get("pid", -1)), info.get("start"))):
+            break
+        time.sleep(0.01)
+        info = _read_lock(fd)
+    return info
 
 
 def check_unlocked(run_dir: str | Path) -> None:
