@@ -41,10 +41,11 @@ def _inputs(processor, image):
     return processor(text=prompt, images=[image], return_tensors="pt")
 
 
-def _image_token_id(processor) -> int:
-    """The id of the token the processor repeats per image feature (Gemma3Processor.image_token_id is the
-    begin-of-image token; the tokenizer's image_token is the soft token)."""
-    return getattr(processor.tokenizer, "image_token_id", None) or processor.image_token_id
+def _image_token_ids(processor) -> tuple[int, ...]:
+    """The processor's and its tokenizer's image token ids: one of them is the token repeated per image feature
+    (Gemma3Processor.image_token_id is the begin-of-image token and its tokenizer's the soft token; Aya Vision's
+    tokenizer names the "<image>" placeholder and its processor the patch token)."""
+    return (processor.image_token_id, getattr(processor.tokenizer, "image_token_id", None))
 
 
 def _num_image_features(model, inputs) -> int:
@@ -73,9 +74,9 @@ def test_forward_and_image_tokens(tiny):
     assert vocab == len(processor.tokenizer)
     assert logits.shape == (1, inputs["input_ids"].shape[1], vocab)
     assert torch.isfinite(logits).all()
-    image_token_id = _image_token_id(processor)
+    image_token_id = model.config.image_token_id
     n_tokens = int((inputs["input_ids"] == image_token_id).sum())
-    assert image_token_id == model.config.image_token_id
+    assert image_token_id in _image_token_ids(processor)
     assert n_tokens > 0 and n_tokens == _num_image_features(model, inputs)
 
 
