@@ -30,7 +30,7 @@ from typing import Any
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
 
 __all__ = ["CORPUS_WORDS", "DATA_DIR", "RARE_WORDS", "gemma_tokenizer", "llama_tokenizer",
-           "qwen2_tokenizer", "train_bpe", "trained_bpe"]
+           "qwen2_tokenizer", "sentencepiece_vocab", "train_bpe", "trained_bpe"]
 
 #: Words seen often in the training corpus: they end up as whole pieces (with their leading-space marker).
 CORPUS_WORDS: tuple[str, ...] = (
@@ -126,6 +126,17 @@ def _merges(style: str) -> list[tuple[str, str]]:
     return [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in json.loads(trained_bpe(style)[1])]
 
 
+def sentencepiece_vocab(specials: Sequence[str]) -> dict[str, int]:
+    """``specials`` first, then the 256 byte-fallback tokens ``<0x00>``..``<0xFF>``, then the Llama-style trained
+    pieces: the id layout of SentencePiece vocabularies (Llama's, Gemma's)."""
+    vocab = {token: i for i, token in enumerate(specials)}
+    for byte in range(256):
+        vocab[f"<0x{byte:02X}>"] = len(vocab)
+    for piece in sorted(json.loads(trained_bpe("llama")[0]).items(), key=lambda kv: kv[1]):
+        vocab.setdefault(piece[0], len(vocab))
+    return vocab
+
+
 def llama_tokenizer(special_tokens: Sequence[str] = (), *, image_token: str = "<image>",
                     extra_special_tokens: dict[str, str] | None = None, chat_template: str | None = None) -> Any:
     """A Llama/Mistral-style SentencePiece BPE tokenizer (:class:`transformers.LlamaTokenizer`).
@@ -137,11 +148,7 @@ def llama_tokenizer(special_tokens: Sequence[str] = (), *, image_token: str = "<
     """
     from transformers import LlamaTokenizer
 
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
-    for byte in range(256):
-        vocab[f"<0x{byte:02X}>"] = len(vocab)
-    for piece in sorted(json.loads(trained_bpe("llama")[0]).items(), key=lambda kv: kv[1]):
-        vocab.setdefault(piece[0], len(vocab))
+    vocab = sentencepiece_vocab(["<unk>", "<s>", "</s>"])
     named = {"image_token": image_token, **(extra_special_tokens or {})}
     tok = LlamaTokenizer(vocab=vocab, merges=_merges("llama"), add_bos_token=True, add_eos_token=False,
                          pad_token="<pad>", extra_special_tokens=named, model_max_length=4096,
@@ -163,11 +170,7 @@ def gemma_tokenizer(special_tokens: Sequence[str] = (), *, image_token: str,
     """
     from transformers import GemmaTokenizer
 
-    vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, "<mask>": 4}
-    for byte in range(256):
-        vocab[f"<0x{byte:02X}>"] = len(vocab)
-    for piece in sorted(json.loads(trained_bpe("llama")[0]).items(), key=lambda kv: kv[1]):
-        vocab.setdefault(piece[0], len(vocab))
+    vocab = sentencepiece_vocab(["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"])
     named = {"image_token": image_token, **(extra_special_tokens or {})}
     tok = GemmaTokenizer(vocab=vocab, merges=_merges("llama"), add_bos_token=True, add_eos_token=False,
                          extra_special_tokens=named, model_max_length=4096,
