@@ -312,3 +312,16 @@ def test_engine_matches_the_slow_per_head_reference(tiny_models, family):
             diff = float((got.logits[0] - want).abs().max())
             assert diff <= 1e-4, (family, name, path, got.path, diff)
     assert moved > 1e-4, (family, "the rows do not change the logits; the comparison would prove nothing")
+
+
+@pytest.mark.parametrize("family", family_names())
+def test_check_passes_in_bfloat16_within_its_stated_tolerance(family):
+    """The invariants hold in bfloat16 too, to 8 ulps of the largest clean logit (measured: at most 1 ulp); the
+    tolerance is not loose: float32's is still 1e-4."""
+    from headflow.intervene.check import tolerance_for
+
+    lm = load_model(f"tiny:{family}", dtype="bfloat16")
+    results = run_checks(lm, n_rows=4)
+    assert all(r.passed for r in results), [r.failure for r in results if not r.passed]
+    scale = results[0].tolerance / (8 * torch.finfo(torch.bfloat16).eps)
+    assert 1.0 <= scale < 100 and tolerance_for(torch.float32, scale) == 1e-4

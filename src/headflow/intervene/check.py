@@ -26,6 +26,23 @@ from .engine import Baseline, InterventionEngine, PreparedPrompt
 from .spec import Intervention, Knockout
 
 TOLERANCE = 1e-4
+#: In 16-bit dtypes two exact computations of one logit may differ by their rounding: the tolerance there is this many
+#: units in the last place (``torch.finfo(dtype).eps``) of the largest clean logit (measured on every tiny family:
+#: at most 1 ulp in bfloat16 and float16; README "headflow check")
+ULPS_16BIT = 8
+
+
+def tolerance_for(dtype: torch.dtype, logit_scale: float) -> float:
+    """The tolerance on logits of ``headflow check`` for a model in ``dtype`` whose clean logits reach
+    ``logit_scale`` in absolute value: 1e-4 in float32 (and float64); in 16-bit dtypes
+    :data:`ULPS_16BIT` ulps of ``max(1, logit_scale)``.
+
+    >>> tolerance_for(torch.float32, 30.0), tolerance_for(torch.bfloat16, 2.0)
+    (0.0001, 0.125)
+    """
+    if torch.finfo(dtype).bits > 16:
+        return TOLERANCE
+    return max(TOLERANCE, ULPS_16BIT * torch.finfo(dtype).eps * max(1.0, float(logit_scale)))
 CHECK_QUESTION = "What is the main object in the image?"
 #: Why ``run(path="auto")`` takes the prefix path when the engine finds nothing against it.
 PREFIX_OK = ("every intervened query lies after the image, and the model's own masks let no prefix query attend past "
@@ -257,7 +274,8 @@ INVARIANTS: tuple[tuple[str, str, Callable[[_Shared, _Worst], dict[str, Any]]], 
 
 
 def run_checks(lm: LoadedModel, *, n_rows: int = 6, seed: int = 0, image: Image.Image | None = None) -> list[CheckResult]:
-    """The four invariants of ``headflow check`` (fp32 tolerance 1e-4 on logits), each reported on its own.
+    """The four invariants of ``headflow check``, each reported on its own, against :func:`tolerance_for` the model's
+    dtype (1e-4 on logits in float32; 8 ulps of the largest clean logit in bfloat16/float16).
 
     (a) headflow's attention with no intervention equals the plain HF forward;
     (b) ablating heads with their own keys/values as the baseline equals no intervention, on the full path,
@@ -269,16 +287,20 @@ def run_checks(lm: LoadedModel, *, n_rows: int = 6, seed: int = 0, image: Image.
     An invariant that raises is reported with ``error`` set and ``passed`` False; the others still run.
     """
     shared = _Shared(lm, n_rows, seed, image)
+    try:
+        tolerance = tolerance_for(lm.dtype, float(shared.prompt.clean_logits.abs().max()))
+    except Exception:  # noqa: BLE001 - the prompt's failure is reported by every invariant that needs it
+        tolerance = tolerance_for(lm.dtype, 1.0)
     results = []
     for name, description, measure in INVARIANTS:
         worst = _Worst()
         try:
             paths = measure(shared, worst)
         except Exception as exc:  # noqa: BLE001 - reported, never hidden, never stopping the others
-            results.append(CheckResult(name, description, worst.diff, TOLERANCE, error=error_line(exc),
+            results.append(CheckResult(name, description, worst.diff, tolerance, error=error_line(exc),
                                        worst=worst.where))
             continue
-        results.append(CheckResult(name, description, worst.diff, TOLERANCE, worst=worst.where, paths=paths))
+        results.append(CheckResult(name, description, worst.diff, tolerance, worst=worst.where, paths=paths))
     return results
 
 
