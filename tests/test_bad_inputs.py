@@ -88,6 +88,11 @@ BAD = [
     ([*F, "--threshold", "2"], "'threshold' parameter of TokenFlow must be a float in (0, 1]"),
     ([*F, "--maps", "-1"], "'n_maps' parameter of TokenFlow must be an int in [0, inf)"),
     ([*F, "--n-random", "-1"], "'n_random' parameter of TokenFlow must be an int in [0, inf)"),
+    # plan
+    (["plan", "--model", "tiny:llava", "--memory", "lots"], "'--memory' option of plan must be a size"),
+    (["plan", "--model", "tiny:llava", "--images", "0"], "'images' option of plan must be an int in [1, inf)"),
+    (["plan", "--model", "tiny:llava", "--batch-size", "0"], "'batch_size' option of plan must be an int in [1, inf)"),
+    (["plan", "--model", "{tmp}/none"], "does not exist"),
     # compare
     (["compare", "{run}"], "needs at least two run directories; got 1"),
     (["compare", "{run}", "{run}"], "is given twice"),

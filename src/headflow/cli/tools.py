@@ -1,16 +1,31 @@
-"""``headflow check | inspect | report | model-card``: exactness checks, a model's groups, the report, the
-default model's card numbers."""
+"""``headflow check | inspect | plan | report | model-card``: exactness checks, a model's groups, the cost of an
+attribution before it runs, the report, the default model's card numbers."""
 
 from __future__ import annotations
 
 import inspect
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import typer
 
-from .options import SHARED, command
+from ..method import DEFAULT_BATCH_SIZE
+from .options import SHARED, command, fail
+
+_UNITS = {"": 1, "b": 1, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "kb": 10**3, "mb": 10**6,
+          "gb": 10**9, "tb": 10**12}
+
+
+def parse_bytes(text: str) -> int:
+    """``"16GiB"``, ``"512 MiB"``, ``"2e9"`` as a number of bytes (one-line error otherwise)."""
+    import re
+
+    match = re.fullmatch(r"\s*([0-9.]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", text)
+    unit = match.group(2).lower() if match else None
+    if match is None or unit not in _UNITS:
+        fail(f"The '--memory' option of plan must be a size such as 16GiB, 512MiB or 2e9. Got {text!r} instead.")
+    return int(float(match.group(1)) * _UNITS[unit])
 
 
 def register(app: typer.Typer) -> None:
@@ -64,6 +79,33 @@ def register(app: typer.Typer) -> None:
                   if name != "image"}
         typer.echo(json.dumps({"model": lm.describe(), "groups": groups.describe(), "tokens": tokens,
                                "answer_header": groups.header, "empty_groups": groups.empty()}, indent=2))
+
+    def option(name: str, flag: str, default: Any, annotation: Any, help: str) -> inspect.Parameter:
+        return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
+                                 default=typer.Option(default, flag, help=help))
+
+    plan_options = [
+        option("images", "--images", 100, int, "Images the attribution will run on."),
+        option("masks", "--masks", None, Optional[int], "Training masks per image (default max(512, 4N))."),
+        option("val_masks", "--val-masks", 256, int, "Held-out masks per image."),
+        option("batch_size", "--batch-size", DEFAULT_BATCH_SIZE, int, "Rows per forward pass."),
+        option("memory", "--memory", None, Optional[str], "Memory to plan for, e.g. 80GiB (default: free now)."),
+        option("probe", "--probe/--no-probe", True, bool, "Time one batch of masked rows on a test image."),
+    ]
+
+    @command(app, "plan", [SHARED["model"], SHARED["adapter"], SHARED["device"], SHARED["dtype"], *plan_options,
+                           as_json])
+    def plan(**values: Any) -> None:
+        """What a head attribution of MODEL will cost before it runs: memory per batch row and the batch size that
+        fits, the fit's memory, the run directory's disk, and (probe) the time per image."""
+        from ..models import load_model
+        from ..plan import format_plan, plan_attribution
+
+        memory = parse_bytes(values["memory"]) if values["memory"] is not None else None
+        lm = load_model(values["model"], device=values["device"], dtype=values["dtype"])
+        result = plan_attribution(lm, n_images=values["images"], n_masks=values["masks"], n_val=values["val_masks"],
+                                  batch_size=values["batch_size"], memory=memory, probe=values["probe"])
+        typer.echo(json.dumps(result, indent=2) if values["as_json"] else format_plan(result))
 
     run_dir = inspect.Parameter("run_dir", inspect.Parameter.KEYWORD_ONLY, annotation=Path, default=typer.Argument(
         ..., help="A study or attribution run directory."))
