@@ -369,7 +369,7 @@ class InterventionEngine:
 
     def mixed(self, prompt: PreparedPrompt, mix: torch.Tensor, *, baseline: Baseline, kind: str = "output",
               continuation: Sequence[int] = ()) -> torch.Tensor:
-        """Logits ``[row, 1 + len(continuation), vocab]`` with a continuous coefficient per (row, layer, head)
+        """Logits ``[row, 1 + len(continuation), vocab]`` (in the model's dtype) with a continuous coefficient per (row, layer, head)
         between each head's clean (0) and ablated (1) reading of the image, differentiable in ``mix``.
 
         ``mix``: float ``[row, layer, head]`` (set ``requires_grad`` to take gradients: attribution patching).
@@ -416,7 +416,7 @@ class InterventionEngine:
         attention = None
         if state.capture_attention:
             attention = torch.stack([state.image_attention[layer] for layer in range(self.lm.n_layers)], dim=1)
-        return logits.float(), attention
+        return (logits if mix is not None else logits.float()), attention  # mixed: the model's dtype
 
 
 def _slice_batch(batch: CompiledBatch, start: int, stop: int) -> CompiledBatch:
