@@ -41,6 +41,16 @@ BAD = [
     ([*A, "--images", "-"], "Invalid value for '--images'"),
     ([*A, "--nonsense"], "No such option: --nonsense"),
     ([*A, "--workers", "2"], "--workers needs --ray"),
+    # attribute --method patching
+    ([*A, "--method", "gradient"], "--method must be one of regression, patching. Got 'gradient'"),
+    ([*A, "--method", "patching", "--masks", "16"], "--masks applies to --method regression only"),
+    ([*A, "--method", "patching", "--ablation-prob", "0.2"], "--ablation-prob applies to --method regression only"),
+    ([*A, "--method", "patching", "--fit", "ridge"], "--fit applies to --method regression only"),
+    ([*A, "--mix", "kv"], "--mix applies to --method patching only"),
+    ([*A, "--method", "patching", "--mix", "qk"], "'mix' parameter of HeadAttributionPatching must be one of output, kv"),
+    ([*A, "--method", "patching", "--mix", "kv", "--baseline", "knockout"], "the knockout baseline has none"),
+    ([*A, "--method", "patching", "--n-check", "-1"], "'n_check' parameter of HeadAttributionPatching must be an int"),
+    ([*A, "--method", "patching", "--ray", "local"], "drop --ray/--workers"),
     # attribute: model, device, data, output
     (["attribute", "--model", "tiny:gpt9", "--out", "{tmp}/a"], "Unknown family 'gpt9'"),
     (["attribute", "--model", "{tmp}/nothing-here", "--out", "{tmp}/a"], "nothing-here"),

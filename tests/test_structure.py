@@ -94,12 +94,12 @@ def test_each_default_is_defined_once():
 
 
 def _methods():
-    from headflow.attribution import HeadAttribution, Validation
+    from headflow.attribution import HeadAttribution, HeadAttributionPatching, Validation
     from headflow.compare import CompareRuns
     from headflow.flow import TokenFlow
     from headflow.semantics import SemanticAnalysis
 
-    return [HeadAttribution, Validation, TokenFlow, SemanticAnalysis, CompareRuns]
+    return [HeadAttribution, HeadAttributionPatching, Validation, TokenFlow, SemanticAnalysis, CompareRuns]
 
 
 def test_every_method_has_one_shape():
@@ -135,21 +135,23 @@ def test_unknown_parameter_is_refused_at_once():
         HeadAttribution("tiny:llava", n_mask=8)
 
 
-@pytest.mark.parametrize(("command", "params"), [("attribute", "AttributionParams"), ("validate", "ValidationParams"),
+@pytest.mark.parametrize(("command", "params"), [("attribute", "AttributionParams"), ("attribute", "PatchingParams"),
+                                                 ("validate", "ValidationParams"),
                                                  ("flow", "FlowParams"), ("semantics", "SemanticParams"),
                                                  ("compare", "CompareParams")])
 def test_cli_options_come_from_the_parameter_models(command, params):
     """Every parameter is an option of its command, with the model's default and help line."""
     import typer.main
 
-    from headflow.attribution.params import AttributionParams, ValidationParams
+    from headflow.attribution.params import AttributionParams, PatchingParams, ValidationParams
     from headflow.cli import app
     from headflow.cli.options import flag_of
     from headflow.flow.params import FlowParams
     from headflow.compare.params import CompareParams
     from headflow.semantics.params import SemanticParams
 
-    model = {"AttributionParams": AttributionParams, "ValidationParams": ValidationParams, "FlowParams": FlowParams,
+    model = {"AttributionParams": AttributionParams, "PatchingParams": PatchingParams,
+             "ValidationParams": ValidationParams, "FlowParams": FlowParams,
              "SemanticParams": SemanticParams, "CompareParams": CompareParams}[params]
     click = typer.main.get_command(app).commands[command]
     options = {opt: p for p in click.params for opt in getattr(p, "opts", [])}

@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import typer
 
-from ..attribution.params import AttributionParams, ValidationParams
+from ..attribution.params import AttributionParams, PatchingParams, ValidationParams
 from ..compare.params import CompareParams
 from ..errors import HeadflowError
 from ..flow.params import FlowParams
@@ -75,12 +75,24 @@ def register(app: typer.Typer) -> None:
                              help="Bernoulli probability that a head is ablated in a mask; a list (0.05,0.1,0.2) "
                                   "runs one attribution per value and compares their held-out LDS."))
 
-    @command(app, "attribute", _shared(*DATA_OPTIONS, "out", *RUN_OPTIONS)
-             + method_options(AttributionParams, overrides={"ablation_prob": ablation_prob}))
+    method = inspect.Parameter("method", inspect.Parameter.KEYWORD_ONLY, annotation=str, default=typer.Option(
+        ATTRIBUTION_METHODS[0], "--method", help="regression (random head ablations -> linear fit) | patching "
+        "(attribution patching: one forward and one backward pass per image)."))
+    patching_only = method_options(PatchingParams, skip=tuple(AttributionParams.model_fields))
+
+    @command(app, "attribute", _shared(*DATA_OPTIONS, "out", *RUN_OPTIONS) + [method]
+             + method_options(AttributionParams, overrides={"ablation_prob": ablation_prob}) + patching_only)
     def attribute(**values: Any) -> None:
-        """Head attribution: random head ablations -> linear fit -> per-head attribution (resumable)."""
+        """Head attribution: random head ablations -> linear fit -> per-head attribution (resumable); or
+        --method patching: attribution patching, one forward and one backward pass per image."""
         from ..attribution import HeadAttribution, ablation_prob_sweep
 
+        if values["method"] not in ATTRIBUTION_METHODS:
+            fail(f"--method must be one of {', '.join(ATTRIBUTION_METHODS)}. Got {values['method']!r} instead.")
+        if values["method"] == "patching":
+            _attribute_patching(values)
+            return
+        _only_with("regression", "patching", values, PatchingParams, skip=tuple(AttributionParams.model_fields))
         try:
             probs = [float(v) for v in values["ablation_prob"].split(",") if v.strip()]
         except ValueError:
@@ -269,6 +281,57 @@ def register(app: typer.Typer) -> None:
         path = run_study("default", "default", values["out"], plan=QUICK if values["quick"] else FULL,
                          device=values["device"], log=typer.echo)
         typer.echo(f"report: {path}")
+
+
+#: the ways ``headflow attribute`` computes head attributions (the first is the default)
+ATTRIBUTION_METHODS = ("regression", "patching")
+
+
+def _only_with(method: str, other: str, values: dict[str, Any], params, skip: tuple[str, ...] = ()) -> None:
+    """Refuse an option of ``other`` method's parameters given with another value than its default."""
+    from .options import flag_of, from_cli
+
+    for name, info in params.model_fields.items():
+        if name in skip or name not in values:
+            continue
+        default = info.get_default(call_default_factory=True)
+        raw = values[name]
+        given = from_cli(name, info, raw, "attribute") if isinstance(raw, str) else raw
+        if name == "ablation_prob":
+            try:
+                given = [float(v) for v in str(raw).split(",") if v.strip()]
+            except ValueError:
+                given = raw
+            default = [default]
+        if given != default:
+            fail(f"{flag_of(name, info)} applies to --method {other} only; drop it with --method {method}.")
+
+
+def _attribute_patching(values: dict[str, Any]) -> None:
+    """``headflow attribute --method patching``: attribution patching into the same run layout."""
+    from ..attribution import HeadAttributionPatching
+
+    _only_with("patching", "regression", values, AttributionParams, skip=tuple(PatchingParams.model_fields))
+    if values["ray"] is not None or values["workers"] is not None:
+        fail("--method patching runs in this process (one forward and backward pass per image); drop --ray/--workers.")
+    params = params_from(PatchingParams, values, "attribute")
+    HeadAttributionPatching(None, **params).check()
+    out = values["out"]
+    lm = _load(values["model"], values["device"], values["dtype"])
+    dataset = _data(values)
+    result = HeadAttributionPatching(lm, **params).run(dataset, out=out)
+    result.plot()
+    s = result.summary
+    check = s["exact_check"]
+    typer.echo(f"{s['n_images']} images, attribution patching (mix {s['mix']}), clean accuracy "
+               f"{s['clean_accuracy']:.3f}" + (f", Spearman with exact single-head effects (median of "
+                                                f"{check['n_images']}) {check['spearman_median']:.3f}"
+                                                if check["spearman_median"] is not None else ""))
+    typer.echo("top heads (layer, head, attribution): " +
+               ", ".join(f"({l},{h},{v:.3f})" for l, h, v in s["top_heads"][:5]))
+    labels = s.get("unanswerable_labels") or []
+    _problems(s.get("data_problems"), labels, int(result.images["label"].isin(labels).sum()))
+    typer.echo(f"wrote {out}")
 
 
 def _problems(problems: dict | None, unanswerable: list[str] = (), n_unanswerable: int = 0) -> None:
