@@ -20,6 +20,7 @@ from ..compare.params import CompareParams
 from ..errors import HeadflowError
 from ..flow.params import FlowParams
 from ..semantics.params import SemanticParams
+from ..steering.params import SteeringParams
 from .options import SHARED, command, fail, method_options, params_from
 
 
@@ -157,6 +158,31 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"C1 holds: {result.data['c1']['holds']}; distinct subset (k80 attribution "
                    f"{subset['k80_attribution']} vs random {subset['k80_random']}): {subset['holds']}; "
                    f"wrote {run / 'validation.json'}")
+
+    @command(app, "steer", [run_dir, model_opt, SHARED["adapter"], SHARED["device"], SHARED["dtype"],
+                            *method_options(SteeringParams)])
+    def steer(**values: Any) -> None:
+        """Scale the found heads' reading of the image (factor 1 = identity, 0 = knockout) on clean and degraded
+        images: accuracy and answer logit per factor for top attribution, top attention and random heads."""
+        from ..steering import HeadSteering
+        from ..store import read_json
+
+        run = values["run_dir"]
+        params = params_from(SteeringParams, values, "steer")
+        HeadSteering(None, **params).check()
+        if not (run / "config.json").exists():
+            fail(f"{run} is not an attribution run directory (no config.json); run 'headflow attribute --out "
+                 f"{run}' first.")
+        spec = values["model"] or read_json(run / "config.json")["spec"]["model"]
+        result = HeadSteering(_load(spec, values["device"], values["dtype"]), **params).run(run)
+        data = result.data
+        typer.echo(f"{data['n_images']} images, k = {data['k']} heads per ranking, factors "
+                   f"{', '.join(f'{f:g}' for f in data['factors'])}")
+        for condition in data["conditions"]:
+            for ranking in data["rankings"]:
+                acc = data["curves"][condition][ranking]["accuracy"]
+                typer.echo(f"  {condition:<14} {ranking:<12} accuracy " + " ".join(f"{a:.2f}" for a in acc))
+        typer.echo(f"wrote {run / 'steering' / 'steering.json'}")
 
     heads = inspect.Parameter("heads", inspect.Parameter.KEYWORD_ONLY, annotation=str, default=typer.Option(
         "all", "--heads", help="all | top:K (needs --from-run) | FILE (.npy/.json/.txt)."))
