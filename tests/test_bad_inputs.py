@@ -121,7 +121,7 @@ BAD = [
     (["steer", "{run}", "--k", "99"], "must be at most the model's 8 heads"),
     (["steer", "{run}", "--max-images", "0"], "'max_images' parameter of HeadSteering"),
     (["steer", "{run}", "--batch-size", "0"], "'batch_size' parameter of HeadSteering"),
-    (["steer", "{run}", "--model", "tiny:qwen2_vl"], "heads but the run has"),
+    (["steer", "{run}", "--model", "tiny:qwen2_vl"], "it is not the run's model"),
     # semantics
     (["semantics", "{tmp}/none"], "does not exist"),
     (["semantics", "{run}", "--similarity", "euclid"], "must be one of cosine, spearman, jaccard:K"),

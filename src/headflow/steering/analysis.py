@@ -32,7 +32,7 @@ from ..executor import map_images
 from ..intervene import Intervention, InterventionEngine
 from ..method import Method, Result, provenance
 from ..models.loading import load_model
-from ..per_image import recorded_answer_ids, rows_correct
+from ..per_image import ImageJob, checked_prompt, recorded_answer_ids, rows_correct
 from ..store import RowStore, ensure_config, load_npy, read_json, run_lock, write_json
 from .params import SteeringParams, parse_corruption
 
@@ -176,15 +176,23 @@ class HeadSteering(Method):
             answer_ids = recorded_answer_ids(result.images, idx)
             logits, correct = [], []
             for condition in conditions:
-                image = ex.image if condition == "clean" else corrupt_image(
-                    ex.image, condition, mask=ex.mask, seed=params.seed * 1_000_003 + idx)
-                prompt = engine.prepare(image, question)
+                if condition == "clean":  # checked against the run's record: is this the run's model?
+                    job = ImageJob(ex.image, None, answer_ids, float(result.images.at[idx, "clean_logit"]))
+                    prompt = checked_prompt(engine, str(lm.name), question, job)
+                else:
+                    prompt = engine.prepare(corrupt_image(ex.image, condition, mask=ex.mask,
+                                                          seed=params.seed * 1_000_003 + idx), question)
                 out = engine.run(prompt, rows, continuation=answer_ids)
                 logits.append(out.logits[:, answer_ids[0]].cpu().numpy())
                 correct.append(rows_correct(out, answer_ids, answers).astype(np.float32))
             return np.concatenate([np.concatenate(logits), np.concatenate(correct)]).astype(np.float32)
 
         todo = [(row, idx) for row, idx in enumerate(used) if not store.done[row]]
+        if todo:  # the run's model? checked on the first image before any work (each clean prompt is checked too)
+            first = todo[0][1]
+            checked_prompt(engine, str(lm.name), question, ImageJob(
+                dataset[first].image, None, recorded_answer_ids(result.images, first),
+                float(result.images.at[first, "clean_logit"])))
         map_images(one, todo, n_items=len(todo), on_result=store.write, desc="steer: images")
         table = np.asarray(store.data, dtype=np.float64).reshape(len(used), 2, *shape)
         logit, correct = table[:, 0], table[:, 1]
