@@ -93,3 +93,7 @@ def test_a_patching_run_has_the_attribution_layout_and_is_read_like_one(tmp_path
         HeadAttributionPatching("tiny:llava", mix="kv", baseline="knockout").run(data)
     result.plot()
     assert (out / "figures" / "attribution_heatmap.png").exists()
+    from headflow.report import write_report
+
+    page = write_report(out).read_text()  # the report reads a patching run: its LDS section says why it is absent
+    assert "attribution patching (mix output)" in page
