@@ -14,7 +14,9 @@ with the row's intervention applied literally:
   baseline keys/values of the head's KV group instead of the real ones (baseline ``None``: they may not
   attend image positions at all);
 * **knockout** ``(layers, heads, query positions, key positions)``: those queries may not attend those keys
-  in those layers and heads.
+  in those layers and heads;
+* **steering** factor ``f`` of head ``(layer, h)``: its text queries' scores on image keys get ``+ log f``
+  (their softmax weights on the image multiplied by ``f`` and renormalised).
 
 Where state lives: :func:`reference_scope` selects the reference attention for the language model and restores
 the previous implementation on exit; the row travels in a closure that lives for one forward pass.
@@ -45,6 +47,8 @@ class ReferenceRow:
     ablate: torch.Tensor | None = None
     baseline: list[tuple[torch.Tensor, torch.Tensor]] | None = None
     knockouts: Sequence[tuple[Sequence[int], Sequence[int], Sequence[int], Sequence[int]]] = ()
+    #: steering factors float ``[layer, head]`` (None: all 1): text queries' weights on image keys times f, renormalised
+    scale: torch.Tensor | None = None
     record: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
 
@@ -87,6 +91,8 @@ def _attention_for(row: ReferenceRow, image: list[int], text_start: int):
                         values_h[image_idx] = base_v[g].double()
                 scores = (q[rows] @ keys_h.T) * scale
                 scores = scores.masked_fill(~allow, float("-inf"))
+                if rows.start == text_start and row.scale is not None:  # steering: weights on the image times f
+                    scores[:, image_idx] = scores[:, image_idx] + torch.tensor(float(row.scale[layer, h])).double().log()
                 out[rows, h] = torch.softmax(scores, dim=-1) @ values_h
         return out[None].to(query.dtype), None
 

@@ -70,7 +70,7 @@ def test_no_import_cycle_at_module_level():
             visit(node, [node])
 
 
-ANALYSES = ("headflow.attribution", "headflow.flow", "headflow.semantics", "headflow.method", "headflow.executor",
+ANALYSES = ("headflow.attribution", "headflow.steering", "headflow.flow", "headflow.semantics", "headflow.method", "headflow.executor",
             "headflow.per_image", "headflow.answers", "headflow.study", "headflow.report", "headflow.intervene",
             "headflow.models", "headflow.data", "headflow.store")
 
@@ -94,12 +94,14 @@ def test_each_default_is_defined_once():
 
 
 def _methods():
-    from headflow.attribution import HeadAttribution, Validation
+    from headflow.attribution import HeadAttribution, HeadAttributionPatching, Validation
     from headflow.compare import CompareRuns
     from headflow.flow import TokenFlow
     from headflow.semantics import SemanticAnalysis
+    from headflow.steering import HeadSteering
 
-    return [HeadAttribution, Validation, TokenFlow, SemanticAnalysis, CompareRuns]
+    return [HeadAttribution, HeadAttributionPatching, Validation, TokenFlow, SemanticAnalysis, CompareRuns,
+            HeadSteering]
 
 
 def test_every_method_has_one_shape():
@@ -120,8 +122,9 @@ def test_every_method_has_one_shape():
     from headflow.compare import ComparisonResult
     from headflow.flow import FlowResult
     from headflow.semantics import SemanticResult
+    from headflow.steering import SteeringResult
 
-    for result in (AttributionResult, ValidationResult, FlowResult, SemanticResult, ComparisonResult):
+    for result in (AttributionResult, ValidationResult, FlowResult, SemanticResult, ComparisonResult, SteeringResult):
         assert issubclass(result, Result)
         for name in ("save", "load", "plot"):
             assert getattr(result, name) is not getattr(Result, name), (result, name)
@@ -135,21 +138,24 @@ def test_unknown_parameter_is_refused_at_once():
         HeadAttribution("tiny:llava", n_mask=8)
 
 
-@pytest.mark.parametrize(("command", "params"), [("attribute", "AttributionParams"), ("validate", "ValidationParams"),
+@pytest.mark.parametrize(("command", "params"), [("attribute", "AttributionParams"), ("attribute", "PatchingParams"),
+                                                 ("validate", "ValidationParams"),
                                                  ("flow", "FlowParams"), ("semantics", "SemanticParams"),
-                                                 ("compare", "CompareParams")])
+                                                 ("compare", "CompareParams"), ("steer", "SteeringParams")])
 def test_cli_options_come_from_the_parameter_models(command, params):
     """Every parameter is an option of its command, with the model's default and help line."""
     import typer.main
 
-    from headflow.attribution.params import AttributionParams, ValidationParams
+    from headflow.attribution.params import AttributionParams, PatchingParams, ValidationParams
     from headflow.cli import app
     from headflow.cli.options import flag_of
     from headflow.flow.params import FlowParams
     from headflow.compare.params import CompareParams
     from headflow.semantics.params import SemanticParams
+    from headflow.steering.params import SteeringParams
 
-    model = {"AttributionParams": AttributionParams, "ValidationParams": ValidationParams, "FlowParams": FlowParams,
+    model = {"SteeringParams": SteeringParams, "AttributionParams": AttributionParams, "PatchingParams": PatchingParams,
+             "ValidationParams": ValidationParams, "FlowParams": FlowParams,
              "SemanticParams": SemanticParams, "CompareParams": CompareParams}[params]
     click = typer.main.get_command(app).commands[command]
     options = {opt: p for p in click.params for opt in getattr(p, "opts", [])}
@@ -159,7 +165,8 @@ def test_cli_options_come_from_the_parameter_models(command, params):
         default = info.get_default(call_default_factory=True)
         got = options[flag].default
         if isinstance(default, (tuple, list)) and not isinstance(got, (tuple, list)):
-            got = [tuple(p.split(":")) for p in got.split(",")] if ":" in str(got) else got.split(",")
+            pairs = bool(default) and isinstance(default[0], (tuple, list))
+            got = [tuple(p.split(":")) for p in got.split(",")] if pairs else got.split(",")
             default = [tuple(p) for p in default] if default and isinstance(default[0], tuple) else [
                 str(v) for v in default]
         if name != "heads":

@@ -42,7 +42,7 @@ from ..per_image import (ImageJob, accumulate_kv, answer_correct, baseline_to, c
 from ..store import (RowStore, ensure_config, load_npy, read_json, read_parquet, run_lock, save_npy, save_parquet,
                      write_json)
 from .fit import datamodeling_scores, design_rank, fit_linear, predict
-from .params import AttributionParams
+from .params import AttributionParams, HeadParams
 
 if TYPE_CHECKING:
     from ..distributed import RayRunner
@@ -114,7 +114,7 @@ class HeadAttribution(Method):
         config = ensure_config(out, spec, {"params": params.model_dump(mode="json"), "resolved": resolved,
                                            "model": lm.describe(), "versions": versions()}, rebuild_hint=hint)
         labels = check_labels(lm.answers(params.question, aliases=params.aliases), dataset_labels(data))
-        table, baseline = self._clean_pass(engine, data, params, out, hint)
+        table, baseline = clean_pass(engine, data, params, out, hint)
         masks = sample_masks(n_masks, n_heads, params.ablation_prob, params.seed)
         val_masks = sample_masks(params.n_val, n_heads, params.ablation_prob, params.seed + 1_000_003)
         save_npy(out / "masks.npy", masks)
@@ -136,69 +136,6 @@ class HeadAttribution(Method):
         resolved["batch_size"] = used_before.get("batch_size", engine.batch_size) if not todo else engine.batch_size
         problems = dict(getattr(data, "problems", {}) or {})
         return self._fit(out, config, table, store, masks, val_masks, params, lm, problems, resolved, labels)
-
-    # -- pass 1: clean runs ------------------------------------------------------------------
-    def _clean_pass(self, engine: InterventionEngine, dataset, params: AttributionParams,
-                    out: Path, hint: str) -> tuple[pd.DataFrame, Baseline | None]:
-        table_path = out / "images.parquet"
-        if table_path.exists():
-            table = read_parquet(table_path, rebuild_hint=hint)
-            baseline = load_baseline(out / "baseline.safetensors", rebuild_hint=hint)
-            if baseline is None and params.baseline in ("mean", "blank"):
-                raise HeadflowError(f"{out / 'baseline.safetensors'} is missing, but images.parquet marks the clean "
-                                    f"pass complete. Delete the run directory to recompute: {hint}.")
-            return table, baseline
-        lm = engine.lm
-        tokenizer = lm.adapter.tokenizer()
-        answers = lm.answers(params.question, aliases=params.aliases)
-        records, attention, hidden, pixels = [], [], [], []
-        kv_sum: list[LayerBaseline] | None = None
-        mean_colour = np.zeros(3)
-        for idx, ex in enumerate(tqdm(_iter(dataset), total=len(dataset), desc="attribution: clean runs",
-                                      unit="image")):
-            prompt = engine.prepare(ex.image, params.question)
-            if params.baseline == "mean":
-                kv_sum = accumulate_kv(kv_sum, prompt.image_kv(), len(dataset))
-            rgb = np.asarray(ex.image.convert("RGB"), dtype=np.float64)
-            mean_colour += rgb.reshape(-1, 3).mean(0) / len(dataset)
-            if not answers.spellings(ex.label):  # unanswerable (reported before the run): skipped
-                records.append({"id": ex.id, "label": ex.label, **{f"factor_{k}": v for k, v in ex.factors.items()},
-                                "answer_id": -1, "answer_ids": [], "answer_token": None, "predicted_token": None,
-                                "clean_target": float("nan"), "clean_logit": float("nan"), "correct": False,
-                                "used": False})
-                continue
-            answer = answers.resolve(ex.label, prompt.clean_logits)
-            answer_id = answer.token_id
-            predicted = int(prompt.clean_logits.argmax())
-            clean = clean_target(engine, prompt, answer.ids, params.target)
-            correct = answer_correct(engine, prompt, answer, answers)
-            records.append({"id": ex.id, "label": ex.label, **{f"factor_{k}": v for k, v in ex.factors.items()},
-                            "answer_id": answer_id, "answer_ids": list(answer.ids),
-                            "answer_token": tokenizer.convert_ids_to_tokens(answer_id),
-                            "predicted_token": tokenizer.convert_ids_to_tokens(predicted),
-                            "clean_target": clean, "clean_logit": float(prompt.clean_logits[answer_id]),
-                            "correct": correct, "used": bool(correct or params.keep_wrong)})
-            if records[-1]["used"]:
-                attention.append(prompt.image_attention.numpy())
-                hidden.append(prompt.final_hidden.numpy())
-                pixels.append(np.asarray(ex.image.convert("RGB").resize((8, 8), Image.BILINEAR), np.float32).ravel()
-                              / 255.0)
-        baseline: Baseline | None = None
-        if params.baseline == "mean":
-            baseline = Baseline("mean", kv_sum)
-        elif params.baseline == "blank":
-            size = dataset[0].image.size
-            blank = Image.new("RGB", size, tuple(int(round(c)) for c in mean_colour))
-            baseline = Baseline.of_prompt(engine.prepare(blank, params.question), kind="blank")
-        if baseline is not None:
-            save_baseline(out / "baseline.safetensors", baseline)
-        shape = (lm.n_layers, lm.n_heads)
-        save_npy(out / "attention.npy", np.stack(attention) if attention else np.zeros((0, *shape), np.float32))
-        save_npy(out / "final_hidden.npy", np.stack(hidden) if hidden else np.zeros((0, 1), np.float32))
-        save_npy(out / "pixels.npy", np.stack(pixels) if pixels else np.zeros((0, 192), np.float32))
-        table = pd.DataFrame.from_records(records)
-        save_parquet(table_path, table)  # written last: marks the clean pass complete
-        return table, baseline
 
     # -- fit -------------------------------------------------------------------------------
     def _fit(self, out: Path, config: dict, table: pd.DataFrame, store: RowStore, masks: np.ndarray,
@@ -295,6 +232,73 @@ class AttributionResult(Result):
         from .plots import plot_attribution
 
         return plot_attribution(self, Path(figures_dir) if figures_dir else self.run_dir / "figures")
+
+
+# -- pass 1: clean runs (shared with attribution patching) ------------------------------------
+
+def clean_pass(engine: InterventionEngine, dataset, params: "HeadParams", out: Path, hint: str) -> tuple[pd.DataFrame, Baseline | None]:
+    """Pass 1 of a head-attribution run: every image run cleanly once (``images.parquet``, ``attention.npy``,
+    ``final_hidden.npy``, ``pixels.npy`` and the shared ``baseline.safetensors``); loaded where already done.
+    Shared by :class:`HeadAttribution` and :class:`~headflow.attribution.patching.HeadAttributionPatching`."""
+    table_path = out / "images.parquet"
+    if table_path.exists():
+        table = read_parquet(table_path, rebuild_hint=hint)
+        baseline = load_baseline(out / "baseline.safetensors", rebuild_hint=hint)
+        if baseline is None and params.baseline in ("mean", "blank"):
+            raise HeadflowError(f"{out / 'baseline.safetensors'} is missing, but images.parquet marks the clean "
+                                f"pass complete. Delete the run directory to recompute: {hint}.")
+        return table, baseline
+    lm = engine.lm
+    tokenizer = lm.adapter.tokenizer()
+    answers = lm.answers(params.question, aliases=params.aliases)
+    records, attention, hidden, pixels = [], [], [], []
+    kv_sum: list[LayerBaseline] | None = None
+    mean_colour = np.zeros(3)
+    for idx, ex in enumerate(tqdm(_iter(dataset), total=len(dataset), desc="attribution: clean runs",
+                                  unit="image")):
+        prompt = engine.prepare(ex.image, params.question)
+        if params.baseline == "mean":
+            kv_sum = accumulate_kv(kv_sum, prompt.image_kv(), len(dataset))
+        rgb = np.asarray(ex.image.convert("RGB"), dtype=np.float64)
+        mean_colour += rgb.reshape(-1, 3).mean(0) / len(dataset)
+        if not answers.spellings(ex.label):  # unanswerable (reported before the run): skipped
+            records.append({"id": ex.id, "label": ex.label, **{f"factor_{k}": v for k, v in ex.factors.items()},
+                            "answer_id": -1, "answer_ids": [], "answer_token": None, "predicted_token": None,
+                            "clean_target": float("nan"), "clean_logit": float("nan"), "correct": False,
+                            "used": False})
+            continue
+        answer = answers.resolve(ex.label, prompt.clean_logits)
+        answer_id = answer.token_id
+        predicted = int(prompt.clean_logits.argmax())
+        clean = clean_target(engine, prompt, answer.ids, params.target)
+        correct = answer_correct(engine, prompt, answer, answers)
+        records.append({"id": ex.id, "label": ex.label, **{f"factor_{k}": v for k, v in ex.factors.items()},
+                        "answer_id": answer_id, "answer_ids": list(answer.ids),
+                        "answer_token": tokenizer.convert_ids_to_tokens(answer_id),
+                        "predicted_token": tokenizer.convert_ids_to_tokens(predicted),
+                        "clean_target": clean, "clean_logit": float(prompt.clean_logits[answer_id]),
+                        "correct": correct, "used": bool(correct or params.keep_wrong)})
+        if records[-1]["used"]:
+            attention.append(prompt.image_attention.numpy())
+            hidden.append(prompt.final_hidden.numpy())
+            pixels.append(np.asarray(ex.image.convert("RGB").resize((8, 8), Image.BILINEAR), np.float32).ravel()
+                          / 255.0)
+    baseline: Baseline | None = None
+    if params.baseline == "mean":
+        baseline = Baseline("mean", kv_sum)
+    elif params.baseline == "blank":
+        size = dataset[0].image.size
+        blank = Image.new("RGB", size, tuple(int(round(c)) for c in mean_colour))
+        baseline = Baseline.of_prompt(engine.prepare(blank, params.question), kind="blank")
+    if baseline is not None:
+        save_baseline(out / "baseline.safetensors", baseline)
+    shape = (lm.n_layers, lm.n_heads)
+    save_npy(out / "attention.npy", np.stack(attention) if attention else np.zeros((0, *shape), np.float32))
+    save_npy(out / "final_hidden.npy", np.stack(hidden) if hidden else np.zeros((0, 1), np.float32))
+    save_npy(out / "pixels.npy", np.stack(pixels) if pixels else np.zeros((0, 192), np.float32))
+    table = pd.DataFrame.from_records(records)
+    save_parquet(table_path, table)  # written last: marks the clean pass complete
+    return table, baseline
 
 
 # -- pass 2, per image: the same function here and on Ray workers ----------------------------------

@@ -1,12 +1,14 @@
-"""Parameters of HeadAttribution and Validation: the only table of their constraints and defaults."""
+"""Parameters of HeadAttribution, HeadAttributionPatching and Validation: the only table of their constraints and
+defaults (what both attribution methods share is :class:`HeadParams`, written once)."""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import field_validator
+from pydantic import field_validator, model_validator
 
 from ..answers import TARGETS
+from ..errors import HeadflowError
 from ..method import BatchParams, EngineParams, field
 
 #: What an ablated head's text queries see at image positions (``headflow.per_image.image_baseline``).
@@ -18,19 +20,46 @@ Baseline = Literal[BASELINES]  # type: ignore[valid-type]
 Target = Literal[TARGETS]  # type: ignore[valid-type]
 
 
-class AttributionParams(EngineParams):
-    """What defines an attribution run (``n_masks=None`` resolves to ``max(512, 4N)`` for ``N`` heads)."""
+#: How attribution patching mixes a head's clean and ablated reading of the image (``InterventionEngine.mixed``).
+MIXES = ("output", "kv")
 
-    n_masks: int | None = field(None, "Training masks (default max(512, 4N) for N heads).", flag="--masks", ge=8)
-    ablation_prob: float = field(0.1, "Bernoulli probability that a head is ablated in a mask.", gt=0.0, lt=1.0)
+
+class HeadParams(EngineParams):
+    """What every head-attribution method shares: what an ablated head sees, and what is read from the answer."""
+
     baseline: Baseline = field("mean", "What an ablated head's text queries see at image positions: "
                                "mean | zero | blank | resample | knockout.")
     target: Target = field("logit", "The scalar read from the answer: logit | logprob | margin | prob | sequence "
                            "(the whole answer word's summed log-probability, teacher-forced).")
+
+
+class AttributionParams(HeadParams):
+    """What defines an attribution run (``n_masks=None`` resolves to ``max(512, 4N)`` for ``N`` heads)."""
+
+    n_masks: int | None = field(None, "Training masks (default max(512, 4N) for N heads).", flag="--masks", ge=8)
+    ablation_prob: float = field(0.1, "Bernoulli probability that a head is ablated in a mask.", gt=0.0, lt=1.0)
     fit: Literal[FITS] = field("ols", "The linear fit: ols | ridge | lasso.")
     penalty: float = field(1.0, "Regularisation strength of ridge and lasso.", gt=0.0)
     n_val: int = field(256, "Held-out masks for the linear datamodeling score (LDS).", flag="--val-masks", ge=8)
     seed: int = field(0, "Seed of the mask design.")
+
+
+class PatchingParams(HeadParams):
+    """What defines an attribution-patching run (one forward and one backward pass per image)."""
+
+    mix: Literal[MIXES] = field("output", "How the coefficient between a head's clean (0) and ablated (1) reading "  # type: ignore[valid-type]
+                                "of the image mixes: output (the head's output; its attention change exact, "
+                                "AtP*) | kv (the image keys/values it reads; plain AtP, not with --baseline "
+                                "knockout).")
+    n_check: int = field(4, "Images (the first used ones) on which the estimate is checked against the exact "
+                         "single-head ablation effects (Spearman per image, in summary.json); 0 skips.", ge=0)
+
+    @model_validator(mode="after")
+    def _kv_needs_keys(self) -> "PatchingParams":
+        if self.mix == "kv" and self.baseline == "knockout":
+            raise HeadflowError("mix='kv' (--mix kv) interpolates image keys/values towards the baseline's, and the "
+                                "knockout baseline has none; use mix='output' or another baseline.")
+        return self
 
 
 class ValidationParams(BatchParams):

@@ -15,7 +15,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def plot_attribution(result: "AttributionResult", figures_dir: Path) -> list[Path]:
-    """Mean-attribution heatmap (layer × head) and the LDS distribution."""
+    """Mean-attribution heatmap (layer × head) and the LDS distribution (regression runs)."""
     mean = result.mean_attribution
     fig = new_figure(1.2 + 0.45 * mean.shape[1], 1.0 + 0.4 * mean.shape[0])
     ax = fig.subplots()
@@ -29,6 +29,8 @@ def plot_attribution(result: "AttributionResult", figures_dir: Path) -> list[Pat
     fig.colorbar(im, ax=ax, shrink=0.8)
     paths = save_figure(fig, figures_dir, "attribution_heatmap")
 
+    if not (result.run_dir / "lds.parquet").exists():  # attribution patching: no held-out masks
+        return paths
     lds = read_parquet(result.run_dir / "lds.parquet")
     fig = new_figure(5, 3.2)
     ax = fig.subplots()

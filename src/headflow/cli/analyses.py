@@ -15,11 +15,12 @@ from typing import Any, Optional
 
 import typer
 
-from ..attribution.params import AttributionParams, ValidationParams
+from ..attribution.params import AttributionParams, PatchingParams, ValidationParams
 from ..compare.params import CompareParams
 from ..errors import HeadflowError
 from ..flow.params import FlowParams
 from ..semantics.params import SemanticParams
+from ..steering.params import SteeringParams
 from .options import SHARED, command, fail, method_options, params_from
 
 
@@ -75,12 +76,24 @@ def register(app: typer.Typer) -> None:
                              help="Bernoulli probability that a head is ablated in a mask; a list (0.05,0.1,0.2) "
                                   "runs one attribution per value and compares their held-out LDS."))
 
-    @command(app, "attribute", _shared(*DATA_OPTIONS, "out", *RUN_OPTIONS)
-             + method_options(AttributionParams, overrides={"ablation_prob": ablation_prob}))
+    method = inspect.Parameter("method", inspect.Parameter.KEYWORD_ONLY, annotation=str, default=typer.Option(
+        ATTRIBUTION_METHODS[0], "--method", help="regression (random head ablations -> linear fit) | patching "
+        "(attribution patching: one forward and one backward pass per image)."))
+    patching_only = method_options(PatchingParams, skip=tuple(AttributionParams.model_fields))
+
+    @command(app, "attribute", _shared(*DATA_OPTIONS, "out", *RUN_OPTIONS) + [method]
+             + method_options(AttributionParams, overrides={"ablation_prob": ablation_prob}) + patching_only)
     def attribute(**values: Any) -> None:
-        """Head attribution: random head ablations -> linear fit -> per-head attribution (resumable)."""
+        """Head attribution: random head ablations -> linear fit -> per-head attribution (resumable); or
+        --method patching: attribution patching, one forward and one backward pass per image."""
         from ..attribution import HeadAttribution, ablation_prob_sweep
 
+        if values["method"] not in ATTRIBUTION_METHODS:
+            fail(f"--method must be one of {', '.join(ATTRIBUTION_METHODS)}. Got {values['method']!r} instead.")
+        if values["method"] == "patching":
+            _attribute_patching(values)
+            return
+        _only_with("regression", "patching", values, PatchingParams, skip=tuple(AttributionParams.model_fields))
         try:
             probs = [float(v) for v in values["ablation_prob"].split(",") if v.strip()]
         except ValueError:
@@ -145,6 +158,31 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"C1 holds: {result.data['c1']['holds']}; distinct subset (k80 attribution "
                    f"{subset['k80_attribution']} vs random {subset['k80_random']}): {subset['holds']}; "
                    f"wrote {run / 'validation.json'}")
+
+    @command(app, "steer", [run_dir, model_opt, SHARED["adapter"], SHARED["device"], SHARED["dtype"],
+                            *method_options(SteeringParams)])
+    def steer(**values: Any) -> None:
+        """Scale the found heads' reading of the image (factor 1 = identity, 0 = knockout) on clean and degraded
+        images: accuracy and answer logit per factor for top attribution, top attention and random heads."""
+        from ..steering import HeadSteering
+        from ..store import read_json
+
+        run = values["run_dir"]
+        params = params_from(SteeringParams, values, "steer")
+        HeadSteering(None, **params).check()
+        if not (run / "config.json").exists():
+            fail(f"{run} is not an attribution run directory (no config.json); run 'headflow attribute --out "
+                 f"{run}' first.")
+        spec = values["model"] or read_json(run / "config.json")["spec"]["model"]
+        result = HeadSteering(_load(spec, values["device"], values["dtype"]), **params).run(run)
+        data = result.data
+        typer.echo(f"{data['n_images']} images, k = {data['k']} heads per ranking, factors "
+                   f"{', '.join(f'{f:g}' for f in data['factors'])}")
+        for condition in data["conditions"]:
+            for ranking in data["rankings"]:
+                acc = data["curves"][condition][ranking]["accuracy"]
+                typer.echo(f"  {condition:<14} {ranking:<12} accuracy " + " ".join(f"{a:.2f}" for a in acc))
+        typer.echo(f"wrote {run / 'steering' / 'steering.json'}")
 
     heads = inspect.Parameter("heads", inspect.Parameter.KEYWORD_ONLY, annotation=str, default=typer.Option(
         "all", "--heads", help="all | top:K (needs --from-run) | FILE (.npy/.json/.txt)."))
@@ -269,6 +307,57 @@ def register(app: typer.Typer) -> None:
         path = run_study("default", "default", values["out"], plan=QUICK if values["quick"] else FULL,
                          device=values["device"], log=typer.echo)
         typer.echo(f"report: {path}")
+
+
+#: the ways ``headflow attribute`` computes head attributions (the first is the default)
+ATTRIBUTION_METHODS = ("regression", "patching")
+
+
+def _only_with(method: str, other: str, values: dict[str, Any], params, skip: tuple[str, ...] = ()) -> None:
+    """Refuse an option of ``other`` method's parameters given with another value than its default."""
+    from .options import flag_of, from_cli
+
+    for name, info in params.model_fields.items():
+        if name in skip or name not in values:
+            continue
+        default = info.get_default(call_default_factory=True)
+        raw = values[name]
+        given = from_cli(name, info, raw, "attribute") if isinstance(raw, str) else raw
+        if name == "ablation_prob":
+            try:
+                given = [float(v) for v in str(raw).split(",") if v.strip()]
+            except ValueError:
+                given = raw
+            default = [default]
+        if given != default:
+            fail(f"{flag_of(name, info)} applies to --method {other} only; drop it with --method {method}.")
+
+
+def _attribute_patching(values: dict[str, Any]) -> None:
+    """``headflow attribute --method patching``: attribution patching into the same run layout."""
+    from ..attribution import HeadAttributionPatching
+
+    _only_with("patching", "regression", values, AttributionParams, skip=tuple(PatchingParams.model_fields))
+    if values["ray"] is not None or values["workers"] is not None:
+        fail("--method patching runs in this process (one forward and backward pass per image); drop --ray/--workers.")
+    params = params_from(PatchingParams, values, "attribute")
+    HeadAttributionPatching(None, **params).check()
+    out = values["out"]
+    lm = _load(values["model"], values["device"], values["dtype"])
+    dataset = _data(values)
+    result = HeadAttributionPatching(lm, **params).run(dataset, out=out)
+    result.plot()
+    s = result.summary
+    check = s["exact_check"]
+    typer.echo(f"{s['n_images']} images, attribution patching (mix {s['mix']}), clean accuracy "
+               f"{s['clean_accuracy']:.3f}" + (f", Spearman with exact single-head effects (median of "
+                                                f"{check['n_images']}) {check['spearman_median']:.3f}"
+                                                if check["spearman_median"] is not None else ""))
+    typer.echo("top heads (layer, head, attribution): " +
+               ", ".join(f"({l},{h},{v:.3f})" for l, h, v in s["top_heads"][:5]))
+    labels = s.get("unanswerable_labels") or []
+    _problems(s.get("data_problems"), labels, int(result.images["label"].isin(labels).sum()))
+    typer.echo(f"wrote {out}")
 
 
 def _problems(problems: dict | None, unanswerable: list[str] = (), n_unanswerable: int = 0) -> None:

@@ -67,6 +67,10 @@ class ForwardState:
     image_attention: dict[int, torch.Tensor] = field(default_factory=dict)
     #: replayed: each layer's attention mask (bool ``[1, 1, Q, K]``), used instead of the one the layer receives
     masks: list[torch.Tensor] | None = None
+    #: attribution patching (full path only): per (row, layer, head) coefficient α between the clean (0) and the
+    #: ablated (1) reading of the image, float ``[B, layer, head]`` (may require grad); how α mixes: ``mix_kind``
+    mix: torch.Tensor | None = None
+    mix_kind: str = "output"
     #: prefix path: per layer, the prefix keys the model's own mask hides from the queries run (bool ``[S, prefix]``,
     #: True = hidden; None where it hides none)
     prefix_hidden: list[torch.Tensor | None] | None = None
@@ -74,10 +78,12 @@ class ForwardState:
     mask_record: dict[int, tuple[Any, bool, int | None]] | None = None
 
     def touches(self, layer: int) -> bool:
-        if self.capture_attention or self.capture_all_queries:
+        if self.capture_attention or self.capture_all_queries or self.mix is not None:
             return True
         if self.batch is None:
             return False
+        if self.batch.scaled_heads(layer) is not None:
+            return True
         if self.batch.ablated_heads(layer) is not None and self.baseline_kind != "none":
             return True
         return self.batch.knock_heads is not None and bool(self.batch.knock_heads[:, :, layer].any())
@@ -162,6 +168,23 @@ def _causal_allowed(mask: torch.Tensor | None, batch: int, q_len: int, k_len: in
 
 
 def _full_attention(query, key, value, mask, scale, state: ForwardState, layer: int):
+    if state.mix is not None:
+        out = _mixed_attention(query, key, value, mask, scale, state, layer)
+    else:
+        ablated = state.batch.ablated_heads(layer) if state.batch is not None else None
+        out = _full_attend(query, key, value, mask, scale, state, layer, ablated)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _full_attend(query, key, value, mask, scale, state: ForwardState, layer: int, ablated: torch.Tensor | None,
+                 replacement: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """One SDPA call over the whole prompt, output ``(B, H, Q, D)``.
+
+    ``ablated`` (bool ``(B, H)``): pairs whose text queries read ``replacement`` (keys/values ``(B, H, I, D)``
+    standing at the image positions) or, without it, the state's baseline, instead of the real image keys/values.
+    Steering factors of the batch add ``log f`` to the scores of steered pairs' text queries on every key standing
+    at an image position (real or replacement).
+    """
     batch, n_heads, q_len, _ = query.shape
     rep = n_heads // key.shape[1]
     keys, values = repeat_kv(key, rep), repeat_kv(value, rep)
@@ -175,27 +198,71 @@ def _full_attention(query, key, value, mask, scale, state: ForwardState, layer: 
         if blocked is not None:
             allowed &= ~blocked
     image = state.image_positions.to(device)
-    ablated = state.batch.ablated_heads(layer) if state.batch is not None else None
-    if ablated is not None and state.baseline_kind != "none":
-        swap = ablated[:, :, None] & (q_pos >= state.text_start)[None, None, :]  # (B, H, Q)
+    text = q_pos >= state.text_start
+    if ablated is not None and (state.baseline_kind != "none" or replacement is not None):
+        swap = ablated[:, :, None] & text[None, None, :]  # (B, H, Q)
         image_allowed = allowed[..., image]
         allowed[..., image] = image_allowed & ~swap[..., None]
-        if state.baseline_kind != "knockout":
-            base = state.baseline[layer]
-            base_k = repeat_kv(base.keys[None].to(keys.dtype), rep).expand(batch, -1, -1, -1)
-            base_v = repeat_kv(base.values[None].to(values.dtype), rep).expand(batch, -1, -1, -1)
+        if replacement is not None or state.baseline_kind != "knockout":
+            if replacement is None:
+                base = state.baseline[layer]
+                base_k = repeat_kv(base.keys[None].to(keys.dtype), rep).expand(batch, -1, -1, -1)
+                base_v = repeat_kv(base.values[None].to(values.dtype), rep).expand(batch, -1, -1, -1)
+            else:
+                base_k, base_v = replacement
             keys = torch.cat([keys, base_k], dim=2)
             values = torch.cat([values, base_v], dim=2)
             allowed = torch.cat([allowed, image_allowed & swap[..., None]], dim=-1)
-    out = F.scaled_dot_product_attention(query, keys, values, attn_mask=allowed, scale=scale)
+    factors = state.batch.scaled_heads(layer) if state.batch is not None else None
+    attn_mask: torch.Tensor = allowed
+    if factors is not None:  # steering: log f added to the steered pairs' text-query scores on image-position keys
+        on_image = torch.zeros(keys.shape[2], dtype=torch.bool, device=device)
+        on_image[image] = True
+        on_image[k_len:] = True
+        where = text[:, None] & on_image[None, :]  # (Q, K')
+        log_f = factors.to(device=device, dtype=torch.float32).log()[:, :, None, None]  # 0 -> -inf
+        bias = torch.zeros(allowed.shape, dtype=torch.float32, device=device).masked_fill(~allowed, float("-inf"))
+        bias = bias + torch.where(where, log_f, torch.zeros((), device=device))
+        attn_mask = bias.to(query.dtype)
+    out = F.scaled_dot_product_attention(query, keys, values, attn_mask=attn_mask, scale=scale)
     if state.capture_attention or state.capture_all_queries:
         last = slice(None) if state.capture_all_queries else slice(-1, None)
         scores = ((query[:, :, last] @ keys.transpose(-1, -2)) * scale).float()
+        if factors is not None:
+            scores = scores + bias[:, :, last]
         # finfo.min, not -inf: a query with no allowed key gets a finite (unused) row and no NaN gradient
         probs = scores.masked_fill(~allowed[:, :, last], torch.finfo(torch.float32).min).softmax(-1)
         on_image = probs[..., image].sum(-1) + probs[..., k_len:].sum(-1)  # (B, H, Q)
         state.image_attention[layer] = on_image if state.capture_all_queries else on_image[:, :, 0]
-    return out.transpose(1, 2).contiguous(), None
+    return out
+
+
+def _mixed_attention(query, key, value, mask, scale, state: ForwardState, layer: int) -> torch.Tensor:
+    """Attention with a continuous per-(row, head) coefficient ``α = state.mix[:, layer]`` between the clean
+    (α = 0) and the ablated (α = 1) reading of the image by each head's text queries (attribution patching).
+
+    ``mix_kind="output"``: the head's output at text queries is ``(1 − α)·clean + α·ablated`` (both computed
+    exactly, so the change in the head's attention pattern is exact; AtP*'s correction).
+    ``mix_kind="kv"``: its text queries read ``(1 − α)·real + α·baseline`` keys and values at the image positions
+    (plain attribution patching: the softmax is linearised too). Exact at α ∈ {0, 1} either way.
+    """
+    alpha = state.mix[:, layer].to(query.dtype)  # (B, H), may require grad
+    batch, n_heads, q_len, _ = query.shape
+    every = torch.ones(batch, n_heads, dtype=torch.bool, device=query.device)
+    text = (torch.arange(q_len, device=query.device) >= state.text_start).to(query.dtype)
+    if state.mix_kind == "output":
+        clean = _full_attend(query, key, value, mask, scale, state, layer, None)
+        ablated = _full_attend(query, key, value, mask, scale, state, layer, every)
+        return clean + (alpha[:, :, None, None] * text[None, None, :, None]) * (ablated - clean)
+    rep = n_heads // key.shape[1]
+    image = state.image_positions.to(query.device)
+    base = state.baseline[layer]
+    real_k, real_v = repeat_kv(key, rep)[:, :, image], repeat_kv(value, rep)[:, :, image]
+    base_k = repeat_kv(base.keys[None].to(key.dtype), rep)
+    base_v = repeat_kv(base.values[None].to(value.dtype), rep)
+    a = alpha[:, :, None, None]
+    return _full_attend(query, key, value, mask, scale, state, layer, every,
+                        (real_k + a * (base_k - real_k), real_v + a * (base_v - real_v)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -312,6 +379,8 @@ def _prefix_path_attention(query, key, value, mask, scale, state: ForwardState, 
         blocked = masked.expand(batch, n_heads, s, offset + s) if blocked is None else blocked | masked
     ablated = state.batch.ablated_heads(layer) if state.batch is not None else None
     swap = ablated is not None and state.baseline_kind != "none"
+    factors = state.batch.scaled_heads(layer) if state.batch is not None else None
+    log_f = factors.float().log()[:, :, None] if factors is not None else None  # (B, H, 1); factor 0 -> -inf
     folded_q = _fold(query, n_kv)
 
     def shared_block(keys, values, columns):
@@ -323,7 +392,7 @@ def _prefix_path_attention(query, key, value, mask, scale, state: ForwardState, 
 
     blocks: list[tuple[torch.Tensor, torch.Tensor]] = []
     image_blocks: list[int] = []
-    if blocked is None and not state.capture_attention:
+    if blocked is None and not state.capture_attention and factors is None:
         # Fast path: every pair reads the whole shared prefix in one block; ablated pairs (a fraction
         # α of them) are recomputed over [non-image prefix ∪ baseline] and their first block dropped.
         out_p, lse_p = shared_block(prefix_k, prefix_v, None)
@@ -343,6 +412,8 @@ def _prefix_path_attention(query, key, value, mask, scale, state: ForwardState, 
         out_img, lse_img = shared_block(prefix_k[:, :, image], prefix_v[:, :, image], image)
         if swap:
             lse_img = lse_img.masked_fill(ablated[:, :, None], float("-inf"))
+        if log_f is not None:
+            lse_img = lse_img + log_f
         image_blocks.append(len(blocks))
         blocks.append((out_img, lse_img))
         if swap and state.baseline_kind != "knockout":
@@ -353,6 +424,8 @@ def _prefix_path_attention(query, key, value, mask, scale, state: ForwardState, 
             else:
                 out_b, lse_b = shared_block(base_k, base_v, image)
                 lse_b = lse_b.masked_fill(~ablated[:, :, None], float("-inf"))
+            if log_f is not None:
+                lse_b = lse_b + log_f
             image_blocks.append(len(blocks))
             blocks.append((out_b, lse_b))
     # The suffix block: each row's own keys, causal (one mask shared by all rows unless knocked out).

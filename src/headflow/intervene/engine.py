@@ -196,6 +196,11 @@ class InterventionEngine:
         with attention_scope(self.lm.model, self.lm.adapter.text_config_key), torch.no_grad():
             yield
 
+    @contextlib.contextmanager
+    def _grad_scope(self) -> Iterator[None]:
+        with attention_scope(self.lm.model, self.lm.adapter.text_config_key), torch.enable_grad():
+            yield
+
     # -- clean run -------------------------------------------------------------------------
     def prepare(self, image: Image.Image | Sequence[Image.Image], question: str) -> PreparedPrompt:
         """Encode, run the clean prompt once, and record keys/values and everything the language model receives
@@ -362,27 +367,60 @@ class InterventionEngine:
     def _run_prefix(self, prompt, chunk, baseline, capture, extra):
         return self._run_from(prompt.prefix_length, prompt, chunk, baseline, capture, extra)
 
-    def _run_from(self, start: int, prompt, chunk, baseline, capture, extra):
+    def mixed(self, prompt: PreparedPrompt, mix: torch.Tensor, *, baseline: Baseline, kind: str = "output",
+              continuation: Sequence[int] = ()) -> torch.Tensor:
+        """Logits ``[row, 1 + len(continuation), vocab]`` (in the model's dtype) with a continuous coefficient per (row, layer, head)
+        between each head's clean (0) and ablated (1) reading of the image, differentiable in ``mix``.
+
+        ``mix``: float ``[row, layer, head]`` (set ``requires_grad`` to take gradients: attribution patching).
+        ``kind="output"`` mixes each head's output at text queries, ``(1 − α)·clean + α·ablated``;
+        ``kind="kv"`` mixes the keys and values its text queries read at the image positions,
+        ``(1 − α)·real + α·baseline`` (not defined for the knockout baseline). At α = 0 both equal the clean
+        logits and at α = 1 on a set of heads the ablation of those heads (:meth:`run`). Always the full path,
+        one forward pass over all rows (gradients flow through the model; none is kept on its weights).
+        """
+        if kind not in ("output", "kv"):
+            raise HeadflowError(f"The 'kind' parameter of mixed must be one of output, kv. Got {kind!r} instead.")
+        if baseline is None:
+            raise HeadflowError("mixed() needs a baseline: the ablated reading of the image (α = 1).")
+        if kind == "kv" and baseline.layers is None:
+            raise HeadflowError("Mixing keys and values (kind='kv') needs baseline keys/values; the knockout "
+                                "baseline has none. Use kind='output'.")
+        shape = (self.lm.n_layers, self.lm.n_heads)
+        if mix.ndim != 3 or tuple(mix.shape[1:]) != shape:
+            raise HeadflowError(f"A mixing coefficient must have shape (rows, n_layers, n_heads) = (rows, {shape[0]}, "
+                                f"{shape[1]}). Got {tuple(mix.shape)} instead.")
+        continuation = [int(t) for t in continuation]
+        chunk = self.compile(prompt, [Intervention()] * mix.shape[0]).extended(len(continuation))
+        extra = self._continuation_inputs(prompt, continuation)
+        logits, _ = self._run_from(0, prompt, chunk, baseline, False, extra, mix=(mix.to(self.lm.device), kind))
+        return logits
+
+    def _run_from(self, start: int, prompt, chunk, baseline, capture, extra, mix=None):
         """Run the language model on positions ``start..`` of the prompt (``start`` 0: the full path), then any
         appended tokens, replaying what it received on the clean run (inputs and each layer's mask); logits
-        ``[row, 1 + appended, vocab]`` of the final position and the appended ones, from the model's output head."""
+        ``[row, 1 + appended, vocab]`` of the final position and the appended ones, from the model's output head.
+        With ``mix`` (``(coefficients, kind)``, full path) gradients are on (see :meth:`mixed`)."""
         state = self._state(prompt, chunk, baseline, "prefix" if start else "full", capture)
+        if mix is not None:
+            state.mix, state.mix_kind = mix
         n_appended = 0 if extra is None else extra[0].shape[1]
         kwargs = replay_kwargs(prompt.recorded, start, chunk.size, extra)
         state.masks, hidden = replay_masks(prompt.recorded, start, n_appended, self.lm.device)
         if start:
             state.prefix_hidden = hidden
-        with self._scope():
+        scope = self._scope() if mix is None else self._grad_scope()
+        with scope:
             out = self.lm.adapter.language_model()(**kwargs, use_cache=False, **{STATE_KWARG: state})
             logits = self.lm.adapter.output_logits(out.last_hidden_state[:, -(1 + n_appended):])
         attention = None
         if state.capture_attention:
             attention = torch.stack([state.image_attention[layer] for layer in range(self.lm.n_layers)], dim=1)
-        return logits.float(), attention
+        return (logits if mix is not None else logits.float()), attention  # mixed: the model's dtype
 
 
 def _slice_batch(batch: CompiledBatch, start: int, stop: int) -> CompiledBatch:
     cut = lambda t: None if t is None else t[start:stop]  # noqa: E731
     size = min(stop, batch.size) - start
     return CompiledBatch(size, cut(batch.ablate), cut(batch.knock_heads), cut(batch.knock_query), cut(batch.knock_key),
-                         batch.first_query)
+                         batch.first_query, cut(batch.scale))

@@ -52,10 +52,16 @@ class Intervention:
         keys/values.
     knockouts : tuple of :class:`Knockout`
         Attention knockouts applied in the same row.
+    scale : float tensor ``[layer, head]`` or mapping ``{HeadRef | (layer, head): factor}``, optional
+        Steering: each listed head's text queries (after the image) weigh the image positions by ``factor``
+        (factor ``f`` adds ``log f`` to their scores on image keys, i.e. multiplies the attention weights on
+        the image by ``f`` and renormalises). 1 is the identity, 0 hides the image (the knockout baseline's
+        ablation), above 1 amplifies the head's reading of the image. Unlisted heads keep factor 1.
     """
 
     ablate: torch.Tensor | Iterable[HeadRef | tuple[int, int]] | None = None
     knockouts: tuple[Knockout, ...] = field(default_factory=tuple)
+    scale: torch.Tensor | dict | None = None
 
     def __post_init__(self) -> None:
         knockouts = (self.knockouts,) if isinstance(self.knockouts, Knockout) else tuple(self.knockouts)
@@ -80,6 +86,27 @@ def ablation_matrix(ablate, n_layers: int, n_heads: int) -> torch.Tensor:
         layer, head = (ref.layer, ref.head) if isinstance(ref, HeadRef) else ref
         _check_head(layer, head, n_layers, n_heads)
         out[layer, head] = True
+    return out
+
+
+def scale_matrix(scale, n_layers: int, n_heads: int) -> torch.Tensor:
+    """``scale`` as a float ``[layer, head]`` tensor of factors (1 where not given), with clear errors."""
+    out = torch.ones(n_layers, n_heads, dtype=torch.float32)
+    if scale is None:
+        return out
+    if torch.is_tensor(scale):
+        if tuple(scale.shape) != (n_layers, n_heads):
+            raise HeadflowError(f"A steering scale must have shape (n_layers, n_heads) = ({n_layers}, {n_heads}). "
+                                f"Got {tuple(scale.shape)} instead.")
+        out = scale.detach().to(dtype=torch.float32, device="cpu").clone()
+    else:
+        for ref, factor in dict(scale).items():
+            layer, head = (ref.layer, ref.head) if isinstance(ref, HeadRef) else ref
+            _check_head(layer, head, n_layers, n_heads)
+            out[layer, head] = float(factor)
+    if not bool(torch.isfinite(out).all()) or bool((out < 0).any()):
+        raise HeadflowError(f"Steering factors must be finite and >= 0. Got {out[~torch.isfinite(out) | (out < 0)][0].item()!r}"
+                            " instead.")
     return out
 
 
@@ -120,6 +147,8 @@ class CompiledBatch:
         Target (query) and source (key) positions of each slot.
     first_query : int
         Smallest query position any row intervenes on (``length`` if none).
+    scale : Float[Tensor, "batch layer head"] or None
+        Steering factors (None where every factor is 1).
     """
 
     size: int
@@ -128,11 +157,12 @@ class CompiledBatch:
     knock_query: torch.Tensor | None
     knock_key: torch.Tensor | None
     first_query: int
+    scale: torch.Tensor | None = None
 
     def to(self, device: torch.device) -> "CompiledBatch":
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return CompiledBatch(self.size, move(self.ablate), move(self.knock_heads), move(self.knock_query),
-                             move(self.knock_key), self.first_query)
+                             move(self.knock_key), self.first_query, move(self.scale))
 
     def extended(self, n: int) -> "CompiledBatch":
         """The batch over ``n`` more positions after the prompt (teacher-forced answer tokens), which no knockout
@@ -141,7 +171,7 @@ class CompiledBatch:
             return self
         pad = lambda t: torch.cat([t, t.new_zeros(*t.shape[:-1], n)], dim=-1)  # noqa: E731
         return CompiledBatch(self.size, self.ablate, self.knock_heads, pad(self.knock_query), pad(self.knock_key),
-                             self.first_query)
+                             self.first_query, self.scale)
 
     def ablated_heads(self, layer: int) -> torch.Tensor | None:
         """Bool ``[batch, head]`` of ablated heads in ``layer``, or None if none is."""
@@ -149,6 +179,13 @@ class CompiledBatch:
             return None
         at_layer = self.ablate[:, layer]
         return at_layer if bool(at_layer.any()) else None
+
+    def scaled_heads(self, layer: int) -> torch.Tensor | None:
+        """Float ``[batch, head]`` steering factors in ``layer``, or None if every one is 1."""
+        if self.scale is None:
+            return None
+        at_layer = self.scale[:, layer]
+        return at_layer if bool((at_layer != 1).any()) else None
 
     def blocked(self, layer: int, query_positions: torch.Tensor, key_positions: torch.Tensor) -> torch.Tensor | None:
         """Bool ``[batch, head, query, key]``: pairs knocked out in ``layer``, or None if none is."""
@@ -170,8 +207,9 @@ def compile_rows(rows: Sequence[Intervention], groups: TokenGroups, n_layers: in
         raise HeadflowError("A batch needs at least one Intervention row.")
     batch = len(rows)
     ablate = torch.stack([ablation_matrix(r.ablate, n_layers, n_heads) for r in rows])
+    scale = torch.stack([scale_matrix(r.scale, n_layers, n_heads) for r in rows])
     first_query = groups.length
-    if ablate.any():
+    if ablate.any() or bool((scale != 1).any()):
         first_query = groups.text_start
     n_slots = max(len(r.knockouts) for r in rows)
     knock_heads = knock_query = knock_key = None
@@ -195,4 +233,5 @@ def compile_rows(rows: Sequence[Intervention], groups: TokenGroups, n_layers: in
                 targets = knock_query[b, s].nonzero()
                 if len(targets) and lh.any():
                     first_query = min(first_query, int(targets[0]))
-    return CompiledBatch(batch, ablate if ablate.any() else None, knock_heads, knock_query, knock_key, first_query)
+    return CompiledBatch(batch, ablate if ablate.any() else None, knock_heads, knock_query, knock_key, first_query,
+                         scale if bool((scale != 1).any()) else None)

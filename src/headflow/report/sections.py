@@ -204,6 +204,12 @@ def attribution_section(inp: Inputs) -> Built:
 
 def lds_section(inp: Inputs) -> Built:
     s = inp["attribution"]
+    if s.optional("method") == "patching":  # attribution patching: no held-out masks; its check is the exact one
+        check = s["exact_check"]
+        why = (f"This run is attribution patching (mix {esc(s['mix'])}): one forward and one backward pass per image, "
+               "no masks and so no held-out LDS. Its check against the exact single-head ablation effects: median "
+               f"Spearman {esc(fmt(check['spearman_median']))} over {esc(fmt(check['n_images']))} images.")
+        return Built("", missing=why)
     rows = []
     for name in ("pearson", "spearman"):
         q = s[f"lds_{name}_quartiles"]
