@@ -110,7 +110,7 @@ def ensure_config(run_dir: Path, spec: dict, extra: dict, *, rebuild_hint: str |
             changed = sorted(k for k in set(spec) | set(old["spec"]) if spec.get(k) != old["spec"].get(k))
             raise HeadflowError(
                 f"{run_dir} holds a run with a different configuration (differs in: {', '.join(changed)}). "
-                "Use a new --out directory, or delete this one to start over."
+                "Write the run elsewhere (a new --out, or another run directory), or delete this one to start over."
             )
         return old
     existing = run_data_files(run_dir)
