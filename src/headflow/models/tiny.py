@@ -38,6 +38,7 @@ __all__ = [
     "chat_template",
     "clip_vision_config",
     "image_only_processor_cls",
+    "qwen2_lm_config",
     "seeded_model",
     "tiny_lm_config",
 ]
@@ -85,6 +86,16 @@ def tiny_lm_config(tok: Any, **overrides: Any) -> dict[str, Any]:
                  num_attention_heads=4, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
                  eos_token_id=tok.eos_token_id)
     return {**sizes, **overrides}
+
+
+def qwen2_lm_config(tok: Any) -> Any:
+    """The tiny Qwen2 language model of the families built on one (InternVL3, LLaVA-OneVision): :func:`tiny_lm_config`
+    with 2 KV heads, plain RoPE and no BOS."""
+    from transformers import Qwen2Config
+
+    return Qwen2Config(**tiny_lm_config(tok, num_key_value_heads=2, max_position_embeddings=1024, bos_token_id=None,
+                                        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+                                        tie_word_embeddings=False))
 
 
 def seeded_model(model_cls: type[PreTrainedModel], config: Any, seed: int) -> PreTrainedModel:

@@ -8,7 +8,7 @@ from ...errors import HeadflowError
 from ..adapter import FamilyAdapter, register_adapter
 from ..geometry import tiles_and_thumbnail_rects
 from ..subword import qwen2_tokenizer
-from ..tiny import QWEN_SPECIAL_TOKENS, chat_template, image_only_processor_cls, seeded_model, tiny_lm_config
+from ..tiny import QWEN_SPECIAL_TOKENS, chat_template, image_only_processor_cls, qwen2_lm_config, seeded_model
 
 
 @register_adapter
@@ -47,7 +47,6 @@ class InternVLAdapter(FamilyAdapter):
             InternVLConfig,
             InternVLForConditionalGeneration,
             InternVLProcessor,
-            Qwen2Config,
         )
         from transformers.models.internvl.configuration_internvl import InternVLVisionConfig
         from transformers.utils import is_torchvision_available
@@ -97,9 +96,7 @@ class InternVLAdapter(FamilyAdapter):
             image_size=[tile, tile],
             patch_size=[patch, patch],
         )
-        text = Qwen2Config(**tiny_lm_config(tok, num_key_value_heads=2, max_position_embeddings=1024, bos_token_id=None,
-                                            rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
-                                            tie_word_embeddings=False))
+        text = qwen2_lm_config(tok)
         config = InternVLConfig(
             vision_config=vision,
             text_config=text,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..adapter import FamilyAdapter, register_adapter
 from ..geometry import anyres_rects
 from ..subword import qwen2_tokenizer
-from ..tiny import QWEN_SPECIAL_TOKENS, chat_template, image_only_processor_cls, seeded_model, tiny_lm_config
+from ..tiny import QWEN_SPECIAL_TOKENS, chat_template, image_only_processor_cls, qwen2_lm_config, seeded_model
 
 
 @register_adapter
@@ -36,7 +36,6 @@ class LlavaOnevisionAdapter(FamilyAdapter):
             LlavaOnevisionForConditionalGeneration,
             LlavaOnevisionImageProcessorPil,
             LlavaOnevisionProcessor,
-            Qwen2Config,
             SiglipVisionConfig,
         )
         from transformers.utils import is_torchvision_available
@@ -62,9 +61,7 @@ class LlavaOnevisionAdapter(FamilyAdapter):
             processor = image_only_processor_cls(LlavaOnevisionProcessor)(**kwargs)
         vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                                     image_size=image_size, patch_size=patch_size)
-        text = Qwen2Config(**tiny_lm_config(tok, num_key_value_heads=2, max_position_embeddings=1024, bos_token_id=None,
-                                            rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
-                                            tie_word_embeddings=False))
+        text = qwen2_lm_config(tok)
         config = LlavaOnevisionConfig(
             vision_config=vision,
             text_config=text,
