@@ -42,7 +42,7 @@ BAD = [
     ([*A, "--nonsense"], "No such option: --nonsense"),
     ([*A, "--workers", "2"], "--workers needs --ray"),
     # attribute --method patching
-    ([*A, "--method", "gradient"], "--method must be one of regression, patching. Got 'gradient'"),
+    ([*A, "--method", "gradient"], "--method must be one of regression, patching, hybrid. Got 'gradient'"),
     ([*A, "--method", "patching", "--masks", "16"], "--masks applies to --method regression only"),
     ([*A, "--method", "patching", "--ablation-prob", "0.2"], "--ablation-prob applies to --method regression only"),
     ([*A, "--method", "patching", "--fit", "ridge"], "--fit applies to --method regression only"),
@@ -51,6 +51,18 @@ BAD = [
     ([*A, "--method", "patching", "--mix", "kv", "--baseline", "knockout"], "the knockout baseline has none"),
     ([*A, "--method", "patching", "--n-check", "-1"], "'n_check' parameter of HeadAttributionPatching must be an int"),
     ([*A, "--method", "patching", "--ray", "local"], "drop --ray/--workers"),
+    # attribute --method hybrid
+    ([*A, "--screen-coverage", "0.5"], "--screen-coverage applies to --method hybrid only"),
+    ([*A, "--method", "patching", "--screen-heads", "3"], "--screen-heads applies to --method hybrid only"),
+    ([*A, "--method", "hybrid", "--screen-coverage", "0"],
+     "'screen_coverage' parameter of HeadAttributionHybrid must be a float in (0, 1]"),
+    ([*A, "--method", "hybrid", "--screen-coverage", "x"], "Invalid value for '--screen-coverage'"),
+    ([*A, "--method", "hybrid", "--screen-heads", "0"], "'screen_heads' parameter of HeadAttributionHybrid must be"),
+    ([*A, "--method", "hybrid", "--n-check", "2"], "--n-check applies to --method patching only"),
+    ([*A, "--method", "hybrid", "--ablation-prob", "0.1,0.2"], "--ablation-prob takes one number with --method hybrid"),
+    ([*A, "--method", "hybrid", "--masks", "3"], "'n_masks' parameter of HeadAttributionHybrid must be an int in [8, inf)"),
+    ([*A, "--method", "hybrid", "--mix", "kv", "--baseline", "knockout"], "the knockout baseline has none"),
+    ([*A, "--method", "hybrid", "--ray", "local"], "drop --ray/--workers"),
     # attribute: model, device, data, output
     (["attribute", "--model", "tiny:gpt9", "--out", "{tmp}/a"], "Unknown family 'gpt9'"),
     (["attribute", "--model", "{tmp}/nothing-here", "--out", "{tmp}/a"], "nothing-here"),

@@ -1,8 +1,9 @@
 """The self-contained HTML report (``headflow.report.write_report``) on a real tiny study directory.
 
 One module-scoped study on ``tiny:llava`` runs every step (attribution → validation → flow → semantics
-→ report), plus a small steering sweep so that every section is present. 32 images: with fewer, the default data has a single style, and the semantics step has no
-appearance factor to compare with class. The browser check renders the report in headless Chromium.
+→ report), plus a small steering sweep so that every section is present. 32 images: with fewer, the default
+data has a single style, and the semantics step has no appearance factor to compare with class.
+The browser check renders the report in headless Chromium.
 """
 
 from __future__ import annotations
