@@ -99,8 +99,11 @@ def register(app: typer.Typer) -> None:
         if values["method"] == "hybrid":
             _attribute_hybrid(values)
             return
-        _only_with("regression", "patching", values, PatchingParams, skip=tuple(AttributionParams.model_fields))
-        _only_with("regression", "hybrid", values, HybridParams, skip=tuple(AttributionParams.model_fields))
+        _only_with("regression", "patching", values, PatchingParams, skip=tuple(HybridParams.model_fields))
+        _only_with("regression", "patching or hybrid", values, PatchingParams,
+                   skip=tuple(AttributionParams.model_fields))
+        _only_with("regression", "hybrid", values, HybridParams, skip=(*AttributionParams.model_fields,
+                                                                       *PatchingParams.model_fields))
         try:
             probs = [float(v) for v in values["ablation_prob"].split(",") if v.strip()]
         except ValueError:
