@@ -1,8 +1,9 @@
 """The self-contained HTML report (``headflow.report.write_report``) on a real tiny study directory.
 
 One module-scoped study on ``tiny:llava`` runs every step (attribution → validation → flow → semantics
-→ report). 32 images: with fewer, the default data has a single style, and the semantics step has no
-appearance factor to compare with class. The browser check renders the report in headless Chromium.
+→ report), plus a small steering sweep so that every section is present. 32 images: with fewer, the default
+data has a single style, and the semantics step has no appearance factor to compare with class.
+The browser check renders the report in headless Chromium.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from headflow.report.markup import esc
 
 pytestmark = pytest.mark.slow
 
-ANALYSIS_SECTIONS = ("validation", "attention", "flow", "objects", "semantics")
+ANALYSIS_SECTIONS = ("validation", "attention", "flow", "objects", "semantics", "steering")
 
 
 class Page(HTMLParser):
@@ -70,7 +71,7 @@ class Page(HTMLParser):
 
 
 def figure_files(run_dir: Path) -> dict[str, Path]:
-    return {str(p.relative_to(run_dir)): p for sub in ("figures", "flow/figures")
+    return {str(p.relative_to(run_dir)): p for sub in ("figures", "flow/figures", "steering/figures")
             for p in sorted((run_dir / sub).glob("*.png"))}
 
 
@@ -83,6 +84,10 @@ def study(tmp_path_factory) -> Path:
                    permutations=50, bootstrap=50)
     path = run_study("tiny:llava", "default", out, plan=plan, keep_wrong=True, log=lambda _: None)
     assert path == out / "report.html"
+    from headflow.steering import HeadSteering
+
+    HeadSteering(factors=[0.0, 1.0, 2.0], corrupt=["noise:0.1"], k=2, max_images=2).run(out)
+    write_report(out)
     return out
 
 
@@ -277,6 +282,8 @@ def pop_path(doc: dict, dotted: str, rename: bool) -> None:
     ("summary.json", "lds_spearman_quartiles", True),
     ("config.json", "model.n_kv_heads", False),
     ("study.json", "seconds", False),
+    ("steering/steering.json", "curves.clean.random.mean_logit", True),
+    ("steering/steering.json", "identity_max_abs_diff", False),
 ])
 def test_a_renamed_or_deleted_key_fails_the_report_naming_file_and_key(study, tmp_path, rel, key, rename):
     run = copy_run(study, tmp_path / "run")
@@ -405,6 +412,74 @@ def test_formatting():
     assert (fmt(1.2e-5), fmt(0.0), fmt_pct(0.03125), fmt_p(2.3e-10), fmt_p(0.0196)) == \
         ("1.20e-05", "0", "3.1%", "2.3e-10", "0.020")
     assert (fmt_layer(1.0), fmt_layer(0.076), fmt_ci(1, None, None)) == ("1", "0.08", "1")
+
+
+# ----------------------------------------------------------------------------------------------
+# head steering on the embedded default model
+
+
+@pytest.fixture(scope="module")
+def steered(tmp_path_factory) -> Path:
+    """A patching run of the default model on 6 images and a steering sweep over it (3 factors, 2 corruptions)."""
+    from typer.testing import CliRunner
+
+    from headflow.cli import app
+
+    run = tmp_path_factory.mktemp("steer") / "run"
+    for argv in (["attribute", "--model", "default", "--images", "6", "--keep-wrong", "--method", "patching",
+                  "--n-check", "0", "--out", str(run)],
+                 ["steer", str(run), "--factors", "0,1,2", "--corrupt", "noise:0.3,blur:2", "--k", "3"],
+                 ["report", str(run)]):
+        res = CliRunner().invoke(app, argv)
+        assert res.exit_code == 0, res.output
+    return run
+
+
+def test_steering_section_numbers_come_from_steering_json(steered):
+    from headflow.report.doc import Doc
+    from headflow.report.sections import steering_verdicts
+
+    st = read(steered, "steering/steering.json")
+    html = (steered / "report.html").read_text()
+    page = Page(html)
+    assert page.sections["steering"]["data-status"] == "present"
+    part = section_slice(html, "steering")
+    for name in ("steering_accuracy", "steering_logit"):
+        assert f'data-name="{name}" data-path="steering/figures/{name}.png"' in part
+    order = [(c, r, i) for c in st["conditions"] for r in st["rankings"] for i in range(len(st["factors"]))]
+    assert len(order) == 3 * 3 * 3
+    assert page.keys["steering_accuracy"] == [fmt(st["curves"][c][r]["accuracy"][i]) for c, r, i in order]
+    assert page.keys["steering_logit"] == [fmt(st["curves"][c][r]["mean_logit"][i]) for c, r, i in order]
+    # the sentence per corruption is read from the numbers at factor 2
+    for condition in ("noise:0.3", "blur:2"):
+        top, rand = st["curves"][condition]["attribution"], st["curves"][condition]["random"]
+        beats = top["accuracy"][2] > rand["accuracy"][2] or (
+            top["accuracy"][2] == rand["accuracy"][2] and top["mean_logit"][2] > rand["mean_logit"][2])
+        verdict = re.search(rf'data-steering-verdict="{re.escape(condition)}">([^<]*)<', part).group(1)
+        assert verdict == ("beats" if beats else "does not beat"), condition
+    assert 'data-steering-verdict="clean"' not in part
+    # the verdict follows the numbers: swap the two head sets and it flips (unless they tie exactly)
+    before = {c: (f, b) for c, f, b in steering_verdicts(Doc(st, "steering.json"))}
+    assert set(before) == {"noise:0.3", "blur:2"} and {f for f, _ in before.values()} == {2.0}
+    for curves in st["curves"].values():
+        curves["attribution"], curves["random"] = curves["random"], curves["attribution"]
+    for condition, _, beats in steering_verdicts(Doc(st, "steering.json")):
+        a, r = st["curves"][condition]["attribution"], st["curves"][condition]["random"]
+        tie = (a["accuracy"][2], a["mean_logit"][2]) == (r["accuracy"][2], r["mean_logit"][2])
+        assert beats is (False if tie else not before[condition][1]), condition
+    # a sweep without an amplifying factor says so instead of guessing
+    no_amp = {**st, "factors": [0.0, 0.5, 1.0]}
+    assert {b for _, _, b in steering_verdicts(Doc(no_amp, "steering.json"))} == {None}
+
+
+def test_missing_steering_is_marked_not_run(steered, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(steered, run)
+    shutil.rmtree(run / "steering")
+    html = write_report(run).read_text()
+    assert Page(html).sections["steering"]["data-status"] == "missing"
+    assert "<code>steering/steering.json</code> is missing. Run <code>headflow steer DIR</code>" in \
+        section_slice(html, "steering")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -94,14 +94,14 @@ def test_each_default_is_defined_once():
 
 
 def _methods():
-    from headflow.attribution import HeadAttribution, HeadAttributionPatching, Validation
+    from headflow.attribution import HeadAttribution, HeadAttributionHybrid, HeadAttributionPatching, Validation
     from headflow.compare import CompareRuns
     from headflow.flow import TokenFlow
     from headflow.semantics import SemanticAnalysis
     from headflow.steering import HeadSteering
 
-    return [HeadAttribution, HeadAttributionPatching, Validation, TokenFlow, SemanticAnalysis, CompareRuns,
-            HeadSteering]
+    return [HeadAttribution, HeadAttributionPatching, HeadAttributionHybrid, Validation, TokenFlow, SemanticAnalysis,
+            CompareRuns, HeadSteering]
 
 
 def test_every_method_has_one_shape():
@@ -139,6 +139,7 @@ def test_unknown_parameter_is_refused_at_once():
 
 
 @pytest.mark.parametrize(("command", "params"), [("attribute", "AttributionParams"), ("attribute", "PatchingParams"),
+                                                 ("attribute", "HybridParams"),
                                                  ("validate", "ValidationParams"),
                                                  ("flow", "FlowParams"), ("semantics", "SemanticParams"),
                                                  ("compare", "CompareParams"), ("steer", "SteeringParams")])
@@ -146,7 +147,7 @@ def test_cli_options_come_from_the_parameter_models(command, params):
     """Every parameter is an option of its command, with the model's default and help line."""
     import typer.main
 
-    from headflow.attribution.params import AttributionParams, PatchingParams, ValidationParams
+    from headflow.attribution.params import AttributionParams, HybridParams, PatchingParams, ValidationParams
     from headflow.cli import app
     from headflow.cli.options import flag_of
     from headflow.flow.params import FlowParams
@@ -155,6 +156,7 @@ def test_cli_options_come_from_the_parameter_models(command, params):
     from headflow.steering.params import SteeringParams
 
     model = {"SteeringParams": SteeringParams, "AttributionParams": AttributionParams, "PatchingParams": PatchingParams,
+             "HybridParams": HybridParams,
              "ValidationParams": ValidationParams, "FlowParams": FlowParams,
              "SemanticParams": SemanticParams, "CompareParams": CompareParams}[params]
     click = typer.main.get_command(app).commands[command]

@@ -19,7 +19,8 @@ _EXPORTS = {
     "InterventionEngine": "intervene", "Knockout": "intervene", "PreparedPrompt": "intervene",
     "FamilyAdapter": "models", "LoadedModel": "models", "TokenGroups": "models", "load_model": "models",
     "register_adapter": "models", "load_adapter_file": "models",
-    "HeadAttribution": "attribution", "HeadAttributionPatching": "attribution", "AttributionResult": "attribution", "Validation": "attribution",
+    "HeadAttribution": "attribution", "HeadAttributionPatching": "attribution", "HeadAttributionHybrid": "attribution",
+    "AttributionResult": "attribution", "Validation": "attribution",
     "ValidationResult": "attribution",
     "TokenFlow": "flow", "FlowResult": "flow",
     "SemanticAnalysis": "semantics", "SemanticResult": "semantics",
@@ -35,7 +36,8 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, extra=["__version__"])
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .attribution import AttributionResult, HeadAttribution, HeadAttributionPatching, Validation, ValidationResult
+    from .attribution import (AttributionResult, HeadAttribution, HeadAttributionHybrid, HeadAttributionPatching, Validation,
+                              ValidationResult)
     from .data import load_dataset
     from .errors import HeadflowError
     from .flow import FlowResult, TokenFlow

@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import typer
 
-from ..attribution.params import AttributionParams, PatchingParams, ValidationParams
+from ..attribution.params import AttributionParams, HybridParams, PatchingParams, ValidationParams
 from ..compare.params import CompareParams
 from ..errors import HeadflowError
 from ..flow.params import FlowParams
@@ -78,11 +78,14 @@ def register(app: typer.Typer) -> None:
 
     method = inspect.Parameter("method", inspect.Parameter.KEYWORD_ONLY, annotation=str, default=typer.Option(
         ATTRIBUTION_METHODS[0], "--method", help="regression (random head ablations -> linear fit) | patching "
-        "(attribution patching: one forward and one backward pass per image)."))
+        "(attribution patching: one forward and one backward pass per image) | hybrid (patching screens the heads, "
+        "the regression fits the screened ones)."))
     patching_only = method_options(PatchingParams, skip=tuple(AttributionParams.model_fields))
+    hybrid_only = method_options(HybridParams, skip=(*AttributionParams.model_fields, *PatchingParams.model_fields))
 
     @command(app, "attribute", _shared(*DATA_OPTIONS, "out", *RUN_OPTIONS) + [method]
-             + method_options(AttributionParams, overrides={"ablation_prob": ablation_prob}) + patching_only)
+             + method_options(AttributionParams, overrides={"ablation_prob": ablation_prob}) + patching_only
+             + hybrid_only)
     def attribute(**values: Any) -> None:
         """Head attribution: random head ablations -> linear fit -> per-head attribution (resumable); or
         --method patching: attribution patching, one forward and one backward pass per image."""
@@ -93,7 +96,14 @@ def register(app: typer.Typer) -> None:
         if values["method"] == "patching":
             _attribute_patching(values)
             return
-        _only_with("regression", "patching", values, PatchingParams, skip=tuple(AttributionParams.model_fields))
+        if values["method"] == "hybrid":
+            _attribute_hybrid(values)
+            return
+        _only_with("regression", "patching", values, PatchingParams, skip=tuple(HybridParams.model_fields))
+        _only_with("regression", "patching or hybrid", values, PatchingParams,
+                   skip=tuple(AttributionParams.model_fields))
+        _only_with("regression", "hybrid", values, HybridParams, skip=(*AttributionParams.model_fields,
+                                                                       *PatchingParams.model_fields))
         try:
             probs = [float(v) for v in values["ablation_prob"].split(",") if v.strip()]
         except ValueError:
@@ -310,7 +320,7 @@ def register(app: typer.Typer) -> None:
 
 
 #: the ways ``headflow attribute`` computes head attributions (the first is the default)
-ATTRIBUTION_METHODS = ("regression", "patching")
+ATTRIBUTION_METHODS = ("regression", "patching", "hybrid")
 
 
 def _only_with(method: str, other: str, values: dict[str, Any], params, skip: tuple[str, ...] = ()) -> None:
@@ -338,6 +348,8 @@ def _attribute_patching(values: dict[str, Any]) -> None:
     from ..attribution import HeadAttributionPatching
 
     _only_with("patching", "regression", values, AttributionParams, skip=tuple(PatchingParams.model_fields))
+    _only_with("patching", "hybrid", values, HybridParams, skip=(*AttributionParams.model_fields,
+                                                                 *PatchingParams.model_fields))
     if values["ray"] is not None or values["workers"] is not None:
         fail("--method patching runs in this process (one forward and backward pass per image); drop --ray/--workers.")
     params = params_from(PatchingParams, values, "attribute")
@@ -353,6 +365,36 @@ def _attribute_patching(values: dict[str, Any]) -> None:
                f"{s['clean_accuracy']:.3f}" + (f", Spearman with exact single-head effects (median of "
                                                 f"{check['n_images']}) {check['spearman_median']:.3f}"
                                                 if check["spearman_median"] is not None else ""))
+    typer.echo("top heads (layer, head, attribution): " +
+               ", ".join(f"({l},{h},{v:.3f})" for l, h, v in s["top_heads"][:5]))
+    labels = s.get("unanswerable_labels") or []
+    _problems(s.get("data_problems"), labels, int(result.images["label"].isin(labels).sum()))
+    typer.echo(f"wrote {out}")
+
+
+def _attribute_hybrid(values: dict[str, Any]) -> None:
+    """``headflow attribute --method hybrid``: patching screens the heads, the regression fits the screened ones."""
+    from ..attribution import HeadAttributionHybrid
+
+    _only_with("hybrid", "patching", values, PatchingParams, skip=tuple(HybridParams.model_fields))
+    if values["ray"] is not None or values["workers"] is not None:
+        fail("--method hybrid runs in this process; drop --ray/--workers.")
+    raw = values["ablation_prob"]
+    try:
+        value = float(raw)
+    except ValueError:
+        fail(f"--ablation-prob takes one number with --method hybrid. Got {raw!r} instead.")
+    params = params_from(HybridParams, values, "attribute", skip=("ablation_prob",))
+    HeadAttributionHybrid(None, ablation_prob=value, **params).check()
+    out = values["out"]
+    lm = _load(values["model"], values["device"], values["dtype"])
+    dataset = _data(values)
+    result = HeadAttributionHybrid(lm, ablation_prob=value, **params).run(dataset, out=out)
+    result.plot()
+    s = result.summary
+    typer.echo(f"{s['n_images']} images, hybrid: {s['screen']['n_screened']} of {s['n_heads_total']} heads screened "
+               f"by patching, {s['n_masks']} masks, clean accuracy {s['clean_accuracy']:.3f}, LDS median Pearson "
+               f"{s['lds_pearson_median']:.3f} / Spearman {s['lds_spearman_median']:.3f}")
     typer.echo("top heads (layer, head, attribution): " +
                ", ".join(f"({l},{h},{v:.3f})" for l, h, v in s["top_heads"][:5]))
     labels = s.get("unanswerable_labels") or []

@@ -348,6 +348,66 @@ def semantics_section(inp: Inputs) -> Built:
         "class_heatmaps": "Mean attribution per class (layer \u00d7 head)."})
 
 
+def steering_verdicts(st: Doc) -> list[tuple[str, float | None, bool | None]]:
+    """Per corruption (``clean`` where the sweep has none): the largest amplifying factor (> 1) of the sweep and
+    whether amplifying the top attribution heads beats amplifying random heads there (higher accuracy, or the same
+    accuracy and a higher mean answer logit); ``(condition, None, None)`` where the sweep has no factor above 1."""
+    factors = [float(f) for f in st["factors"]]
+    conditions = [c for c in st["conditions"] if c != "clean"] or ["clean"]
+    amplifying = [i for i, f in enumerate(factors) if f > 1.0]
+    out: list[tuple[str, float | None, bool | None]] = []
+    for condition in conditions:
+        if not amplifying:
+            out.append((condition, None, None))
+            continue
+        i = max(amplifying, key=lambda j: factors[j])
+        top, rand = st["curves"][condition]["attribution"], st["curves"][condition]["random"]
+        acc_top, acc_rand = top["accuracy"][i], rand["accuracy"][i]
+        beats = acc_top > acc_rand or (acc_top == acc_rand and top["mean_logit"][i] > rand["mean_logit"][i])
+        out.append((condition, factors[i], bool(beats)))
+    return out
+
+
+def steering_section(inp: Inputs) -> Built:
+    st = inp["steering"]
+    factors, k = st["factors"], st["k"]
+    rows = []
+    for condition in st["conditions"]:
+        for ranking in st["rankings"]:
+            curve = st["curves"][condition][ranking]
+            for i, factor in enumerate(factors):
+                heads = f"{ranking} top-{k}" if ranking != "random" else f"random {k}"
+                rows.append((condition, heads, f"{float(factor):g}", fmt(curve["accuracy"][i]),
+                             fmt(curve["mean_logit"][i])))
+    body = table(("Condition", "Heads", "Factor", "Accuracy", "Mean answer logit"), rows, id="steering-table",
+                 keys=(None, None, None, "steering_accuracy", "steering_logit"))
+    heads = "; ".join(f"{esc(r)}: {esc(', '.join(fmt_head(layer, head) for layer, head in st['heads'][r]))}"
+                      for r in st["rankings"])
+    body += (f"<p class=\"note\">{esc(fmt(st['n_images']))} images; factor f multiplies the steered heads' "
+             f"attention on the image and renormalises (1 = the model itself, 0 = knockout ablation); factor 1 "
+             f"reproduces the run's clean logits to {esc(fmt(st['identity_max_abs_diff']))}. Steered heads: "
+             f"{heads}.</p>")
+    sentences = []
+    for condition, factor, beats in steering_verdicts(st):
+        if beats is None:
+            sentences.append(f"{esc(condition)}: no factor above 1 in this sweep, so amplification was not tested")
+            continue
+        i = [float(f) for f in factors].index(factor)
+        top, rand = st["curves"][condition]["attribution"], st["curves"][condition]["random"]
+        sentences.append(
+            f"{esc(condition)}: amplifying the top-{esc(fmt(k))} attribution heads (factor {esc(f'{factor:g}')}) "
+            f"<strong data-steering-verdict=\"{esc(condition)}\">{'beats' if beats else 'does not beat'}</strong> "
+            f"amplifying {esc(fmt(k))} random heads (accuracy {esc(fmt(top['accuracy'][i]))} vs "
+            f"{esc(fmt(rand['accuracy'][i]))}, mean answer logit {esc(fmt(top['mean_logit'][i]))} vs "
+            f"{esc(fmt(rand['mean_logit'][i]))})")
+    body += callout("<strong>Amplifying the top heads vs random heads</strong> (at the largest factor; higher "
+                    "accuracy, ties broken by the mean answer logit): " + "; ".join(sentences) + ".")
+    return Built(body, captions={
+        "steering_accuracy": "Accuracy vs steering factor, one panel per condition (clean and each corruption), one "
+                             "line per head set.",
+        "steering_logit": "Mean answer logit vs steering factor, one panel per condition, one line per head set."})
+
+
 # ----------------------------------------------------------------------------------------------
 # the table
 
@@ -382,6 +442,10 @@ SECTIONS: tuple[Section, ...] = (
             figures=(Figure("similarity_matrix", "figures/similarity_matrix.png"),
                      Figure("embedding", "figures/embedding.png"),
                      Figure("class_heatmaps", "figures/class_heatmaps.png"))),
+    Section("steering", "Head steering", steering_section,
+            reads=("steering",),
+            figures=(Figure("steering_accuracy", "steering/figures/steering_accuracy.png"),
+                     Figure("steering_logit", "steering/figures/steering_logit.png"))),
 )
 
 #: Section ids, in page order.
