@@ -54,7 +54,40 @@ def main() -> None:
                         "images_per_s": rows[name]["images_per_s"],
                         "speed_ratio_vs_regression": rows[name]["images_per_s"] / rows["regression"]["images_per_s"]}
     report["regression"] = {"images_per_s": rows["regression"]["images_per_s"]}
+    # Why the two disagree per image: each against the exact effect of ablating one head alone
+    exact = single_head_effects(lm, data, out / "regression")
+    report["vs_single_head_effects"] = {
+        name: float(np.nanmedian([spearmanr(a.ravel(), e).statistic for a, e in zip(rows[name]["attributions"], exact)]))
+        for name in ("patching_output", "patching_kv", "regression")}
+    top = max(1, exact.shape[1] // 5)  # the heads that matter: the top fifth by exact effect, per image
+    report["vs_single_head_effects_top_fifth"] = {
+        name: float(np.nanmedian([spearmanr(a.ravel()[np.argsort(-e)[:top]], e[np.argsort(-e)[:top]]).statistic
+                                  for a, e in zip(rows[name]["attributions"], exact)]))
+        for name in ("patching_output", "patching_kv", "regression")}
     print(json.dumps(report, indent=2) if args.json else report)
+
+
+def single_head_effects(lm, data, run_dir: Path) -> np.ndarray:
+    """``y_clean − y(head h ablated alone)`` per used image of the regression run and head, ``[image, head]``."""
+    from headflow.attribution import AttributionResult
+    from headflow.intervene import Intervention, InterventionEngine
+    from headflow.per_image import image_baseline, image_job, image_targets, load_baseline
+
+    result = AttributionResult.load(run_dir)
+    params = result.config["params"]
+    table = result.images
+    baseline = load_baseline(run_dir / "baseline.safetensors")
+    engine = InterventionEngine(lm)
+    n = lm.n_layers * lm.n_heads
+    rows = [Intervention(ablate=torch.eye(n, dtype=torch.bool)[c].view(lm.n_layers, lm.n_heads)) for c in range(n)]
+    out = []
+    for idx in table.index[table["used"]]:
+        job = image_job(data, table, idx, params["baseline"])
+        prompt = engine.prepare(job.image, params["question"])
+        base = image_baseline(engine, prompt, baseline, params["baseline"], params["question"], job.partner)
+        targets, _ = image_targets(engine, prompt, rows, base, job.answer_ids, params["target"])
+        out.append(float(table.at[idx, "clean_target"]) - targets.cpu().numpy())
+    return np.stack(out)
 
 
 if __name__ == "__main__":
