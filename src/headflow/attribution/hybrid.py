@@ -34,16 +34,14 @@ import numpy as np
 from ..data.base import Dataset, Example
 from ..errors import HeadflowError
 from ..executor import map_images
-from ..intervene import InterventionEngine
-from ..method import Method, provenance, versions
+from ..method import Method, provenance
 from ..models.loading import LoadedModel, load_model
-from ..per_image import (ImageJob, check_labels, data_record, dataset_labels, image_baseline, image_job,
-                         image_targets, mask_rows)
-from ..store import RowStore, ensure_config, run_lock, save_npy, save_parquet, write_json
-from .core import AttributionResult, clean_pass, rebuild_hint, sample_masks
+from ..per_image import ImageJob, image_baseline, image_job, image_targets, mask_rows
+from ..store import RowStore, run_lock, save_npy, save_parquet, write_json
+from .core import AttributionResult, rebuild_hint, sample_masks
 from .fit import datamodeling_scores, design_rank, fit_linear, predict
 from .params import HybridParams
-from .patching import patching_gradient
+from .patching import begin_run, gradient_pass
 
 __all__ = ["HeadAttributionHybrid", "screen_heads"]
 
@@ -99,34 +97,13 @@ class HeadAttributionHybrid(Method):
     def _run(self, lm: LoadedModel, params: HybridParams, data, out: Path) -> AttributionResult:
         hint = rebuild_hint(out) + " and --method hybrid"
         n_heads = lm.n_layers * lm.n_heads
-        spec = {"method": "HeadAttributionHybrid", "model": lm.name, "model_class": type(lm.model).__name__,
-                "data": data_record(data), "n_images": len(data),
-                "image_ids": [data[i].id for i in range(len(data))] if len(data) <= 4096 else None, **params.spec()}
-        engine = InterventionEngine(lm, batch_size=params.batch_size)
-        resolved: dict[str, Any] = {"n_heads_total": n_heads, "n_layers": lm.n_layers, "n_heads": lm.n_heads}
-        config = ensure_config(out, spec, {"params": params.model_dump(mode="json"), "resolved": resolved,
-                                           "model": lm.describe(), "versions": versions()}, rebuild_hint=hint)
-        labels = check_labels(lm.answers(params.question, aliases=params.aliases), dataset_labels(data))
-        table, baseline = clean_pass(engine, data, params, out, hint)
-        used = table.index[table["used"]].tolist()
-        if not used:
-            raise HeadflowError("No image is answered correctly by the clean model, so none is left to analyse; "
-                                "pass keep_wrong=True (--keep-wrong) to keep them.")
+        run = begin_run(lm, params, data, out, "HeadAttributionHybrid", hint)
+        engine, config, resolved, labels, table, baseline, used = (
+            run.engine, run.config, run.resolved, run.labels, run.table, run.baseline, run.used)
 
         # 1. the screen: attribution patching on every used image
-        grads = RowStore(out, "gradients", len(used), n_heads, rebuild_hint=hint)
-        began = time.perf_counter()
-
-        def gradient(_state, job: ImageJob) -> np.ndarray:
-            prompt = engine.prepare(job.image, params.question)
-            base = image_baseline(engine, prompt, baseline, params.baseline, params.question, job.partner)
-            return patching_gradient(engine, prompt, base, job.answer_ids, params.target, params.mix).ravel()
-
-        todo = [(row, idx) for row, idx in enumerate(used) if not grads.done[row]]
-        map_images(gradient, ((row, image_job(data, table, idx, params.baseline)) for row, idx in todo),
-                   n_items=len(todo), on_result=grads.write, desc="hybrid: screen (patching)")
-        screen_seconds = time.perf_counter() - began
-        estimate = np.abs(np.asarray(grads.data, dtype=np.float64)).mean(0)
+        gradients, screen_seconds = gradient_pass(run, params, data, out, hint, "hybrid: screen (patching)")
+        estimate = np.abs(gradients.astype(np.float64)).mean(0)
         screened = screen_heads(estimate, params.screen_coverage, params.screen_heads)
         m = len(screened)
         n_masks = params.n_masks or max(64, 4 * m)
@@ -158,8 +135,8 @@ class HeadAttributionHybrid(Method):
         todo_masks = [(row, idx) for row, idx in enumerate(used) if not store.done[row]]
         map_images(masked, ((row, image_job(data, table, idx, params.baseline)) for row, idx in todo_masks),
                    n_items=len(todo_masks), on_result=store.write, desc="hybrid: masks per image")
-        if todo:
-            resolved["screen_seconds_per_image"] = screen_seconds / len(todo)
+        if screen_seconds is not None:
+            resolved["screen_seconds_per_image"] = screen_seconds
         if todo_masks:
             resolved["mask_seconds_per_image"] = (time.perf_counter() - began) / len(todo_masks)
         resolved.update(n_masks=n_masks, n_screened=m)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -55,6 +56,59 @@ def patching_gradient(engine: InterventionEngine, prompt, baseline, answer_ids: 
     y = target_values(logits[:, 0], answer_ids[0], target, logits[:, 1:] if continuation else None, answer_ids)
     (grad,) = torch.autograd.grad(y.sum(), alpha)
     return grad[0].detach().float().cpu().numpy()
+
+
+@dataclass
+class BegunRun:
+    """A one-process attribution run after its start: the engine, the checked configuration, the label report, the
+    clean pass's image table and baseline, and the used images (the table's row index of each)."""
+
+    engine: InterventionEngine
+    config: dict[str, Any]
+    resolved: dict[str, Any]
+    labels: dict[str, list]
+    table: Any
+    baseline: Any
+    used: list[int]
+
+
+def begin_run(lm: LoadedModel, params, data, out: Path, method: str, hint: str) -> BegunRun:
+    """What :class:`HeadAttributionPatching` and the hybrid do first: the run's ``config.json`` (a different
+    configuration refused), the labels reported, the clean pass (shared with the regression), the used images."""
+    n_heads = lm.n_layers * lm.n_heads
+    spec = {"method": method, "model": lm.name, "model_class": type(lm.model).__name__,
+            "data": data_record(data), "n_images": len(data),
+            "image_ids": [data[i].id for i in range(len(data))] if len(data) <= 4096 else None, **params.spec()}
+    engine = InterventionEngine(lm, batch_size=params.batch_size)
+    resolved: dict[str, Any] = {"n_heads_total": n_heads, "n_layers": lm.n_layers, "n_heads": lm.n_heads}
+    config = ensure_config(out, spec, {"params": params.model_dump(mode="json"), "resolved": resolved,
+                                       "model": lm.describe(), "versions": versions()}, rebuild_hint=hint)
+    labels = check_labels(lm.answers(params.question, aliases=params.aliases), dataset_labels(data))
+    table, baseline = clean_pass(engine, data, params, out, hint)
+    used = table.index[table["used"]].tolist()
+    if not used:
+        raise HeadflowError("No image is answered correctly by the clean model, so none is left to analyse; "
+                            "pass keep_wrong=True (--keep-wrong) to keep them.")
+    return BegunRun(engine, config, resolved, labels, table, baseline, used)
+
+
+def gradient_pass(run: BegunRun, params, data, out: Path, hint: str, desc: str) -> tuple[np.ndarray, float | None]:
+    """The patching gradient ``dy/dα`` of every used image and head into ``out/gradients`` (resumable row store):
+    ``(gradients [image, layer·head] float32, seconds per image computed now or None if all were done)``."""
+    engine, lm = run.engine, run.engine.lm
+    store = RowStore(out, "gradients", len(run.used), lm.n_layers * lm.n_heads, rebuild_hint=hint)
+    todo = [(row, idx) for row, idx in enumerate(run.used) if not store.done[row]]
+    began = time.perf_counter()
+
+    def one(_state, job: ImageJob) -> np.ndarray:
+        prompt = engine.prepare(job.image, params.question)
+        base = image_baseline(engine, prompt, run.baseline, params.baseline, params.question, job.partner)
+        return patching_gradient(engine, prompt, base, job.answer_ids, params.target, params.mix).ravel()
+
+    map_images(one, ((row, image_job(data, run.table, idx, params.baseline)) for row, idx in todo),
+               n_items=len(todo), on_result=store.write, desc=desc)
+    seconds = (time.perf_counter() - began) / len(todo) if todo else None
+    return np.asarray(store.data, dtype=np.float32), seconds
 
 
 class HeadAttributionPatching(Method):
@@ -91,38 +145,15 @@ class HeadAttributionPatching(Method):
 
     def _run(self, lm: LoadedModel, params: PatchingParams, data, out: Path) -> AttributionResult:
         hint = rebuild_hint(out) + " and --method patching"
-        n_heads = lm.n_layers * lm.n_heads
-        spec = {"method": "HeadAttributionPatching", "model": lm.name, "model_class": type(lm.model).__name__,
-                "data": data_record(data), "n_images": len(data),
-                "image_ids": [data[i].id for i in range(len(data))] if len(data) <= 4096 else None, **params.spec()}
-        engine = InterventionEngine(lm, batch_size=params.batch_size)
-        resolved: dict[str, Any] = {"n_heads_total": n_heads, "n_layers": lm.n_layers, "n_heads": lm.n_heads}
-        config = ensure_config(out, spec, {"params": params.model_dump(mode="json"), "resolved": resolved,
-                                           "model": lm.describe(), "versions": versions()}, rebuild_hint=hint)
-        labels = check_labels(lm.answers(params.question, aliases=params.aliases), dataset_labels(data))
-        table, baseline = clean_pass(engine, data, params, out, hint)
-        used = table.index[table["used"]].tolist()
-        if not used:
-            raise HeadflowError("No image is answered correctly by the clean model, so none is left to analyse; "
-                                "pass keep_wrong=True (--keep-wrong) to keep them.")
-        store = RowStore(out, "gradients", len(used), n_heads, rebuild_hint=hint)
-        todo = [(row, idx) for row, idx in enumerate(used) if not store.done[row]]
-        began = time.perf_counter()
-
-        def one(_state, job: ImageJob) -> np.ndarray:
-            prompt = engine.prepare(job.image, params.question)
-            base = image_baseline(engine, prompt, baseline, params.baseline, params.question, job.partner)
-            return patching_gradient(engine, prompt, base, job.answer_ids, params.target, params.mix).ravel()
-
-        map_images(one, ((row, image_job(data, table, idx, params.baseline)) for row, idx in todo),
-                   n_items=len(todo), on_result=store.write, desc="attribution patching: images")
-        seconds = time.perf_counter() - began
-        gradients = np.asarray(store.data, dtype=np.float32)
+        run = begin_run(lm, params, data, out, "HeadAttributionPatching", hint)
+        engine, config, resolved, labels, table, baseline, used = (
+            run.engine, run.config, run.resolved, run.labels, run.table, run.baseline, run.used)
+        gradients, seconds = gradient_pass(run, params, data, out, hint, "attribution patching: images")
+        if seconds is not None:
+            resolved["seconds_per_image"] = seconds
         attributions = (-gradients).reshape(-1, lm.n_layers, lm.n_heads)
         save_npy(out / "attributions.npy", attributions)
         check = self._exact_check(engine, data, table, used, attributions, baseline, params)
-        if todo:
-            resolved["seconds_per_image"] = seconds / len(todo)
         mean = attributions.mean(0)
         order = np.argsort(-mean.ravel())[:20]
         problems = dict(getattr(data, "problems", {}) or {})
