@@ -146,13 +146,8 @@ class HeadAttribution(Method):
         targets = np.asarray(store.data)
         train, val = targets[:, :n_masks].T, targets[:, n_masks:].T
         bias, weights = fit_linear(masks, train, params.fit, params.penalty)
-        pearson, spearman = datamodeling_scores(predict(bias, weights, val_masks), val)
-        attributions = (-weights).reshape(-1, lm.n_layers, lm.n_heads).astype(np.float32)
-        save_npy(out / "attributions.npy", attributions)
-        save_npy(out / "fit_bias.npy", bias.astype(np.float32))
-        used = table[table["used"]].copy()
-        used["lds_pearson"], used["lds_spearman"] = pearson, spearman
-        save_parquet(out / "lds.parquet", used[["id", "label", "lds_pearson", "lds_spearman"]])
+        attributions, pearson, spearman = save_fit(out, table, lm, bias, weights, val_masks, val)
+        used = table[table["used"]]
         mean = attributions.mean(0)
         order = np.argsort(-mean.ravel())[:20]
         summary = {
@@ -232,6 +227,20 @@ class AttributionResult(Result):
         from .plots import plot_attribution
 
         return plot_attribution(self, Path(figures_dir) if figures_dir else self.run_dir / "figures")
+
+
+def save_fit(out: Path, table: pd.DataFrame, lm: LoadedModel, bias: np.ndarray, weights: np.ndarray,
+             val_masks: np.ndarray, val: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Write a fit's ``attributions.npy`` (``a = −w`` per used image), ``fit_bias.npy`` and the held-out check
+    ``lds.parquet``; returns (attributions, Pearson, Spearman per used image). Shared with the hybrid."""
+    pearson, spearman = datamodeling_scores(predict(bias, weights, val_masks), val)
+    attributions = (-weights).reshape(-1, lm.n_layers, lm.n_heads).astype(np.float32)
+    save_npy(out / "attributions.npy", attributions)
+    save_npy(out / "fit_bias.npy", bias.astype(np.float32))
+    used = table[table["used"]].copy()
+    used["lds_pearson"], used["lds_spearman"] = pearson, spearman
+    save_parquet(out / "lds.parquet", used[["id", "label", "lds_pearson", "lds_spearman"]])
+    return attributions, pearson, spearman
 
 
 # -- pass 1: clean runs (shared with attribution patching) ------------------------------------

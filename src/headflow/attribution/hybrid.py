@@ -37,9 +37,9 @@ from ..executor import map_images
 from ..method import Method, provenance
 from ..models.loading import LoadedModel, load_model
 from ..per_image import ImageJob, image_baseline, image_job, image_targets, mask_rows
-from ..store import RowStore, run_lock, save_npy, save_parquet, write_json
-from .core import AttributionResult, rebuild_hint, sample_masks
-from .fit import datamodeling_scores, design_rank, fit_linear, predict
+from ..store import RowStore, run_lock, save_npy, write_json
+from .core import AttributionResult, rebuild_hint, sample_masks, save_fit
+from .fit import design_rank, fit_linear
 from .params import HybridParams
 from .patching import begin_run, gradient_pass
 
@@ -146,13 +146,7 @@ class HeadAttributionHybrid(Method):
         bias, w = fit_linear(masks[:, screened], train, params.fit, params.penalty)
         weights = np.zeros((len(used), n_heads))
         weights[:, screened] = w
-        pearson, spearman = datamodeling_scores(predict(bias, weights, val_masks), val)
-        attributions = (-weights).reshape(-1, lm.n_layers, lm.n_heads).astype(np.float32)
-        save_npy(out / "attributions.npy", attributions)
-        save_npy(out / "fit_bias.npy", bias.astype(np.float32))
-        used_table = table[table["used"]].copy()
-        used_table["lds_pearson"], used_table["lds_spearman"] = pearson, spearman
-        save_parquet(out / "lds.parquet", used_table[["id", "label", "lds_pearson", "lds_spearman"]])
+        attributions, pearson, spearman = save_fit(out, table, lm, bias, weights, val_masks, val)
         mean = attributions.mean(0)
         order = np.argsort(-mean.ravel())[:20]
         problems = dict(getattr(data, "problems", {}) or {})

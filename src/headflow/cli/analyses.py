@@ -135,11 +135,7 @@ def register(app: typer.Typer) -> None:
         s = result.summary
         typer.echo(f"{s['n_images']} images x {s['n_masks']} masks, clean accuracy {s['clean_accuracy']:.3f}, "
                    f"LDS median Pearson {s['lds_pearson_median']:.3f} / Spearman {s['lds_spearman_median']:.3f}")
-        typer.echo("top heads (layer, head, attribution): " +
-                   ", ".join(f"({l},{h},{v:.3f})" for l, h, v in s["top_heads"][:5]))
-        labels = s.get("unanswerable_labels") or []
-        _problems(s.get("data_problems"), labels, int(result.images["label"].isin(labels).sum()))
-        typer.echo(f"wrote {out}")
+        _attribution_tail(result, out)
 
     run_dir = inspect.Parameter("run_dir", inspect.Parameter.KEYWORD_ONLY, annotation=Path,
                                 default=typer.Argument(..., help="An attribution run directory."))
@@ -365,11 +361,7 @@ def _attribute_patching(values: dict[str, Any]) -> None:
                f"{s['clean_accuracy']:.3f}" + (f", Spearman with exact single-head effects (median of "
                                                 f"{check['n_images']}) {check['spearman_median']:.3f}"
                                                 if check["spearman_median"] is not None else ""))
-    typer.echo("top heads (layer, head, attribution): " +
-               ", ".join(f"({l},{h},{v:.3f})" for l, h, v in s["top_heads"][:5]))
-    labels = s.get("unanswerable_labels") or []
-    _problems(s.get("data_problems"), labels, int(result.images["label"].isin(labels).sum()))
-    typer.echo(f"wrote {out}")
+    _attribution_tail(result, out)
 
 
 def _attribute_hybrid(values: dict[str, Any]) -> None:
@@ -395,6 +387,12 @@ def _attribute_hybrid(values: dict[str, Any]) -> None:
     typer.echo(f"{s['n_images']} images, hybrid: {s['screen']['n_screened']} of {s['n_heads_total']} heads screened "
                f"by patching, {s['n_masks']} masks, clean accuracy {s['clean_accuracy']:.3f}, LDS median Pearson "
                f"{s['lds_pearson_median']:.3f} / Spearman {s['lds_spearman_median']:.3f}")
+    _attribution_tail(result, out)
+
+
+def _attribution_tail(result, out: Path) -> None:
+    """What every attribution command prints after its headline: the top heads, skipped items, where it wrote."""
+    s = result.summary
     typer.echo("top heads (layer, head, attribution): " +
                ", ".join(f"({l},{h},{v:.3f})" for l, h, v in s["top_heads"][:5]))
     labels = s.get("unanswerable_labels") or []
