@@ -35,6 +35,21 @@ __all__ = [
     "render_example",
     "ANALYSIS_STREAM",
     "TRAIN_STREAM",
+    "WORLDS",
+    "DEFAULT_WORLD",
+    "SCENE_FACTORS",
+    "COLOURS",
+    "POSITIONS",
+    "SIZES",
+    "COUNTS",
+    "QUESTION_TYPES",
+    "PHRASINGS",
+    "CANONICAL_QUESTION",
+    "SceneObject",
+    "Scene",
+    "render_scene",
+    "question_for",
+    "caption",
 ]
 
 IMAGE_SIZE = 96
@@ -333,6 +348,278 @@ def render_example(seed: int, index: int, stream: int = ANALYSIS_STREAM) -> tupl
     return label, factors, image, mask
 
 
+# ----------------------------------------------------------------------------------------------
+# World 2: a main object, distractors, per-object masks, and questions whose answers differ
+# ----------------------------------------------------------------------------------------------
+
+WORLDS: tuple[int, ...] = (1, 2)
+#: The world ``load_dataset("default")`` renders: the one the shipped default model was trained on.
+DEFAULT_WORLD = 1
+
+COLOURS: list[str] = ["red", "yellow", "green", "blue", "purple"]
+POSITIONS: list[str] = ["centre", "left", "right", "top", "bottom"]
+SIZES: list[str] = ["small", "medium", "large"]
+COUNTS: list[str] = ["one", "two", "three"]
+
+SCENE_FACTORS: dict[str, list[str]] = {
+    "style": ["filled", "outline", "textured"],
+    "colour": COLOURS,
+    "size": SIZES,
+    "position": POSITIONS,
+    "background": ["plain", "gradient"],
+    "contrast": ["light-on-dark", "dark-on-light"],
+    "clutter": ["none", "low", "high"],
+    "distractors": ["none", "one", "two"],
+}
+
+_COLOUR_HUES: dict[str, tuple[float, float]] = {  # degrees; narrow enough that the name is unambiguous
+    "red": (-10.0, 8.0),
+    "yellow": (48.0, 60.0),
+    "green": (105.0, 140.0),
+    "blue": (210.0, 235.0),
+    "purple": (272.0, 300.0),
+}
+_SCENE_RADIUS: dict[str, tuple[float, float]] = {"small": (15.0, 18.0), "medium": (19.5, 22.5), "large": (24.0, 27.0)}
+_DISTRACTOR_RADIUS = (8.0, 10.5)  # always smaller than any main object: the main object is the largest
+_BOUND = 1.17  # radius of a shape's bounding circle (any rotation) in units of its drawing radius
+_N_DISTRACTORS = {"none": 0, "one": 1, "two": 2}
+
+#: Question types, in a fixed order; ``"class"`` is the paper's task and the default analysis question.
+QUESTION_TYPES: tuple[str, ...] = ("class", "colour", "position", "size", "count", "exists")
+
+#: Phrasings per question type: the first ``len - 1`` are used in training, the last is held out.
+#: ``{a} {x}`` in an ``exists`` phrasing is an article and a class word ("an arrow", "a key").
+PHRASINGS: dict[str, list[str]] = {
+    "class": [
+        "What is the main object in the image? Answer in one word.",
+        "Which object is shown?",
+        "Name the object in the picture.",
+        "What shape is in this image? Answer with a single word.",
+        "Which shape is the main object?",
+    ],
+    "colour": [
+        "What colour is the main object?",
+        "What is the colour of the main object? Answer in one word.",
+        "Which colour does the main object have?",
+        "Name the colour of the main object.",
+    ],
+    "position": [
+        "Where is the main object?",
+        "Where is the main object in the image? Answer in one word.",
+        "In which part of the picture is the main object?",
+        "Where in the picture is the main object?",
+    ],
+    "size": [
+        "What size is the main object?",
+        "How big is the main object?",
+        "Is the main object small, medium or large?",
+        "What is the size of the main object? Answer in one word.",
+    ],
+    "count": [
+        "How many objects are there?",
+        "How many objects are in the image?",
+        "Count the objects in the picture.",
+        "How many objects can you see?",
+    ],
+    "exists": [
+        "Is there {a} {x} in the image?",
+        "Is there {a} {x}?",
+        "Do you see {a} {x} in the picture?",
+        "Does the image show {a} {x}?",
+    ],
+}
+CANONICAL_QUESTION = PHRASINGS["class"][0]
+
+#: Every word a question of each type may be answered with.
+ANSWER_WORDS: dict[str, list[str]] = {
+    "class": list(CLASSES), "colour": COLOURS, "position": POSITIONS, "size": SIZES, "count": COUNTS,
+    "exists": ["yes", "no"],
+}
+
+
+@dataclass(frozen=True)
+class SceneObject:
+    """One object of a scene: class, colour word, style, drawing radius, centre (pixels) and pixel mask."""
+
+    label: str
+    colour: str
+    style: str
+    radius: float
+    centre: tuple[float, float]
+    mask: np.ndarray
+
+
+@dataclass(frozen=True)
+class Scene:
+    """A rendered world-2 image: the main object (``objects[0]``, the largest), its distractors and factors."""
+
+    image: np.ndarray
+    objects: tuple[SceneObject, ...]
+    factors: dict[str, str]
+    probe: str  # the class word the scene's own "is there a X?" question asks about
+
+    @property
+    def label(self) -> str:
+        return self.objects[0].label
+
+    @property
+    def mask(self) -> np.ndarray:
+        return self.objects[0].mask
+
+    def answer(self, qtype: str, probe: str | None = None) -> str:
+        """The one-word answer to a question of type ``qtype`` (``probe``: the class an ``exists`` question names)."""
+        main = self.objects[0]
+        if qtype == "class":
+            return main.label
+        if qtype == "colour":
+            return main.colour
+        if qtype == "position":
+            return self.factors["position"]
+        if qtype == "size":
+            return self.factors["size"]
+        if qtype == "count":
+            return COUNTS[len(self.objects) - 1]
+        if qtype == "exists":
+            x = self.probe if probe is None else probe
+            return "yes" if any(o.label == x for o in self.objects) else "no"
+        raise ValueError(f"Unknown question type {qtype!r}; valid types: {', '.join(QUESTION_TYPES)}.")
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def question_for(scene: Scene, qtype: str, phrasing: int = 0, probe: str | None = None) -> tuple[str, str]:
+    """``(question, answer)`` for ``scene``: phrasing ``phrasing`` of type ``qtype`` (the last one is held out)."""
+    if qtype not in PHRASINGS:
+        raise ValueError(f"Unknown question type {qtype!r}; valid types: {', '.join(QUESTION_TYPES)}.")
+    options = PHRASINGS[qtype]
+    if not 0 <= phrasing < len(options):
+        raise ValueError(f"Question type {qtype!r} has phrasings 0..{len(options) - 1}. Got {phrasing} instead.")
+    x = scene.probe if probe is None else probe
+    text = options[phrasing].format(a=_article(x), x=x) if qtype == "exists" else options[phrasing]
+    return text, scene.answer(qtype, x)
+
+
+def caption(scene: Scene) -> str:
+    """A one-line description: ``"three objects : a large red star on the left , a blue key , a green moon ."``."""
+    main = scene.objects[0]
+    pos = "in the centre" if scene.factors["position"] == "centre" else f"on the {scene.factors['position']}"
+    parts = [f"{_article(scene.factors['size'])} {scene.factors['size']} {main.colour} {main.label} {pos}"]
+    parts += [f"{_article(o.colour)} {o.colour} {o.label}" for o in scene.objects[1:]]
+    n = len(scene.objects)
+    return f"{COUNTS[n - 1]} object{'s' if n > 1 else ''} : " + " , ".join(parts) + " ."
+
+
+def _pick_scene_factors(rng: np.random.Generator, index: int, crossed: bool) -> tuple[str, dict[str, str]]:
+    """Main class and factor levels of world-2 example ``index`` (crossed design as in world 1)."""
+    n_cls = len(CLASSES)
+    label = CLASSES[index % n_cls]
+    factors: dict[str, str] = {}
+    if crossed:
+        block = index // (n_cls * 3)
+        factors["style"] = SCENE_FACTORS["style"][(index // n_cls) % 3]
+        offset = index % n_cls + (index // n_cls) % 3
+        names = [k for k in SCENE_FACTORS if k != "style"]
+        for k, name in enumerate(names):
+            levels = SCENE_FACTORS[name]
+            factors[name] = levels[(block + offset * (k + 1)) % len(levels)]
+    else:
+        label = CLASSES[int(rng.integers(n_cls))]
+        for name, levels in SCENE_FACTORS.items():
+            factors[name] = levels[int(rng.integers(len(levels)))]
+    return label, dict(sorted(factors.items()))
+
+
+def _object_colour(rng: np.random.Generator, colour: str, light: bool) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    h0, h1 = _COLOUR_HUES[colour]
+    hue = rng.uniform(h0, h1)
+    sat = rng.uniform(0.7, 1.0)
+    lightness = rng.uniform(0.55, 0.7) if light else rng.uniform(0.27, 0.4)
+    tex_l = lightness + (0.17 if light else -0.13)
+    return _hls_rgb(hue, lightness, sat), _hls_rgb(hue, float(np.clip(tex_l, 0.05, 0.92)), sat * 0.7)
+
+
+def _draw_object(rng: np.random.Generator, canvas: Image.Image, label: str, style: str, colour: str, light: bool,
+                 cx: float, cy: float, radius: float) -> np.ndarray:
+    """Draw one object on the supersampled ``canvas``; return its ``bool (96, 96)`` mask."""
+    big = canvas.size[0]
+    obj, tex = _object_colour(rng, colour, light)
+    polys = _transform(_shape_polygons(label), cx * _SS, cy * _SS, radius * _SS, rng.uniform(-_MAX_ROTATION_DEG, _MAX_ROTATION_DEG))
+    if style == "outline":
+        width = max(2.0, min(3.5, radius / 7.0))
+        shape = _outline(polys, big, width=int(round(rng.uniform(width - 0.5, width + 0.5) * _SS)))
+    else:
+        shape = _silhouette(polys, big)
+    fill = Image.new("RGB", (big, big), obj)
+    if style == "textured":
+        arr = np.asarray(fill).copy()
+        arr[_stripes(rng, big)] = tex
+        fill = Image.fromarray(arr, "RGB")
+    canvas.paste(fill, (0, 0), shape)
+    return np.asarray(shape.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BOX)) >= 128
+
+
+def _place(rng: np.random.Generator, radius: float, placed: list[tuple[float, float, float]]) -> tuple[float, float]:
+    """A centre for a distractor of ``radius`` whose bounding circle overlaps no placed one nor the border."""
+    b = _BOUND * radius
+    for _ in range(2000):
+        x, y = rng.uniform(b + 1.0, IMAGE_SIZE - b - 1.0, size=2)
+        if all(math.hypot(x - px, y - py) >= b + pb + 2.0 for px, py, pb in placed):
+            return float(x), float(y)
+    raise RuntimeError("Could not place a distractor; the world's sizes leave too little room.")  # pragma: no cover
+
+
+def render_scene(seed: int, index: int, stream: int = ANALYSIS_STREAM) -> Scene:
+    """Render world-2 example ``index`` of the generator with ``seed`` on ``stream`` (a pure function of the three).
+
+    The main object (class ``CLASSES[index % 16]`` on the analysis stream) has the factor levels' colour,
+    size and position; ``distractors`` smaller objects of other, distinct classes (random colour and style)
+    are placed where their bounding circles overlap nothing. The probe class of the ``exists`` question is
+    an object in the scene half of the time, an absent class otherwise.
+    """
+    if seed < 0 or index < 0:
+        raise ValueError(f"seed and index must be non-negative. Got seed={seed}, index={index} instead.")
+    rng = np.random.default_rng([stream, seed, index, 2])
+    label, factors = _pick_scene_factors(rng, index, crossed=stream == ANALYSIS_STREAM)
+    big = IMAGE_SIZE * _SS
+    light = factors["contrast"] == "light-on-dark"
+    bg_l = (rng.uniform(0.03, 0.16), rng.uniform(0.03, 0.16)) if light else (rng.uniform(0.84, 0.97), rng.uniform(0.84, 0.97))
+    bg_h, bg_s = rng.uniform(0, 360, size=2), rng.uniform(0.0, 0.4, size=2)
+    bg_a, bg_b = _hls_rgb(bg_h[0], bg_l[0], bg_s[0]), _hls_rgb(bg_h[1], bg_l[1], bg_s[1])
+    canvas = _background(rng, factors["background"], bg_a, bg_b, big)
+    lo, hi = _CLUTTER_COUNT[factors["clutter"]]
+    _draw_clutter(rng, canvas, int(rng.integers(lo, hi + 1)), colour_l=light)
+
+    radius = rng.uniform(*_SCENE_RADIUS[factors["size"]])
+    free = IMAGE_SIZE / 2 - _BOUND * radius - 2.0
+    dx, dy = {"centre": (0, 0), "left": (-1, 0), "right": (1, 0), "top": (0, -1), "bottom": (0, 1)}[factors["position"]]
+    jitter = rng.uniform(-2.0, 2.0, size=2)
+    cx, cy = IMAGE_SIZE / 2 + dx * free + jitter[0], IMAGE_SIZE / 2 + dy * free + jitter[1]
+    others = [c for c in CLASSES if c != label]
+    n_dis = _N_DISTRACTORS[factors["distractors"]]
+    dis_labels = [others[int(k)] for k in rng.choice(len(others), size=n_dis, replace=False)]
+    dis_radii = rng.uniform(*_DISTRACTOR_RADIUS, size=n_dis)
+    placed = [(cx, cy, _BOUND * radius)]
+    dis_centres = []
+    for r in dis_radii:
+        x, y = _place(rng, float(r), placed)
+        placed.append((x, y, _BOUND * float(r)))
+        dis_centres.append((x, y))
+
+    objects = [SceneObject(label, factors["colour"], factors["style"], float(radius), (float(cx), float(cy)),
+                           _draw_object(rng, canvas, label, factors["style"], factors["colour"], light, cx, cy, radius))]
+    for lab, r, (x, y) in zip(dis_labels, dis_radii, dis_centres):
+        colour = COLOURS[int(rng.integers(len(COLOURS)))]
+        style = SCENE_FACTORS["style"][int(rng.integers(3))]
+        objects.append(SceneObject(lab, colour, style, float(r), (x, y), _draw_object(rng, canvas, lab, style, colour, light, x, y, float(r))))
+    present = [o.label for o in objects]
+    absent = [c for c in CLASSES if c not in present]
+    probe = present[int(rng.integers(len(present)))] if rng.random() < 0.5 else absent[int(rng.integers(len(absent)))]
+    image = np.asarray(canvas.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BOX), dtype=np.uint8)
+    return Scene(image=image, objects=tuple(objects), factors=factors, probe=probe)
+
+
 class DefaultDataset(Dataset):
     """The embedded synthetic dataset (lazy: examples are rendered on access).
 
@@ -352,26 +639,45 @@ class DefaultDataset(Dataset):
     ('circle', 'outline')
     """
 
-    def __init__(self, n: int = 256, seed: int = 0, stream: int = ANALYSIS_STREAM) -> None:
+    def __init__(self, n: int = 256, seed: int = 0, stream: int = ANALYSIS_STREAM, world: int | None = None) -> None:
         if not isinstance(n, (int, np.integer)) or n < 1:
             raise ValueError(f"The 'n' parameter of DefaultDataset must be an int in [1, inf). Got {n!r} instead.")
         if not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"The 'seed' parameter of DefaultDataset must be an int in [0, inf). Got {seed!r} instead.")
         if stream not in (ANALYSIS_STREAM, TRAIN_STREAM):
             raise ValueError(f"The 'stream' parameter of DefaultDataset must be 0 or 1. Got {stream!r} instead.")
+        world = DEFAULT_WORLD if world is None else world
+        if world not in WORLDS:
+            raise ValueError(f"The 'world' parameter of DefaultDataset must be one of {WORLDS}. Got {world!r} instead.")
         self.n = int(n)
         self.seed = int(seed)
         self.stream = int(stream)
+        self.world = int(world)
         self.name = "default" if stream == ANALYSIS_STREAM else "default-train"
         self.classes = list(CLASSES)
-        self.factor_names = sorted(FACTORS)
+        self.factor_names = sorted(FACTORS if world == 1 else SCENE_FACTORS)
 
     def __len__(self) -> int:
         return self.n
 
+    def scene(self, index: int) -> Scene:
+        """The world-2 :class:`Scene` of example ``index`` (objects, masks, answers to every question type)."""
+        if self.world != 2:
+            raise ValueError(f"DefaultDataset.scene needs world 2; this dataset renders world {self.world}.")
+        return render_scene(self.seed, int(index), self.stream)
+
     def _get(self, index: int) -> Example:
-        label, factors, image, mask = render_example(self.seed, index, self.stream)
         tag = "default" if self.stream == ANALYSIS_STREAM else "train"
+        if self.world == 2:
+            scene = render_scene(self.seed, index, self.stream)
+            return Example(
+                id=f"{tag}-w2-s{self.seed}-{index:06d}",
+                image=Image.fromarray(scene.image, "RGB"),
+                label=scene.label,
+                factors=dict(scene.factors),
+                mask=scene.mask,
+            )
+        label, factors, image, mask = render_example(self.seed, index, self.stream)
         return Example(
             id=f"{tag}-s{self.seed}-{index:06d}",
             image=Image.fromarray(image, "RGB"),
