@@ -122,3 +122,79 @@ def test_data_cli_export(tmp_path) -> None:
     result = CliRunner().invoke(data_app, ["export", str(tmp_path / "d"), "--n", "4", "--seed", "1"])
     assert result.exit_code == 0, result.output
     assert len(load_dataset(f"folder:{tmp_path / 'd'}")) == 4
+
+
+# ----------------------------------------------------------------------------------------------
+# world 2: main object + distractors, per-object masks, questions
+# ----------------------------------------------------------------------------------------------
+
+
+def test_world2_scene_objects_masks_and_main_is_largest() -> None:
+    from headflow.data.default import SCENE_FACTORS, render_scene
+
+    for i in range(96):
+        scene = render_scene(0, i)
+        assert scene.image.shape == (96, 96, 3) and scene.image.dtype == np.uint8
+        n_dis = {"none": 0, "one": 1, "two": 2}[scene.factors["distractors"]]
+        assert len(scene.objects) == 1 + n_dis
+        main = scene.objects[0]
+        assert scene.label == main.label == CLASSES[i % 16] and scene.mask is main.mask
+        assert all(o.radius < main.radius for o in scene.objects[1:])  # the main object is the largest
+        labels = [o.label for o in scene.objects]
+        assert len(set(labels)) == len(labels)  # distractors are of other, distinct classes
+        for k, o in enumerate(scene.objects):
+            assert o.mask.dtype == bool and o.mask.shape == (96, 96) and o.mask.sum() > 10
+            for other in scene.objects[k + 1:]:
+                assert not (o.mask & other.mask).any()
+        assert set(scene.factors) == set(SCENE_FACTORS)
+
+
+def test_world2_crossed_design_is_balanced() -> None:
+    from headflow.data.default import SCENE_FACTORS
+
+    ds = DefaultDataset(n=480, seed=0, world=2)
+    cells = Counter((e.label, e.factors["style"]) for e in ds)
+    assert len(cells) == 48 and set(cells.values()) == {10}
+    for name in ("colour", "size", "position", "distractors"):
+        counts = Counter(e.factors[name] for e in ds)
+        assert set(counts) == set(SCENE_FACTORS[name])
+        assert max(counts.values()) - min(counts.values()) <= 0.1 * len(ds)
+
+
+def test_world2_questions_have_answers_that_differ_and_held_out_phrasings() -> None:
+    from headflow.data.default import (ANSWER_WORDS, CANONICAL_QUESTION, PHRASINGS, QUESTION_TYPES, caption,
+                                       question_for, render_scene)
+    from headflow.method import DEFAULT_QUESTION
+
+    assert CANONICAL_QUESTION == DEFAULT_QUESTION == PHRASINGS["class"][0]
+    assert all(len(PHRASINGS[t]) >= 3 for t in QUESTION_TYPES)
+    scene = render_scene(0, 40)
+    answers = {t: question_for(scene, t)[1] for t in QUESTION_TYPES}
+    assert len(set(answers.values())) == len(QUESTION_TYPES)  # one image, six different answers
+    for t, a in answers.items():
+        assert a in ANSWER_WORDS[t]
+    yes = question_for(scene, "exists", probe=scene.objects[-1].label)
+    no = question_for(scene, "exists", probe=next(c for c in CLASSES if c not in [o.label for o in scene.objects]))
+    assert yes[1] == "yes" and no[1] == "no"
+    assert question_for(scene, "exists", 0, probe="arrow")[0] == "Is there an arrow in the image?"
+    text = caption(scene)
+    assert scene.label in text and answers["colour"] in text and text.endswith(".")
+    yes_share = np.mean([render_scene(0, i).answer("exists") == "yes" for i in range(200)])
+    assert 0.35 < yes_share < 0.65
+    with pytest.raises(ValueError, match="Unknown question type 'shape'"):
+        question_for(scene, "shape")
+    with pytest.raises(ValueError, match="phrasings 0..3"):
+        question_for(scene, "colour", 9)
+
+
+def test_world2_deterministic_and_streams_differ() -> None:
+    from headflow.data.default import render_scene
+
+    a, b = render_scene(3, 17), render_scene(3, 17)
+    assert np.array_equal(a.image, b.image) and a.factors == b.factors and a.probe == b.probe
+    assert not np.array_equal(a.image, render_scene(3, 17, TRAIN_STREAM).image)
+    assert DefaultDataset(n=5, seed=3, world=2)[4].id == "default-w2-s3-000004"
+    with pytest.raises(ValueError, match="'world' parameter of DefaultDataset must be one of"):
+        DefaultDataset(n=5, world=3)
+    with pytest.raises(ValueError, match="needs world 2"):
+        DefaultDataset(n=5, world=1).scene(0)

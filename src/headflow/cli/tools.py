@@ -124,7 +124,7 @@ def register(app: typer.Typer) -> None:
 
     @command(app, "model-card", [card_model, SHARED["adapter"], images, as_json, SHARED["device"]])
     def model_card(**values: Any) -> None:
-        """Recompute the default model's phenomenon numbers (accuracy, knockouts, single-head share)."""
+        """Recompute the default model's card targets: accuracy per question type, question and image knockouts, single-head share."""
         from ..models import load_model
         from ..zoo.phenomena import measure_phenomena
 
@@ -132,11 +132,18 @@ def register(app: typer.Typer) -> None:
         if values["as_json"]:
             typer.echo(json.dumps(result.to_dict(), indent=2))
         else:
-            typer.echo(f"held-out accuracy {result.accuracy:.3f} on {result.n_images} images "
+            typer.echo(f"held-out identification accuracy {result.accuracy:.3f} on {result.n_images} images "
                        f"(chance {result.chance:.3f})")
-            typer.echo(f"image->text knocked out in all layers: accuracy {result.accuracy_knockout_all_layers:.3f}")
-            typer.echo("... in one layer: " + ", ".join(f"L{i} {a:.3f}" for i, a in
-                                                       enumerate(result.accuracy_knockout_single_layer)))
+            typer.echo("accuracy per question type: " + ", ".join(f"{t} {a:.3f}" for t, a in result.accuracy_per_type.items()))
+            typer.echo(f"mixed question set ({len(result.question_types)} types per image): accuracy {result.accuracy_mixed:.3f}")
+            typer.echo(f"question->(role, final) knocked out in all layers: mixed accuracy "
+                       f"{result.accuracy_mixed_question_knockout:.3f} (type-guessing ceiling {result.type_guessing_ceiling:.3f})")
+            typer.echo(f"image->text knocked out in all layers: mixed accuracy {result.accuracy_mixed_image_knockout:.3f} "
+                       f"(no-image ceiling {result.no_image_ceiling:.3f}); identification {result.accuracy_knockout_all_layers:.3f}")
+            typer.echo("... in one layer, identification: " + ", ".join(
+                f"L{i} {a:.3f}" for i, a in enumerate(result.accuracy_knockout_single_layer)))
+            typer.echo("... in one layer, mixed: " + ", ".join(
+                f"L{i} {a:.3f}" for i, a in enumerate(result.accuracy_mixed_knockout_single_layer)))
             typer.echo(f"largest single-head share of the all-heads logit drop: {result.max_single_head_share:.3f}")
             for name, ok in result.checks.items():
                 typer.echo(f"  {'PASS' if ok else 'FAIL'}  {name}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from headflow.data.default import CLASSES, FACTORS, IMAGE_SIZE
+from headflow.data.default import ANSWER_WORDS, CLASSES, FACTORS, IMAGE_SIZE, PHRASINGS, SCENE_FACTORS
 
 __all__ = [
     "QUESTIONS",
@@ -88,6 +88,12 @@ def _vocabulary() -> list[str]:
     words: list[str] = list(SPECIAL_TOKENS)
     candidates = _EXTRA_WORDS.split() + [w for q in QUESTIONS for w in _split_words(q)] + list(CLASSES)
     candidates += [lvl for levels in FACTORS.values() for lvl in levels for lvl in lvl.split("-")]
+    # world 2: every phrasing of every question type, the answer words, the captions' and alignment's words
+    for qtype, phrasings in PHRASINGS.items():
+        for p in phrasings:
+            candidates += _split_words(p.format(a="a", x="circle") if qtype == "exists" else p)
+    candidates += [w for words in ANSWER_WORDS.values() for w in words] + ["an", "Describe"]
+    candidates += [lvl for levels in SCENE_FACTORS.values() for lvl in levels for lvl in lvl.split("-")]
     for w in candidates:
         if w not in words:
             words.append(w)

@@ -1,18 +1,26 @@
 """The phenomenon the default model must show, measured with headflow's own engine.
 
-``headflow model-card [MODEL]`` recomputes the four numbers of the model card on a fresh held-out
-set (a data seed the model never trained on):
+``headflow model-card [MODEL]`` recomputes the model card's targets on a fresh held-out set of world-2
+scenes (:mod:`headflow.data.default`; a data seed the model never trained on). Every image is asked every
+question type (phrasing 0; the ``exists`` question names the scene's own probe class), which makes the
+*mixed question set*:
 
-1. held-out accuracy (greedy first answer token == class word);
-2. accuracy with image→text attention knocked out in **all** LM layers (text queries after the
-   image may not attend image positions);
-3. the lowest accuracy with that knockout in any **single** LM layer;
-4. the largest single-head share: the answer-logit drop from ablating one head (mean baseline,
-   that head's text queries only) divided by the drop from ablating every head.
+1. accuracy per question type (greedy first answer token == the answer word);
+2. question->{role, final} attention knocked out in **all** LM layers, on the mixed set: the answer position
+   can no longer read the question, so the model can at best read the image and guess the type. Reference:
+   the *type-guessing ceiling*, the best accuracy of answering every question as one fixed type would be
+   answered (computed from the scenes' true answers);
+3. image->{question, role, final} attention knocked out in all LM layers, on the mixed set and on the
+   identification question. Reference: the *no-image ceiling*, the accuracy of always giving each type's
+   most frequent answer (and 1/16 for identification);
+4. the same image knockout in one LM layer at a time (mixed set and identification);
+5. the largest single-head share on identification: the answer-logit drop from ablating one head (mean
+   baseline, that head's text queries only) divided by the drop from ablating every head.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -20,13 +28,15 @@ import torch
 from tqdm.auto import tqdm
 
 from ..executor import map_images
-from ..method import DEFAULT_BATCH_SIZE, DEFAULT_QUESTION
+from ..method import DEFAULT_BATCH_SIZE
 from ..intervene import Baseline, Intervention, InterventionEngine, Knockout
 from ..models.loading import LoadedModel
 
 #: The analysis/training seeds of the default data are small integers; this one is never used there.
 HELD_OUT_SEED = 987_654
 IMAGE_TO_TEXT = ("question", "role", "final")
+QUESTION_TO_ANSWER = ("role", "final")
+MARGIN = 0.05
 
 
 @dataclass(frozen=True)
@@ -34,21 +44,36 @@ class Phenomena:
     """Measured phenomenon numbers and the targets they are checked against."""
 
     n_images: int
+    question_types: list[str]
     chance: float
     accuracy: float
+    accuracy_per_type: dict[str, float]
+    accuracy_mixed: float
+    accuracy_mixed_question_knockout: float
+    type_guessing_ceiling: float
+    accuracy_mixed_image_knockout: float
+    no_image_ceiling: float
     accuracy_knockout_all_layers: float
     accuracy_knockout_single_layer: list[float]
     min_accuracy_knockout_single_layer: float
+    accuracy_mixed_knockout_single_layer: list[float]
     max_single_head_share: float
     single_head_share: list[list[float]]
     mean_logit_drop_all_heads: float
 
     @property
     def checks(self) -> dict[str, bool]:
+        others = [a for t, a in self.accuracy_per_type.items() if t != "class"]
         return {
-            "accuracy >= 0.95": self.accuracy >= 0.95,
-            "knockout all layers <= chance + 0.05": self.accuracy_knockout_all_layers <= self.chance + 0.05,
-            "knockout any single layer >= 0.50": self.min_accuracy_knockout_single_layer >= 0.50,
+            "identification accuracy >= 0.95": self.accuracy >= 0.95,
+            "every other question type >= 0.90": all(a >= 0.90 for a in others),
+            "question knocked out: mixed accuracy <= type-guessing ceiling + 0.05":
+                self.accuracy_mixed_question_knockout <= self.type_guessing_ceiling + MARGIN,
+            "image knocked out: mixed accuracy <= no-image ceiling + 0.05":
+                self.accuracy_mixed_image_knockout <= self.no_image_ceiling + MARGIN,
+            "image knocked out: identification <= chance + 0.05": self.accuracy_knockout_all_layers <= self.chance + MARGIN,
+            "image knocked out in any single layer: identification and mixed >= 0.50":
+                min(self.min_accuracy_knockout_single_layer, min(self.accuracy_mixed_knockout_single_layer)) >= 0.50,
             "any single head <= 25% of all-heads drop": self.max_single_head_share <= 0.25,
         }
 
@@ -56,54 +81,83 @@ class Phenomena:
         return {**asdict(self), "checks": self.checks}
 
 
-def measure_phenomena(lm: LoadedModel, n_images: int = 480, seed: int = HELD_OUT_SEED,
-                      question: str = DEFAULT_QUESTION, batch_size: int | str = DEFAULT_BATCH_SIZE) -> Phenomena:
-    """Measure the four numbers on ``n_images`` fresh images of the default data."""
-    from ..data import load_dataset
+def _ceilings(answers: dict[str, list[str]]) -> tuple[float, float]:
+    """``(type-guessing ceiling, no-image ceiling)`` of a mixed set whose true answers per type are ``answers``."""
+    types = list(answers)
+    n = len(answers[types[0]])
+    guess = max(np.mean([[answers[g][i] == answers[t][i] for i in range(n)] for t in types]) for g in types)
+    prior = np.mean([Counter(answers[t]).most_common(1)[0][1] / n for t in types])
+    return float(guess), float(prior)
 
-    data = load_dataset("default", n=n_images, seed=seed)
+
+def measure_phenomena(lm: LoadedModel, n_images: int = 480, seed: int = HELD_OUT_SEED,
+                      batch_size: int | str = DEFAULT_BATCH_SIZE) -> Phenomena:
+    """Measure the model card's numbers on ``n_images`` fresh world-2 scenes of the default data."""
+    from ..data.default import QUESTION_TYPES, DefaultDataset, question_for
+
+    data = DefaultDataset(n=n_images, seed=seed, world=2)
     engine = InterventionEngine(lm, batch_size=batch_size)
-    spell = lm.answers(question)  # the default model's words are single word-level tokens: first token = word
-    prompts, answers = [], []
-    for ex in tqdm(data, desc="model card: clean runs", unit="image"):
-        prompt = engine.prepare(ex.image, question)
-        prompts.append(prompt)
-        answers.append(spell.resolve(ex.label, prompt.clean_logits).token_id)
-    baseline = Baseline.mean(prompts)
+    spells: dict[str, object] = {}
     n_layers, n_heads = lm.n_layers, lm.n_heads
-    rows = [Intervention(knockouts=tuple(Knockout("image", t) for t in IMAGE_TO_TEXT))]
-    rows += [Intervention(knockouts=tuple(Knockout("image", t, layers=[layer]) for t in IMAGE_TO_TEXT))
-             for layer in range(n_layers)]
-    rows += [Intervention(ablate=torch.ones(n_layers, n_heads, dtype=torch.bool))]
+    items, truth = [], {t: [] for t in QUESTION_TYPES}
+    for i in tqdm(range(len(data)), desc="model card: clean runs", unit="image"):
+        scene = data.scene(i)
+        image = data[i].image
+        for qtype in QUESTION_TYPES:
+            question, answer = question_for(scene, qtype)
+            if question not in spells:  # the default model's words are single word-level tokens: first token = word
+                spells[question] = lm.answers(question)
+            prompt = engine.prepare(image, question)
+            token = spells[question].resolve(answer, prompt.clean_logits).token_id
+            items.append((qtype, prompt, token))
+            truth[qtype].append(answer)
+    baseline = Baseline.mean([p for t, p, _ in items if t == "class"])
+    image_all = Intervention(knockouts=tuple(Knockout("image", t) for t in IMAGE_TO_TEXT))
+    question_all = Intervention(knockouts=tuple(Knockout("question", t) for t in QUESTION_TO_ANSWER))
+    per_layer = [Intervention(knockouts=tuple(Knockout("image", t, layers=[layer]) for t in IMAGE_TO_TEXT))
+                 for layer in range(n_layers)]
+    common = [image_all, question_all, *per_layer]
     eye = torch.eye(n_layers * n_heads, dtype=torch.bool).view(-1, n_layers, n_heads)
-    rows += [Intervention(ablate=m) for m in eye]
-    correct = np.zeros((len(prompts), 2 + n_layers))
-    drops_all = np.zeros(len(prompts))
-    drops_single = np.zeros((len(prompts), n_layers * n_heads))
+    heads = [Intervention(ablate=torch.ones(n_layers, n_heads, dtype=torch.bool))] + [Intervention(ablate=m) for m in eye]
+    n_common = len(common)
+    correct = np.zeros((len(items), 1 + n_common))
+    drops_all = np.full(len(items), np.nan)
+    drops_single = np.full((len(items), n_layers * n_heads), np.nan)
 
     def record(i: int, logits: torch.Tensor) -> None:
-        prompt, answer = prompts[i], answers[i]
-        predicted = logits.argmax(-1)
+        qtype, prompt, answer = items[i]
         correct[i, 0] = float(prompt.clean_logits.argmax() == answer)
-        correct[i, 1:] = (predicted[: 1 + n_layers] == answer).float().numpy()
-        clean = float(prompt.clean_logits[answer])
-        drops_all[i] = clean - float(logits[1 + n_layers, answer])
-        drops_single[i] = clean - logits[2 + n_layers:, answer].numpy()
+        correct[i, 1:] = (logits[:n_common].argmax(-1) == answer).float().numpy()
+        if qtype == "class":
+            clean = float(prompt.clean_logits[answer])
+            drops_all[i] = clean - float(logits[n_common, answer])
+            drops_single[i] = clean - logits[n_common + 1:, answer].numpy()
 
-    map_images(_intervened_logits, enumerate(prompts), n_items=len(prompts), on_result=record,
-               local_state=(engine, rows, baseline), desc="model card: interventions")
-    share = drops_single.mean(0) / drops_all.mean()
-    per_layer = correct[:, 2:].mean(0)
+    jobs = [(p, common + heads if t == "class" else common) for t, p, _ in items]
+    map_images(_intervened_logits, enumerate(jobs), n_items=len(jobs), on_result=record,
+               local_state=(engine, baseline), desc="model card: interventions")
+    types = np.array([t for t, _, _ in items])
+    cls = types == "class"
+    share = np.nanmean(drops_single[cls], 0) / np.nanmean(drops_all[cls])
+    guess, prior = _ceilings(truth)
+    ident_layer = correct[cls, 3:].mean(0)
     return Phenomena(
-        n_images=len(prompts), chance=1.0 / len(data.classes), accuracy=float(correct[:, 0].mean()),
-        accuracy_knockout_all_layers=float(correct[:, 1].mean()),
-        accuracy_knockout_single_layer=[float(a) for a in per_layer],
-        min_accuracy_knockout_single_layer=float(per_layer.min()),
+        n_images=len(data), question_types=list(QUESTION_TYPES), chance=1.0 / len(data.classes),
+        accuracy=float(correct[cls, 0].mean()),
+        accuracy_per_type={t: float(correct[types == t, 0].mean()) for t in QUESTION_TYPES},
+        accuracy_mixed=float(correct[:, 0].mean()),
+        accuracy_mixed_question_knockout=float(correct[:, 2].mean()), type_guessing_ceiling=guess,
+        accuracy_mixed_image_knockout=float(correct[:, 1].mean()), no_image_ceiling=prior,
+        accuracy_knockout_all_layers=float(correct[cls, 1].mean()),
+        accuracy_knockout_single_layer=[float(a) for a in ident_layer],
+        min_accuracy_knockout_single_layer=float(ident_layer.min()),
+        accuracy_mixed_knockout_single_layer=[float(a) for a in correct[:, 3:].mean(0)],
         max_single_head_share=float(share.max()), single_head_share=share.reshape(n_layers, n_heads).tolist(),
-        mean_logit_drop_all_heads=float(drops_all.mean()))
+        mean_logit_drop_all_heads=float(np.nanmean(drops_all[cls])))
 
 
-def _intervened_logits(state, prompt) -> torch.Tensor:
+def _intervened_logits(state, job) -> torch.Tensor:
     """Final logits of every intervention row on one prepared prompt."""
-    engine, rows, baseline = state
+    engine, baseline = state
+    prompt, rows = job
     return engine.run(prompt, rows, baseline=baseline).logits

@@ -1,19 +1,21 @@
-"""Train the default tiny LLaVA on the embedded dataset: ``python -m headflow.zoo.train --out DIR``.
+"""Train the default tiny LLaVA on the embedded world: ``python -m headflow.zoo.train --out DIR``.
 
-Recipe (see ``/work/shared/notes/tiny-llava-trial.md`` for why):
+The recipe follows LLaVA's, scaled down to a CPU (see ``/work/shared/notes/tiny-llava-trial.md`` for the
+vision tricks):
 
-1. Render ``n_train`` images from the *training* stream of the default generator (never shared with
-   the analysis stream) and keep them as ``uint8``; normalise per batch exactly as the processor does.
-2. Initialise the ViT patch embedding with whitened PCA components of image patches.
-3. Stage 1 (vision warm-up): CLIP vision tower + linear head on the mean of the patch tokens.
-4. Stage 2: the whole LLaVA, loss on the answer word and ``</s>`` only, question templates varied.
-   Regulariser: an L1 cost on the attention mass that text queries put on image tokens, summed over
-   all LM heads. Without it every head of every layer reads the image, so any handful of heads can
-   stand in for all of them; with it, as in real LVLMs, a subset of heads (in several layers) reads the
-   image and the others attend elsewhere. Optional knockout regularisers (image->text attention knocked
-   out per layer or per head at random) are off in the shipped recipe: they made the flow even more
-   redundant.
-5. Save model + processor with ``save_pretrained`` and measure the phenomenon numbers on a fresh set.
+0. **Vision pretraining** (stand-in for CLIP, which LLaVA takes pretrained): render ``n_train`` world-2
+   scenes of the *training* stream (never shared with the analysis stream), initialise the ViT patch
+   embedding with whitened PCA components, and train the tower with small heads that read every patch
+   token: main class, colour, size, position, object count and which classes are present.
+1. **Language-model pretraining** on text alone: the world's captions and its questions followed by
+   their answers, as plain next-token prediction over every token (no image).
+2. **Vision-language alignment** with the LM frozen: image -> caption (``Describe the image.``), loss on
+   the caption; the projector and (at a lower rate) the vision tower learn.
+3. **Instruction tuning** of the whole model on the six question types (training phrasings only; one
+   phrasing per type is held out), loss on the answer word and ``</s>``. Optional regulariser: an L1 cost
+   on the attention mass text queries put on image tokens (``image_attention_l1``).
+
+The run saves model + processor with ``save_pretrained`` and measures the card's numbers on a fresh set.
 """
 
 from __future__ import annotations
@@ -32,11 +34,17 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from headflow.data.default import CLASSES, TRAIN_STREAM, render_example
+from headflow.data.default import (
+    CLASSES, COLOURS, COUNTS, PHRASINGS, POSITIONS, QUESTION_TYPES, SIZES, TRAIN_STREAM, ANSWER_WORDS, caption,
+    render_scene,
+)
 from headflow.zoo.build import QUESTIONS, ModelSize, build_config, build_processor
 from headflow.zoo.diagnostics import STATE_KWARG, FlowControl, flow_control
 
-__all__ = ["TrainConfig", "QUICK", "train", "main"]
+__all__ = ["TrainConfig", "QUICK", "train", "main", "ALIGN_INSTRUCTION"]
+
+#: The instruction of the alignment stage (LLaVA's "describe the image briefly").
+ALIGN_INSTRUCTION = "Describe the image."
 
 
 @dataclass(frozen=True)
@@ -44,23 +52,24 @@ class TrainConfig:
     """All knobs of a training run (the defaults are the shipped model's recipe)."""
 
     seed: int = 0
-    n_train: int = 50000
-    stage1_steps: int = 6000
-    stage1_batch: int = 64
-    stage1_lr: float = 2e-3
-    stage2_steps: int = 2000
-    stage2_batch: int = 32
-    stage2_lr: float = 1e-3
-    vision_lr_scale: float = 0.5
+    n_train: int = 40000
+    vision_steps: int = 4000
+    vision_batch: int = 64
+    vision_lr: float = 2e-3
+    text_steps: int = 800
+    text_batch: int = 64
+    text_lr: float = 2e-3
+    align_steps: int = 1000
+    align_batch: int = 32
+    align_lr: float = 1e-3
+    align_vision_lr_scale: float = 0.3
+    instruct_steps: int = 2500
+    instruct_batch: int = 32
+    instruct_lr: float = 7e-4
+    vision_lr_scale: float = 0.3
     warmup: int = 100
     weight_decay: float = 0.05
-    # Regularisers of stage 2. The shipped recipe uses only the image-attention cost: without it every LM head
-    # reads the image (knockout regularisers or not), so any 5-10 heads can stand in for all 48 and no
-    # head ranking can reach 80 % completeness before ~46 heads (issue 4); with it, a subset reads.
-    p_layer_knock_sample: float = 0.0  # fraction of samples with layer knockout
-    p_layer_knock: float = 0.0  # per-layer knockout probability in those samples
-    p_head_knock: float = 0.0  # per-(layer, head) knockout probability, all samples
-    image_attention_l1: float = 0.02  # weight of the L1 penalty on text queries' attention mass on image tokens
+    image_attention_l1: float = 0.0  # weight of the L1 penalty on text queries' attention mass on image tokens
     n_eval: int = 480
     eval_seed: int = 1  # held-out analysis-stream seed for the reported numbers
     baseline_n: int = 256  # analysis set (seed 0) used for the mean baseline
@@ -69,11 +78,15 @@ class TrainConfig:
 
 
 QUICK = TrainConfig(
-    n_train=1024,
-    stage1_steps=30,
-    stage1_batch=32,
-    stage2_steps=30,
-    stage2_batch=16,
+    n_train=512,
+    vision_steps=20,
+    vision_batch=32,
+    text_steps=10,
+    text_batch=16,
+    align_steps=10,
+    align_batch=16,
+    instruct_steps=20,
+    instruct_batch=16,
     warmup=5,
     n_eval=48,
     baseline_n=48,
@@ -81,25 +94,52 @@ QUICK = TrainConfig(
     size=ModelSize(vision_layers=1, text_layers=2, vision_mlp=256, text_mlp=256),
 )
 
+# columns of the per-scene attribute table
+_ATTR = ("class", "colour", "size", "position", "count")
+
 
 # ----------------------------------------------------------------------------------------------
 # data
 # ----------------------------------------------------------------------------------------------
 
 
-def _render_range(args: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+def _render_range(args: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str], list[str]]:
     seed, start, stop, stream = args
-    images = np.empty((stop - start, 96, 96, 3), np.uint8)
-    labels = np.empty(stop - start, np.int64)
+    n = stop - start
+    images = np.empty((n, 96, 96, 3), np.uint8)
+    attrs = np.empty((n, len(_ATTR)), np.int64)
+    present = np.zeros((n, len(CLASSES)), bool)
+    captions, probes = [], []
     for k, i in enumerate(range(start, stop)):
-        label, _, img, _ = render_example(seed, i, stream)
-        images[k] = img
-        labels[k] = CLASSES.index(label)
-    return images, labels
+        sc = render_scene(seed, i, stream)
+        images[k] = sc.image
+        attrs[k] = [CLASSES.index(sc.label), COLOURS.index(sc.objects[0].colour), SIZES.index(sc.factors["size"]),
+                    POSITIONS.index(sc.factors["position"]), len(sc.objects) - 1]
+        for o in sc.objects:
+            present[k, CLASSES.index(o.label)] = True
+        captions.append(caption(sc))
+        probes.append(sc.probe)
+    return images, attrs, present, captions, probes
 
 
-def render_arrays(n: int, seed: int, stream: int, workers: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Render ``n`` examples as ``uint8 (n, 96, 96, 3)`` images and ``int64 (n,)`` class indices."""
+@dataclass
+class Scenes:
+    """Rendered scenes as arrays: ``uint8 (n, 96, 96, 3)`` images, ``(n, 5)`` attributes (class, colour, size,
+    position, count index), ``bool (n, 16)`` presence, captions and each scene's own probe class."""
+
+    images: np.ndarray
+    attrs: np.ndarray
+    present: np.ndarray
+    captions: list[str]
+    probes: list[str]
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.attrs[:, 0]
+
+
+def render_scenes(n: int, seed: int, stream: int, workers: int = 1) -> Scenes:
+    """Render ``n`` world-2 scenes of ``stream`` with ``seed`` (in ``workers`` processes)."""
     chunk = 2000
     jobs = [(seed, s, min(s + chunk, n), stream) for s in range(0, n, chunk)]
     if workers > 1 and len(jobs) > 1:
@@ -107,7 +147,14 @@ def render_arrays(n: int, seed: int, stream: int, workers: int = 1) -> tuple[np.
             parts = list(tqdm(pool.imap(_render_range, jobs), total=len(jobs), desc="render", leave=False))
     else:
         parts = [_render_range(j) for j in jobs]
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    return Scenes(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+                  np.concatenate([p[2] for p in parts]), [c for p in parts for c in p[3]], [c for p in parts for c in p[4]])
+
+
+def render_arrays(n: int, seed: int, stream: int, workers: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Render ``n`` scenes as ``uint8 (n, 96, 96, 3)`` images and ``int64 (n,)`` main-class indices."""
+    sc = render_scenes(n, seed, stream, workers)
+    return sc.images, sc.labels
 
 
 class _Pixels:
@@ -123,44 +170,102 @@ class _Pixels:
         return (x - self.mean) / self.std
 
 
+def prompt_text(processor, question: str, image: bool = True) -> str:
+    """The LLaVA-1.5 prompt string for ``question`` from the processor's chat template."""
+    content = ([{"type": "image"}] if image else []) + [{"type": "text", "text": question}]
+    msgs = [{"role": "user", "content": content}]
+    return processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def _phrasing(qtype: str, phrasing: int, probe: str | None) -> str:
+    text = PHRASINGS[qtype][phrasing]
+    return text.format(a=_article(probe), x=probe) if qtype == "exists" else text
+
+
 class _Prompts:
-    """Token ids of every question template, taken from the real processor (so they match it exactly)."""
+    """Token ids of every (question type, phrasing, probe) prompt, from the real processor (so they match it)."""
 
     def __init__(self, processor, n_image_tokens: int) -> None:
         from PIL import Image
 
-        tok = processor.tokenizer
+        self.tok = tok = processor.tokenizer
         dummy = Image.new("RGB", (96, 96))
-        self.ids: list[list[int]] = []
-        for q in QUESTIONS:
-            text = prompt_text(processor, q)
-            ids = processor(images=[dummy], text=[text], return_tensors="pt")["input_ids"][0].tolist()
-            self.ids.append(ids)
-        self.class_ids = [tok.convert_tokens_to_ids(c) for c in CLASSES]
-        self.eos = tok.eos_token_id
-        self.pad = tok.pad_token_id
         self.image_token_id = tok.convert_tokens_to_ids("<image>")
-        if any(sum(t == self.image_token_id for t in ids) != n_image_tokens for ids in self.ids):
-            raise RuntimeError("The processor did not expand <image> to the model's number of image tokens.")
+        self.eos, self.pad, self.bos = tok.eos_token_id, tok.pad_token_id, tok.bos_token_id
 
-    def batch(self, labels: np.ndarray, templates: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (-100 except answer + eos)."""
-        seqs = [self.ids[t] + [self.class_ids[c], self.eos] for c, t in zip(labels.tolist(), templates.tolist())]
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), self.pad, dtype=torch.long)
-        att = torch.zeros((len(seqs), width), dtype=torch.long)
-        lab = torch.full((len(seqs), width), -100, dtype=torch.long)
-        for r, s in enumerate(seqs):
-            ids[r, : len(s)] = torch.tensor(s)
-            att[r, : len(s)] = 1
-            lab[r, len(s) - 2 : len(s)] = torch.tensor(s[-2:])
-        return ids, att, lab
+        def encode(question: str) -> list[int]:
+            ids = processor(images=[dummy], text=[prompt_text(processor, question)], return_tensors="pt")["input_ids"][0].tolist()
+            if sum(t == self.image_token_id for t in ids) != n_image_tokens:
+                raise RuntimeError("The processor did not expand <image> to the model's number of image tokens.")
+            return ids
+
+        self.ids: dict[tuple[str, int, str | None], list[int]] = {}
+        self.text_ids: dict[tuple[str, int, str | None], list[int]] = {}
+        for qtype in QUESTION_TYPES:
+            for p in range(len(PHRASINGS[qtype])):
+                for probe in (CLASSES if qtype == "exists" else [None]):
+                    q = _phrasing(qtype, p, probe)
+                    self.ids[qtype, p, probe] = encode(q)
+                    self.text_ids[qtype, p, probe] = tok(prompt_text(processor, q, image=False))["input_ids"]
+        self.align_ids = encode(ALIGN_INSTRUCTION)
+        self.word_id = {w: tok.convert_tokens_to_ids(w) for ws in ANSWER_WORDS.values() for w in ws}
+        if any(i == tok.unk_token_id for i in self.word_id.values()):
+            raise RuntimeError("An answer word is missing from the vocabulary.")
+        self.class_ids = [self.word_id[c] for c in CLASSES]
+        self.classic = [encode(q) for q in QUESTIONS]
+
+    def caption_ids(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"]
 
 
-def prompt_text(processor, question: str) -> str:
-    """The LLaVA-1.5 prompt string for ``question`` from the processor's chat template."""
-    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-    return processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+def _pad(seqs: list[list[int]], n_loss: list[int], pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (loss on the last ``n_loss[r]`` tokens of row r)."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    att = torch.zeros((len(seqs), width), dtype=torch.long)
+    lab = torch.full((len(seqs), width), -100, dtype=torch.long)
+    for r, (s, k) in enumerate(zip(seqs, n_loss)):
+        ids[r, : len(s)] = torch.tensor(s)
+        att[r, : len(s)] = 1
+        lab[r, len(s) - k : len(s)] = torch.tensor(s[len(s) - k:])
+    return ids, att, lab
+
+
+def _answer(sc: Scenes, i: int, qtype: str, probe: str | None) -> str:
+    a = sc.attrs[i]
+    if qtype == "class":
+        return CLASSES[a[0]]
+    if qtype == "colour":
+        return COLOURS[a[1]]
+    if qtype == "size":
+        return SIZES[a[2]]
+    if qtype == "position":
+        return POSITIONS[a[3]]
+    if qtype == "count":
+        return COUNTS[a[4]]
+    return "yes" if sc.present[i, CLASSES.index(probe)] else "no"
+
+
+def _sample_questions(sc: Scenes, idx: np.ndarray, rng: np.random.Generator, held_out: bool = False
+                      ) -> list[tuple[str, int, str | None, str]]:
+    """For each scene index: a question type (uniform), a training phrasing (or the held-out one), a probe
+    (present or absent, half and half) and the answer word."""
+    out = []
+    for i in idx.tolist():
+        qtype = QUESTION_TYPES[int(rng.integers(len(QUESTION_TYPES)))]
+        n = len(PHRASINGS[qtype])
+        p = n - 1 if held_out else int(rng.integers(n - 1))
+        probe = None
+        if qtype == "exists":
+            pos = np.flatnonzero(sc.present[i])
+            neg = np.flatnonzero(~sc.present[i])
+            probe = CLASSES[int(rng.choice(pos if rng.random() < 0.5 else neg))]
+        out.append((qtype, p, probe, _answer(sc, i, qtype, probe)))
+    return out
 
 
 def _token_groups(ids: torch.Tensor, image_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -200,82 +305,133 @@ def _pca_patch_init(model, pixels: torch.Tensor, patch: int) -> None:
     conv.weight.copy_((top * scale).T.reshape(conv.weight.shape) * 0.5)
 
 
-def _stage1(model, images, labels, pix, cfg: TrainConfig, gen: torch.Generator) -> float:
-    """Vision warm-up: ViT + linear head on mean-pooled patch tokens. Returns the last-200-step accuracy."""
+def _optimizer(groups: list[tuple[list, float]], cfg: TrainConfig, steps: int):
+    opt = torch.optim.AdamW([{"params": p, "lr": lr} for p, lr in groups if p], weight_decay=cfg.weight_decay)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.warmup, steps))
+
+
+def _step(opt, sched, loss, params) -> None:
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    sched.step()
+
+
+_HEADS = (("class", len(CLASSES)), ("colour", len(COLOURS)), ("size", len(SIZES)), ("position", len(POSITIONS)),
+          ("count", len(COUNTS)))
+
+
+def _stage_vision(model, sc: Scenes, pix, cfg: TrainConfig, gen: torch.Generator) -> dict[str, float]:
+    """Vision pretraining: ViT + heads reading all patch tokens (attributes and presence). Returns last-200-step accuracies."""
     vt = model.model.vision_tower
     hidden = model.config.vision_config.hidden_size
-    head = torch.nn.Sequential(torch.nn.LayerNorm(hidden), torch.nn.Linear(hidden, len(CLASSES)))
-    params = list(vt.parameters()) + list(head.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.stage1_lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.warmup, cfg.stage1_steps))
+    n_tok = model.config.image_seq_length
+    n_out = sum(k for _, k in _HEADS) + len(CLASSES)
+    reduce = torch.nn.Sequential(torch.nn.LayerNorm(hidden), torch.nn.Linear(hidden, 32))
+    head = torch.nn.Sequential(torch.nn.GELU(), torch.nn.Linear(32 * n_tok, 256), torch.nn.GELU(), torch.nn.Linear(256, n_out))
+    params = list(vt.parameters()) + list(reduce.parameters()) + list(head.parameters())
+    opt, sched = _optimizer([(params, cfg.vision_lr)], cfg, cfg.vision_steps)
     vt.train()
-    hits: list[float] = []
-    bar = tqdm(range(cfg.stage1_steps), desc="stage1 vision", mininterval=5)
+    hits: dict[str, list[float]] = {name: [] for name, _ in _HEADS}
+    bar = tqdm(range(cfg.vision_steps), desc="0 vision", mininterval=10)
     for _ in bar:
-        idx = torch.randint(len(images), (cfg.stage1_batch,), generator=gen).numpy()
-        x = pix(images[idx])
-        y = torch.from_numpy(labels[idx])
-        feats = vt(x).last_hidden_state[:, 1:].mean(1)
-        logits = head(feats)
-        loss = F.cross_entropy(logits, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        hits.append(float((logits.argmax(-1) == y).float().mean()))
-        bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{np.mean(hits[-200:]):.3f}")
-    return float(np.mean(hits[-200:]))
+        idx = torch.randint(len(sc.images), (cfg.vision_batch,), generator=gen).numpy()
+        tokens = vt(pix(sc.images[idx])).last_hidden_state[:, 1:]
+        out = head(reduce(tokens).flatten(1))
+        y = torch.from_numpy(sc.attrs[idx])
+        loss, start = 0.0, 0
+        for k, (name, width) in enumerate(_HEADS):
+            logits = out[:, start:start + width]
+            loss = loss + F.cross_entropy(logits, y[:, k])
+            hits[name].append(float((logits.argmax(-1) == y[:, k]).float().mean()))
+            start += width
+        loss = loss + F.binary_cross_entropy_with_logits(out[:, start:], torch.from_numpy(sc.present[idx]).float()) * len(CLASSES) / 4
+        _step(opt, sched, loss, params)
+        bar.set_postfix(loss=f"{loss.item():.3f}", cls=f"{np.mean(hits['class'][-200:]):.3f}")
+    return {name: float(np.mean(h[-200:])) for name, h in hits.items()}
 
 
-def _knock_sample(bsz: int, n_layers: int, n_heads: int, cfg: TrainConfig, gen: torch.Generator) -> torch.Tensor:
-    """Random ``bool (B, L, H)`` training knockout (never all layers of a sample at once)."""
-    use = torch.rand(bsz, 1, generator=gen) < cfg.p_layer_knock_sample
-    layers = (torch.rand(bsz, n_layers, generator=gen) < cfg.p_layer_knock) & use
-    full = layers.all(1)
-    if bool(full.any()):  # keep one random layer readable
-        keep = torch.randint(n_layers, (int(full.sum()),), generator=gen)
-        layers[full.nonzero()[:, 0], keep] = False
-    heads = torch.rand(bsz, n_layers, n_heads, generator=gen) < cfg.p_head_knock
-    return layers[:, :, None] | heads
+def _stage_text(model, sc: Scenes, prompts: _Prompts, cfg: TrainConfig, gen: torch.Generator, rng: np.random.Generator) -> float:
+    """LM pretraining on text alone (captions; questions followed by answers). Returns the last-100-step loss."""
+    lm = list(model.model.language_model.parameters()) + list(model.lm_head.parameters())
+    opt, sched = _optimizer([(lm, cfg.text_lr)], cfg, cfg.text_steps)
+    model.train()
+    losses: list[float] = []
+    bar = tqdm(range(cfg.text_steps), desc="1 text LM", mininterval=10)
+    for _ in bar:
+        idx = torch.randint(len(sc.images), (cfg.text_batch,), generator=gen).numpy()
+        seqs = []
+        for r, (q, i) in enumerate(zip(_sample_questions(sc, idx, rng), idx.tolist())):
+            if r % 2 == 0:
+                seqs.append([prompts.bos] + prompts.caption_ids(sc.captions[i]) + [prompts.eos])
+            else:
+                qtype, p, probe, ans = q
+                seqs.append(prompts.text_ids[qtype, p, probe] + [prompts.word_id[ans], prompts.eos])
+        ids, att, lab = _pad(seqs, [len(s) - 1 for s in seqs], prompts.pad)
+        logits = model(input_ids=ids, attention_mask=att).logits[:, :-1]
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), lab[:, 1:].reshape(-1), ignore_index=-100)
+        _step(opt, sched, loss, lm)
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{np.mean(losses[-100:]):.3f}")
+    return float(np.mean(losses[-100:]))
+
+
+def _stage_align(model, sc: Scenes, pix, prompts: _Prompts, cfg: TrainConfig, gen: torch.Generator) -> float:
+    """Alignment with the LM frozen: image -> caption. Returns the last-100-step caption token accuracy."""
+    lm = list(model.model.language_model.parameters()) + list(model.lm_head.parameters())
+    for p in lm:
+        p.requires_grad_(False)
+    proj = list(model.model.multi_modal_projector.parameters())
+    vision = list(model.model.vision_tower.parameters())
+    opt, sched = _optimizer([(proj, cfg.align_lr), (vision, cfg.align_lr * cfg.align_vision_lr_scale)], cfg, cfg.align_steps)
+    model.train()
+    hits: list[float] = []
+    bar = tqdm(range(cfg.align_steps), desc="2 align", mininterval=10)
+    for _ in bar:
+        idx = torch.randint(len(sc.images), (cfg.align_batch,), generator=gen).numpy()
+        caps = [prompts.caption_ids(sc.captions[i]) + [prompts.eos] for i in idx.tolist()]
+        ids, att, lab = _pad([prompts.align_ids + c for c in caps], [len(c) for c in caps], prompts.pad)
+        logits = model(input_ids=ids, attention_mask=att, pixel_values=pix(sc.images[idx])).logits[:, :-1]
+        target = lab[:, 1:]
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100)
+        _step(opt, sched, loss, proj + vision)
+        keep = target != -100
+        hits.append(float((logits.argmax(-1)[keep] == target[keep]).float().mean()))
+        bar.set_postfix(loss=f"{loss.item():.3f}", tok_acc=f"{np.mean(hits[-100:]):.3f}")
+    for p in lm:
+        p.requires_grad_(True)
+    return float(np.mean(hits[-100:]))
 
 
 def _image_mass_per_query(state, queries: torch.Tensor) -> torch.Tensor:
-    """Attention mass on the image summed over all LM heads, averaged over the ``bool (B, S)`` queries.
-
-    The L1 penalty on it makes reading the image cost something, so that, as in real LVLMs, a distinct
-    subset of heads reads it while the others attend elsewhere (the ``<s>`` sink, the text).
-    """
+    """Attention mass on the image summed over all LM heads, averaged over the ``bool (B, S)`` queries."""
     mass = torch.stack([state.image_attention[layer] for layer in sorted(state.image_attention)]).sum((0, 2))
     weights = queries.float()
     return (mass * weights).sum() / weights.sum()
 
 
-def _stage2(model, images, labels, pix, prompts: _Prompts, cfg: TrainConfig, gen: torch.Generator) -> float:
-    """Full LLaVA training with the configured regularisers. Returns the last-100-step answer accuracy."""
+def _stage_instruct(model, sc: Scenes, pix, prompts: _Prompts, cfg: TrainConfig, gen: torch.Generator,
+                    rng: np.random.Generator) -> dict[str, float]:
+    """Instruction tuning of the whole model. Returns last-100-step answer accuracy per question type."""
     vision = list(model.model.vision_tower.parameters())
     vision_ids = {id(p) for p in vision}
     rest = [p for p in model.parameters() if id(p) not in vision_ids]
-    opt = torch.optim.AdamW(
-        [{"params": rest, "lr": cfg.stage2_lr}, {"params": vision, "lr": cfg.stage2_lr * cfg.vision_lr_scale}],
-        weight_decay=cfg.weight_decay,
-    )
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.warmup, cfg.stage2_steps))
-    tc = model.config.text_config
+    opt, sched = _optimizer([(rest, cfg.instruct_lr), (vision, cfg.instruct_lr * cfg.vision_lr_scale)], cfg, cfg.instruct_steps)
     model.train()
-    hits: list[float] = []
+    hits: dict[str, list[float]] = {t: [] for t in QUESTION_TYPES}
     postfix: dict[str, str] = {}
-    bar = tqdm(range(cfg.stage2_steps), desc="stage2 llava", mininterval=5)
+    bar = tqdm(range(cfg.instruct_steps), desc="3 instruct", mininterval=10)
     with flow_control(model):
         for _ in bar:
-            idx = torch.randint(len(images), (cfg.stage2_batch,), generator=gen).numpy()
-            templates = torch.randint(len(QUESTIONS), (cfg.stage2_batch,), generator=gen).numpy()
-            ids, att, lab = prompts.batch(labels[idx], templates)
+            idx = torch.randint(len(sc.images), (cfg.instruct_batch,), generator=gen).numpy()
+            qs = _sample_questions(sc, idx, rng)
+            seqs = [prompts.ids[t, p, x] + [prompts.word_id[a], prompts.eos] for t, p, x, a in qs]
+            ids, att, lab = _pad(seqs, [2] * len(seqs), prompts.pad)
             img, tq = _token_groups(ids, prompts.image_token_id)
-            knock = _knock_sample(len(idx), tc.num_hidden_layers, tc.num_attention_heads, cfg, gen)
-            ctl = FlowControl(image_keys=img, text_queries=tq, knockout=knock, image_attention=cfg.image_attention_l1 > 0)
+            ctl = FlowControl(image_keys=img, text_queries=tq, image_attention=cfg.image_attention_l1 > 0)
             state = ctl.state()
-            out = model(input_ids=ids, attention_mask=att, pixel_values=pix(images[idx]), **{STATE_KWARG: state})
+            out = model(input_ids=ids, attention_mask=att, pixel_values=pix(sc.images[idx]), **{STATE_KWARG: state})
             logits = out.logits[:, :-1]
             target = lab[:, 1:]
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100)
@@ -283,20 +439,15 @@ def _stage2(model, images, labels, pix, prompts: _Prompts, cfg: TrainConfig, gen
                 mass = _image_mass_per_query(state, tq & att.bool())
                 loss = loss + cfg.image_attention_l1 * mass
                 postfix["image_mass"] = f"{mass.item():.2f}"
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
+            _step(opt, sched, loss, list(model.parameters()))
             first = (target != -100).float().argmax(1)
             rows = torch.arange(len(idx))
-            pred = logits[rows, first].argmax(-1)
-            clean = ~knock.flatten(1).any(1)
-            if bool(clean.any()):
-                hits.append(float((pred == target[rows, first])[clean].float().mean()))
-            bar.set_postfix(loss=f"{loss.item():.3f}", acc_clean=f"{np.mean(hits[-100:]) if hits else 0:.3f}", **postfix)
+            ok = (logits[rows, first].argmax(-1) == target[rows, first]).tolist()
+            for (t, *_), o in zip(qs, ok):
+                hits[t].append(float(o))
+            bar.set_postfix(loss=f"{loss.item():.3f}", **{t[:4]: f"{np.mean(h[-100:]):.2f}" for t, h in hits.items() if h}, **postfix)
     model.eval()
-    return float(np.mean(hits[-100:])) if hits else 0.0
+    return {t: float(np.mean(h[-100:])) if h else 0.0 for t, h in hits.items()}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -354,8 +505,9 @@ def measure(model, processor, n_eval: int = 480, eval_seed: int = 1, baseline_n:
     n_heads = model.config.text_config.num_attention_heads
     pix = _Pixels(processor)
     prompts = _Prompts(processor, model.config.image_seq_length)
-    ids0 = torch.tensor(prompts.ids[0])
-    ev_images, ev_labels = render_arrays(n_eval, eval_seed, 0)
+    ids0 = torch.tensor(prompts.ids["class", 0, None])
+    ev = render_scenes(n_eval, eval_seed, 0)
+    ev_images, ev_labels = ev.images, ev.labels
     bl_images, _ = render_arrays(baseline_n, 0, 0)
     answer = torch.tensor([prompts.class_ids[c] for c in ev_labels])
 
@@ -397,7 +549,13 @@ def measure(model, processor, n_eval: int = 480, eval_seed: int = 1, baseline_n:
                 a[:, layer, h] = True
                 y = run(ev_images, ablate=a, baseline=baseline)[rows, answer]
                 head_drop[layer, h] = float((y_clean - y)[correct].mean())
+        per_type = _accuracy_per_type(model, ev, pix, prompts)
+        mass = _image_mass_per_head(model, ev, pix, prompts)
+    order = np.sort(mass.flatten())[::-1]
     return {
+        "accuracy_per_type": per_type,
+        "image_mass_per_head": mass.round(4).tolist(),
+        "heads_for_80pct_image_mass": int(np.searchsorted(np.cumsum(order) / order.sum(), 0.8) + 1),
         "n_eval": n,
         "eval_seed": eval_seed,
         "chance": 1.0 / len(CLASSES),
@@ -411,23 +569,46 @@ def measure(model, processor, n_eval: int = 480, eval_seed: int = 1, baseline_n:
     }
 
 
+def _question_ids(prompts: _Prompts, ev: Scenes, qtype: str, phrasing: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ids, answer ids)`` of every held-out scene for one (type, phrasing); the probe is the scene's own."""
+    ids = torch.tensor([prompts.ids[qtype, phrasing, ev.probes[i] if qtype == "exists" else None] for i in range(len(ev.images))])
+    answers = torch.tensor([prompts.word_id[_answer(ev, i, qtype, ev.probes[i])] for i in range(len(ev.images))])
+    return ids, answers
+
+
+@torch.no_grad()
+def _accuracy_per_type(model, ev: Scenes, pix, prompts: _Prompts) -> dict[str, dict[str, float]]:
+    """Greedy first-token accuracy per question type, with a training phrasing (0) and the held-out one."""
+    out: dict[str, dict[str, float]] = {}
+    for qtype in QUESTION_TYPES:
+        out[qtype] = {}
+        for name, p in (("trained_phrasing", 0), ("held_out_phrasing", len(PHRASINGS[qtype]) - 1)):
+            ids, answers = _question_ids(prompts, ev, qtype, p)
+            logits = _final_logits(model, ids, pix(ev.images), None)
+            out[qtype][name] = float((logits.argmax(-1) == answers).float().mean())
+    return out
+
+
+@torch.no_grad()
+def _image_mass_per_head(model, ev: Scenes, pix, prompts: _Prompts) -> np.ndarray:
+    """Mean attention mass the final query of each LM head puts on the image, over the held-out set and all
+    six question types (training phrasing 0): ``(L, H)``."""
+    total, count = None, 0
+    for qtype in QUESTION_TYPES:
+        ids, _ = _question_ids(prompts, ev, qtype, 0)
+        for s in range(0, len(ids), 96):
+            sub = ids[s:s + 96]
+            img, tq = _token_groups(sub, prompts.image_token_id)
+            state = FlowControl(img, tq, image_attention=True).state()
+            model(input_ids=sub, pixel_values=pix(ev.images[s:s + 96]), **{STATE_KWARG: state})
+            m = torch.stack([state.image_attention[layer][:, :, -1] for layer in sorted(state.image_attention)], 1)
+            total = m.sum(0) if total is None else total + m.sum(0)
+            count += len(sub)
+    return (total / count).numpy()
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.1f} %"
-
-
-def _regulariser_lines(cfg: dict) -> list[str]:
-    """The model card's description of the stage-2 regularisers that are switched on."""
-    lines = []
-    if cfg["p_layer_knock_sample"] > 0 and cfg["p_layer_knock"] > 0:
-        lines.append(f"   Layer knockout: in {_pct(cfg['p_layer_knock_sample'])} of samples image->text attention is knocked out "
-                     f"in each LM layer with probability {cfg['p_layer_knock']} (never all layers).")
-    if cfg["p_head_knock"] > 0:
-        lines.append(f"   Head knockout: every (layer, head) is knocked out with probability {cfg['p_head_knock']}.")
-    if cfg.get("image_attention_l1", 0) > 0:
-        lines.append(f"   Image-attention cost: {cfg['image_attention_l1']} x the attention mass that the text queries after the "
-                     "image put on image tokens, summed over all LM heads (L1), is added to the loss, so that reading the "
-                     "image costs something and only a subset of heads does it.")
-    return lines or ["   No regulariser."]
 
 
 def model_card(summary: dict) -> str:
@@ -435,81 +616,85 @@ def model_card(summary: dict) -> str:
     cfg = summary["config"]
     size = cfg["size"]
     sec = summary["seconds"]
+    acc = summary["train_accuracy"]
+    n_side = size["image_size"] // size["patch_size"]
     lines = [
-        "# headflow default model: tiny LLaVA on the embedded shapes dataset",
+        "# headflow default model: a tiny LLaVA trained the way LLaVA is, on questions that matter",
         "",
         "A real `LlavaForConditionalGeneration` (transformers 5.x) trained from scratch on CPU by",
-        "`python -m headflow.zoo.train` so that headflow has an offline model whose image information",
-        "demonstrably flows through LM attention heads, spread over several layers and heads.",
+        "`python -m headflow.zoo.train`: it answers six kinds of question about one synthetic image (the main",
+        "object's class, colour, position and size, the number of objects, and whether a class is present),",
+        "so that the answer depends on both the image and the question.",
         "",
         "## Architecture",
         "",
-        f"- Vision: CLIP ViT, image {size['image_size']}, patch {size['patch_size']} -> {size['image_size'] // size['patch_size']} x "
-        f"{size['image_size'] // size['patch_size']} = {(size['image_size'] // size['patch_size']) ** 2} image tokens (CLS dropped, `default` strategy), "
-        f"hidden {size['vision_hidden']}, {size['vision_layers']} layers, {size['vision_heads']} heads, MLP {size['vision_mlp']}.",
+        f"- Vision: CLIP ViT, image {size['image_size']}, patch {size['patch_size']} -> {n_side} x {n_side} = {n_side ** 2} image tokens "
+        f"(CLS dropped, `default` strategy), hidden {size['vision_hidden']}, {size['vision_layers']} layers, {size['vision_heads']} heads, MLP {size['vision_mlp']}.",
         "- Projector: standard LLaVA 2-layer GELU MLP.",
         f"- LM: Llama, hidden {size['text_hidden']}, {size['text_layers']} layers, {size['text_heads']} query heads, "
         f"{size['text_kv_heads']} key/value heads (GQA), head_dim {size['text_hidden'] // size['text_heads']}, MLP {size['text_mlp']}.",
         "- Tokenizer: word level (`tokenizers` WordLevel + Whitespace), specials `<pad> <unk> <s> </s> <image>`; `<s>` is prepended.",
-        "- Prompt (LLaVA-1.5 chat template): `USER: <image>\\n{question} ASSISTANT:`; answer = class word then `</s>`.",
+        "- Prompt (LLaVA-1.5 chat template): `USER: <image>\\n{question} ASSISTANT:`; answer = one word then `</s>`.",
         "",
-        "## Data",
+        "## Data: world 2 of `headflow.data.default`",
         "",
-        "`headflow.data.default`: 16 classes (" + ", ".join(CLASSES) + ") drawn with PIL at 96x96;",
-        "factors style (filled/outline/textured), palette, size, position, background (plain/gradient),",
-        "contrast (light-on-dark / dark-on-light: object and background always from opposite lightness families) and clutter.",
-        f"Training used {cfg['n_train']} images of the *training* stream (seed {cfg['seed']}), which never coincides with",
-        "the analysis stream that `load_dataset('default', n, seed)` returns. All images are synthetic (no third-party data).",
+        "Each 96x96 image has a main object (the largest; one of 16 classes: " + ", ".join(CLASSES) + ")",
+        "with a colour (" + ", ".join(COLOURS) + "), size (" + ", ".join(SIZES) + "), position (" + ", ".join(POSITIONS) + "),",
+        "style, background, contrast and clutter, plus zero to two smaller distractors of other classes; every object has",
+        "its own pixel mask. Questions (one word answers): " + "; ".join(f"{t}: \"{PHRASINGS[t][0]}\"" for t in QUESTION_TYPES) + ".",
+        "Each type has several phrasings; the last one of each type is never used in training.",
+        f"Training used {cfg['n_train']} scenes of the *training* stream (seed {cfg['seed']}), which never coincides with the",
+        "analysis stream. All images are synthetic, generated by this repository.",
         "",
-        "## Recipe",
+        "## Recipe (LLaVA's stages, scaled down)",
         "",
-        "1. PCA-whitened patch-embedding init.",
-        f"2. Stage 1 (vision warm-up): ViT + linear head on mean-pooled patch tokens, {cfg['stage1_steps']} steps x {cfg['stage1_batch']}, "
-        f"AdamW lr {cfg['stage1_lr']} (cosine, warm-up {cfg['warmup']}).",
-        f"3. Stage 2: whole LLaVA, loss on answer + `</s>`, {len(QUESTIONS)} question templates, {cfg['stage2_steps']} steps x {cfg['stage2_batch']}, "
-        f"lr {cfg['stage2_lr']} (vision x {cfg['vision_lr_scale']}).",
-        *_regulariser_lines(cfg),
-        f"4. Seed {cfg['seed']}; torch {summary.get('torch', '?')}; 2 CPU threads.",
+        f"0. Vision pretraining (stand-in for a pretrained CLIP): PCA-whitened patch embedding, then the ViT with small heads reading all "
+        f"patch tokens (main class, colour, size, position, count, presence of each class); {cfg['vision_steps']} steps x {cfg['vision_batch']}, lr {cfg['vision_lr']}.",
+        f"1. LM pretraining on text alone (captions; questions followed by their answers), every token: {cfg['text_steps']} steps x {cfg['text_batch']}, lr {cfg['text_lr']}.",
+        f"2. Alignment, LM frozen: `{ALIGN_INSTRUCTION}` -> caption, projector lr {cfg['align_lr']}, vision tower x {cfg['align_vision_lr_scale']}; "
+        f"{cfg['align_steps']} steps x {cfg['align_batch']}.",
+        f"3. Instruction tuning of the whole model on the six question types (training phrasings), loss on answer + `</s>`: "
+        f"{cfg['instruct_steps']} steps x {cfg['instruct_batch']}, lr {cfg['instruct_lr']} (vision x {cfg['vision_lr_scale']}).",
+        ("   Image-attention cost: " + str(cfg["image_attention_l1"]) + " x the attention mass text queries after the image put on image "
+         "tokens, summed over LM heads (L1), is added to the loss." if cfg["image_attention_l1"] > 0 else
+         "   No image-attention cost (no regulariser of any kind beyond weight decay)."),
+        f"AdamW, cosine schedule, warm-up {cfg['warmup']}, weight decay {cfg['weight_decay']}; seed {cfg['seed']}; torch {summary.get('torch', '?')}.",
         "",
-        f"Training time: {sec['total_train'] / 60:.1f} min (data {sec['data']:.0f} s, stage 1 {sec['stage1']:.0f} s, stage 2 {sec['stage2']:.0f} s) on 2 CPU cores.",
-        f"Training accuracy: stage 1 {_pct(summary['train_accuracy']['stage1_vision_last200'])} (vision head, last 200 steps), "
-        f"stage 2 {_pct(summary['train_accuracy']['stage2_answer_last100_clean'])} (clean samples, last 100 steps).",
+        f"Training time: {sec['total_train'] / 60:.1f} min (data {sec['data']:.0f} s, vision {sec['vision']:.0f} s, text {sec['text']:.0f} s, "
+        f"alignment {sec['align']:.0f} s, instruction {sec['instruct']:.0f} s) with {summary.get('threads', 2)} CPU threads.",
+        f"Training accuracy (last steps): vision class head {_pct(acc['vision']['class'])}; alignment caption tokens {_pct(acc['align_caption_tokens'])}; "
+        "instruction " + ", ".join(f"{t} {_pct(v)}" for t, v in acc["instruct"].items()) + ".",
     ]
     if "heldout" in summary:
         h = summary["heldout"]
         single = h["knockout_single_layer_accuracy"]
         lines += [
             "",
-            "## Measured on a fresh held-out set",
+            "## Measured at the end of training (fresh held-out set)",
             "",
-            f"{h['n_eval']} images of the analysis stream with seed {h['eval_seed']} (the analysis set is seed 0), question",
-            f"\"{QUESTIONS[0]}\"; greedy first answer token. Chance = {_pct(h['chance'])}.",
-            "Measured with the training/diagnostic attention function in `headflow.zoo.diagnostics`",
-            "(text queries after the image are intervened on; image positions' own queries untouched).",
+            f"{h['n_eval']} images of the analysis stream with seed {h['eval_seed']} (the analysis set is seed 0); greedy first",
+            "answer token; the `exists` question names each scene's own probe class (present half of the time).",
+            "Measured with the training attention function in `headflow.zoo.diagnostics`; `headflow model-card` recomputes",
+            "the card's targets with the intervention engine.",
+            "",
+            "| question type | trained phrasing | held-out phrasing |",
+            "|---|---|---|",
+            *[f"| {t} | {_pct(v['trained_phrasing'])} | {_pct(v['held_out_phrasing'])} |" for t, v in h["accuracy_per_type"].items()],
+            "",
+            "Identification question, image->text attention:",
             "",
             "| quantity | value |",
             "|---|---|",
-            f"| accuracy | {_pct(h['accuracy'])} |",
+            f"| accuracy | {_pct(h['accuracy'])} (chance {_pct(h['chance'])}) |",
             f"| image->text knockout, all LM layers | {_pct(h['knockout_all_layers_accuracy'])} |",
-            f"| image->text knockout, single layer (min over layers) | {_pct(min(single))} |",
-            "| single-layer knockout per layer | " + ", ".join(_pct(a) for a in single) + " |",
+            "| image->text knockout, one layer | " + ", ".join(f"L{i} {_pct(a)}" for i, a in enumerate(single)) + " |",
             f"| mean-ablation of all heads: accuracy | {_pct(h['ablate_all_heads_mean_accuracy'])} |",
-            f"| mean-ablation of all heads: answer-logit drop | {h['ablate_all_heads_logit_drop']:.3f} |",
             f"| largest single-head answer-logit drop / all-heads drop | {_pct(h['max_single_head_fraction'])} |",
-            "",
-            "Single-head ablation: that query head's text queries see the mean (over the first",
-            f"{cfg['baseline_n']} analysis images, seed 0) post-RoPE image keys/values per position; other query heads sharing the",
-            "KV head keep the real ones. Logit drops are averaged over correctly answered images.",
-            "",
-            "Targets (issue 3): accuracy >= 95 % -> " + ("met" if h["accuracy"] >= 0.95 else "NOT met"),
-            f"({_pct(h['accuracy'])}); all-layer knockout <= chance + 5 pt -> "
-            + ("met" if h["knockout_all_layers_accuracy"] <= h["chance"] + 0.05 else "NOT met")
-            + "; every single-layer knockout >= 50 % -> " + ("met" if min(single) >= 0.5 else "NOT met")
-            + "; every single head <= 25 % of the all-heads drop -> "
-            + ("met" if h["max_single_head_fraction"] <= 0.25 else "NOT met") + ".",
+            f"| heads holding 80 % of the final query's image attention (of {len(single) * len(h['single_head_logit_drop'][0])}) | "
+            f"{h['heads_for_80pct_image_mass']} |",
         ]
-        if "note" in summary:
-            lines += ["", summary["note"]]
+    if "note" in summary:
+        lines += ["", summary["note"]]
     lines += ["", "Licence: Apache-2.0 (weights and data generated by this repository).", ""]
     return "\n".join(lines)
 
@@ -519,10 +704,8 @@ def model_card(summary: dict) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
-def train(
-    out: str | Path, cfg: TrainConfig = TrainConfig(), measure_after: bool = True, stage1_cache: str | Path | None = None
-) -> dict:
-    """Train, save (model + processor + ``training.json``) to ``out`` and return the run summary.
+def train(out: str | Path, cfg: TrainConfig = TrainConfig(), measure_after: bool = True, cache: str | Path | None = None) -> dict:
+    """Train, save (model + processor + ``training.json`` + ``MODEL_CARD.md``) to ``out`` and return the run summary.
 
     Parameters
     ----------
@@ -531,17 +714,19 @@ def train(
     cfg : TrainConfig
         Recipe.
     measure_after : bool, default True
-        Also compute :func:`measure` on the held-out set and store it in the summary.
-    stage1_cache : str or pathlib.Path, optional
-        File for the model state after stage 1: loaded (and stage 1 skipped) if it exists, else written.
-        Lets stage-2 knobs be tuned without redoing the vision warm-up. The rendered training images are
-        cached next to it (``.data.npz``).
+        Also measure the held-out numbers and store them in the summary.
+    cache : str or pathlib.Path, optional
+        File for the state after alignment (stage 2): loaded (and stages 0-2 skipped) if it exists, else
+        written, so instruction-tuning knobs can be compared from the same start. The rendered training
+        scenes are cached next to it (``.data.npz``).
     """
     from transformers import LlavaForConditionalGeneration
 
-    torch.set_num_threads(int(os.environ.get("HEADFLOW_THREADS", "2")))
+    threads = int(os.environ.get("HEADFLOW_THREADS", "2"))
+    torch.set_num_threads(threads)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
+    rng = np.random.default_rng([cfg.seed, 7])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -550,56 +735,65 @@ def train(
     pix = _Pixels(processor)
     prompts = _Prompts(processor, cfg.size.n_image_tokens)
 
-    data_cache = Path(stage1_cache).with_suffix(".data.npz") if stage1_cache is not None else None
+    data_cache = Path(cache).with_suffix(".data.npz") if cache is not None else None
     if data_cache is not None and data_cache.is_file():
         with np.load(data_cache) as z:
-            images, labels = z["images"], z["labels"]
+            sc = Scenes(z["images"], z["attrs"], z["present"], z["captions"].tolist(), z["probes"].tolist())
     else:
-        images, labels = render_arrays(cfg.n_train, cfg.seed, TRAIN_STREAM, workers=cfg.workers)
+        sc = render_scenes(cfg.n_train, cfg.seed, TRAIN_STREAM, workers=cfg.workers)
         if data_cache is not None:
-            np.savez(data_cache, images=images, labels=labels)
-    t_data = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    if stage1_cache is not None and Path(stage1_cache).is_file():
-        saved = torch.load(stage1_cache, weights_only=False)
+            np.savez(data_cache, images=sc.images, attrs=sc.attrs, present=sc.present, captions=np.array(sc.captions),
+                     probes=np.array(sc.probes))
+    seconds = {"data": time.perf_counter() - t0}
+    if cache is not None and Path(cache).is_file():
+        saved = torch.load(cache, weights_only=False)
         model.load_state_dict(saved["state"])
         gen.set_state(saved["gen"])
-        acc1 = saved["acc1"]
-        t_data, t_stage1 = saved.get("seconds_data", t_data), saved.get("seconds_stage1", float("nan"))
+        rng.bit_generator.state = saved["rng"]
+        acc_vision, loss_text, acc_align = saved["acc_vision"], saved["loss_text"], saved["acc_align"]
+        seconds = saved["seconds"]
     else:
-        _pca_patch_init(model, pix(images[:2000]), cfg.size.patch_size)
-        acc1 = _stage1(model, images, labels, pix, cfg, gen)
-        t_stage1 = time.perf_counter() - t1
-        if stage1_cache is not None:
-            torch.save(
-                {"state": model.state_dict(), "gen": gen.get_state(), "acc1": acc1, "seconds_data": t_data, "seconds_stage1": t_stage1},
-                stage1_cache,
-            )
-    t2 = time.perf_counter()
-    acc2 = _stage2(model, images, labels, pix, prompts, cfg, gen)
-    t3 = time.perf_counter()
-    del images
+        t = time.perf_counter()
+        _pca_patch_init(model, pix(sc.images[:2000]), cfg.size.patch_size)
+        acc_vision = _stage_vision(model, sc, pix, cfg, gen)
+        seconds["vision"] = time.perf_counter() - t
+        t = time.perf_counter()
+        loss_text = _stage_text(model, sc, prompts, cfg, gen, rng)
+        seconds["text"] = time.perf_counter() - t
+        t = time.perf_counter()
+        acc_align = _stage_align(model, sc, pix, prompts, cfg, gen)
+        seconds["align"] = time.perf_counter() - t
+        if cache is not None:
+            torch.save({"state": model.state_dict(), "gen": gen.get_state(), "rng": rng.bit_generator.state,
+                        "acc_vision": acc_vision, "loss_text": loss_text, "acc_align": acc_align, "seconds": seconds}, cache)
+    t = time.perf_counter()
+    acc_instruct = _stage_instruct(model, sc, pix, prompts, cfg, gen, rng)
+    seconds["instruct"] = time.perf_counter() - t
+    seconds = {k: round(v, 1) for k, v in seconds.items()}
+    seconds["total_train"] = round(sum(seconds.values()), 1)
+    del sc
 
     model.save_pretrained(out)
     processor.save_pretrained(out)
     summary = {
         "config": asdict(cfg),
-        "seconds": {
-            "data": round(t_data, 1),
-            "stage1": round(t_stage1, 1),
-            "stage2": round(t3 - t2, 1),
-            "total_train": round(t_data + t_stage1 + (t3 - t2), 1),
-        },
-        "train_accuracy": {"stage1_vision_last200": acc1, "stage2_answer_last100_clean": acc2},
+        "seconds": seconds,
+        "threads": threads,
+        "train_accuracy": {"vision": acc_vision, "text_loss": loss_text, "align_caption_tokens": acc_align,
+                           "instruct": acc_instruct},
         "torch": torch.__version__,
     }
     if measure_after:
-        t4 = time.perf_counter()
+        t = time.perf_counter()
         summary["heldout"] = measure(model, processor, cfg.n_eval, cfg.eval_seed, cfg.baseline_n)
-        summary["seconds"]["measure"] = round(time.perf_counter() - t4, 1)
+        summary["seconds"]["measure"] = round(time.perf_counter() - t, 1)
     (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "MODEL_CARD.md").write_text(model_card(summary))
     return summary
+
+
+_STEP_KNOBS = ("vision_steps", "text_steps", "align_steps", "instruct_steps", "n_train")
+_FLOAT_KNOBS = ("image_attention_l1", "instruct_lr", "align_lr", "text_lr", "vision_lr")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -607,25 +801,29 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m headflow.zoo.train", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="output directory for the checkpoint")
     parser.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
-    parser.add_argument("--quick", action="store_true", help="tiny setting that finishes in about a minute (for tests)")
-    parser.add_argument("--no-measure", action="store_true", help="skip the held-out phenomenon measurement")
-    parser.add_argument("--stage1-steps", type=int, default=None, help="override stage-1 steps")
-    parser.add_argument("--stage2-steps", type=int, default=None, help="override stage-2 steps")
-    parser.add_argument("--n-train", type=int, default=None, help="override number of training images")
-    parser.add_argument("--stage1-cache", default=None, help="file to reuse/save the state after stage 1")
-    for knob in ("p_layer_knock_sample", "p_layer_knock", "p_head_knock", "image_attention_l1"):
+    parser.add_argument("--quick", action="store_true", help="tiny setting that finishes in well under a minute (for tests)")
+    parser.add_argument("--no-measure", action="store_true", help="skip the held-out measurement")
+    parser.add_argument("--cache", default=None, help="file to reuse/save the state after alignment (stage 2)")
+    for knob in _STEP_KNOBS:
+        parser.add_argument("--" + knob.replace("_", "-"), type=int, default=None, help=f"override {knob}")
+    for knob in _FLOAT_KNOBS:
         parser.add_argument("--" + knob.replace("_", "-"), type=float, default=None, help=f"override {knob}")
     args = parser.parse_args(argv)
     if args.seed < 0:
         parser.error(f"--seed must be a non-negative int. Got {args.seed} instead.")
+    for knob in _STEP_KNOBS:
+        if getattr(args, knob) is not None and getattr(args, knob) < 1:
+            parser.error(f"--{knob.replace('_', '-')} must be a positive int. Got {getattr(args, knob)} instead.")
     cfg = QUICK if args.quick else TrainConfig()
     cfg = replace(cfg, seed=args.seed)
-    for name in ("stage1_steps", "stage2_steps", "n_train", "p_layer_knock_sample", "p_layer_knock", "p_head_knock",
-                 "image_attention_l1"):
+    for name in _STEP_KNOBS + _FLOAT_KNOBS:
         if getattr(args, name) is not None:
             cfg = replace(cfg, **{name: getattr(args, name)})
-    summary = train(args.out, cfg, measure_after=not args.no_measure, stage1_cache=args.stage1_cache)
-    print(json.dumps({k: summary[k] for k in ("seconds", "train_accuracy")} | ({"heldout": summary["heldout"]} if "heldout" in summary else {}), indent=2))
+    summary = train(args.out, cfg, measure_after=not args.no_measure, cache=args.cache)
+    shown = {k: summary[k] for k in ("seconds", "train_accuracy")}
+    if "heldout" in summary:
+        shown["heldout"] = {k: v for k, v in summary["heldout"].items() if k not in ("single_head_logit_drop", "image_mass_per_head")}
+    print(json.dumps(shown, indent=2))
 
 
 if __name__ == "__main__":
