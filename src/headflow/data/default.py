@@ -14,6 +14,33 @@ rotation, jitter, clutter items) come from the example's own generator.
 Contrast control: object and background always come from opposite lightness families (light object
 on dark background or dark object on light background), whatever their hues. Without it a small ViT
 trained from scratch hardly learns shape (see ``/work/shared/notes/tiny-llava-trial.md``).
+
+Two worlds
+----------
+**World 1** (:func:`render_example`) is one object per image, the only task naming its class.
+
+**World 2** (:func:`render_scene`, ``DefaultDataset(world=2)``) is a scene: a **main object**, the largest
+(drawing radius 15-27 px; as COCO's main object is chosen by area), plus zero to two **distractors** of
+other, distinct classes (radius 8-10.5 px, random colour and style), placed so that no two bounding circles
+overlap, over the same background, contrast and clutter factors. Every object has its own pixel mask
+(:class:`SceneObject`); ``Example.mask`` is the main object's (what the object/background token-flow
+analysis uses). The main object's factors are *answerable*: ``colour`` (red, yellow, green, blue, purple:
+narrow hue bands), ``size`` (small, medium, large), ``position`` (centre, left, right, top, bottom) and
+``distractors`` (none, one, two: the object count is one more). Its crossed design is world 1's: example
+``i`` has class ``CLASSES[i % 16]`` and style ``(i // 16) % 3``; the other factors cycle over blocks of 48,
+offset by class, so (class x style) is exactly balanced for every multiple of 48 and the other factors
+are nearly balanced and never tied to a class.
+
+Questions (:data:`QUESTION_TYPES`, :data:`PHRASINGS`, :func:`question_for`): the same image answers six
+question types with six different one-word answers: the main object's ``class`` (the paper's task; the
+first phrasing is the canonical analysis question), ``colour``, ``position``, ``size``, the ``count`` of
+objects (one, two, three) and ``exists`` ("Is there a key in the image?": yes/no; every scene draws a
+probe class that is present half of the time). Each type has three or four training phrasings and one
+more, the last, that training never uses. :func:`caption` describes a scene in one line (the text
+of language-model pretraining and vision-language alignment).
+
+The world that :func:`load_dataset("default") <headflow.data.load_dataset>` renders is
+:data:`DEFAULT_WORLD`: the one the shipped default model was trained on.
 """
 
 from __future__ import annotations

@@ -212,6 +212,7 @@ class _Prompts:
                     self.ids[qtype, p, probe] = encode(q)
                     self.text_ids[qtype, p, probe] = tok(prompt_text(processor, q, image=False))["input_ids"]
         self.align_ids = encode(ALIGN_INSTRUCTION)
+        self.describe_text = tok(prompt_text(processor, ALIGN_INSTRUCTION, image=False))["input_ids"]
         self.word_id = {w: tok.convert_tokens_to_ids(w) for ws in ANSWER_WORDS.values() for w in ws}
         if any(i == tok.unk_token_id for i in self.word_id.values()):
             raise RuntimeError("An answer word is missing from the vocabulary.")
@@ -353,21 +354,33 @@ def _stage_vision(model, sc: Scenes, pix, cfg: TrainConfig, gen: torch.Generator
 
 
 def _stage_text(model, sc: Scenes, prompts: _Prompts, cfg: TrainConfig, gen: torch.Generator, rng: np.random.Generator) -> float:
-    """LM pretraining on text alone (captions; questions followed by answers). Returns the last-100-step loss."""
+    """LM pretraining on text alone, every token. Returns the last-100-step loss.
+
+    Each document is the multimodal prompt with the image replaced by its caption, followed by the answer:
+    ``USER: {caption} {question} ASSISTANT: {answer} </s>``, where the question is one of the world's (answered
+    from the caption) or ``Describe the image.`` (answered by the caption again). The LM thus learns the
+    language, the question types and to read the facts it needs from its context, as text pretraining gives
+    a real LM; the image is what stages 2-3 teach it to read the same way.
+    """
     lm = list(model.model.language_model.parameters()) + list(model.lm_head.parameters())
     opt, sched = _optimizer([(lm, cfg.text_lr)], cfg, cfg.text_steps)
     model.train()
     losses: list[float] = []
     bar = tqdm(range(cfg.text_steps), desc="1 text LM", mininterval=10)
+    user = prompts.tok("USER :", add_special_tokens=False)["input_ids"]
     for _ in bar:
         idx = torch.randint(len(sc.images), (cfg.text_batch,), generator=gen).numpy()
         seqs = []
         for r, (q, i) in enumerate(zip(_sample_questions(sc, idx, rng), idx.tolist())):
-            if r % 2 == 0:
-                seqs.append([prompts.bos] + prompts.caption_ids(sc.captions[i]) + [prompts.eos])
+            cap = prompts.caption_ids(sc.captions[i])
+            if r % 4 == 0:
+                question, answer = prompts.describe_text, cap
             else:
                 qtype, p, probe, ans = q
-                seqs.append(prompts.text_ids[qtype, p, probe] + [prompts.word_id[ans], prompts.eos])
+                question, answer = prompts.text_ids[qtype, p, probe], [prompts.word_id[ans]]
+            # question = "<s> USER : {question} ASSISTANT :" -> insert the caption after "USER :"
+            head = 1 + len(user)
+            seqs.append(question[:head] + cap + question[head:] + answer + [prompts.eos])
         ids, att, lab = _pad(seqs, [len(s) - 1 for s in seqs], prompts.pad)
         logits = model(input_ids=ids, attention_mask=att).logits[:, :-1]
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), lab[:, 1:].reshape(-1), ignore_index=-100)
@@ -422,20 +435,20 @@ def _stage_instruct(model, sc: Scenes, pix, prompts: _Prompts, cfg: TrainConfig,
     hits: dict[str, list[float]] = {t: [] for t in QUESTION_TYPES}
     postfix: dict[str, str] = {}
     bar = tqdm(range(cfg.instruct_steps), desc="3 instruct", mininterval=10)
-    with flow_control(model):
+    cost = cfg.image_attention_l1 > 0
+    with flow_control(model):  # headflow's attention (what the cost reads); numerically the same as sdpa without it
         for _ in bar:
             idx = torch.randint(len(sc.images), (cfg.instruct_batch,), generator=gen).numpy()
             qs = _sample_questions(sc, idx, rng)
             seqs = [prompts.ids[t, p, x] + [prompts.word_id[a], prompts.eos] for t, p, x, a in qs]
             ids, att, lab = _pad(seqs, [2] * len(seqs), prompts.pad)
             img, tq = _token_groups(ids, prompts.image_token_id)
-            ctl = FlowControl(image_keys=img, text_queries=tq, image_attention=cfg.image_attention_l1 > 0)
-            state = ctl.state()
+            state = FlowControl(image_keys=img, text_queries=tq, image_attention=cost).state()
             out = model(input_ids=ids, attention_mask=att, pixel_values=pix(sc.images[idx]), **{STATE_KWARG: state})
             logits = out.logits[:, :-1]
             target = lab[:, 1:]
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100)
-            if cfg.image_attention_l1 > 0:
+            if cost:
                 mass = _image_mass_per_query(state, tq & att.bool())
                 loss = loss + cfg.image_attention_l1 * mass
                 postfix["image_mass"] = f"{mass.item():.2f}"
@@ -551,8 +564,25 @@ def measure(model, processor, n_eval: int = 480, eval_seed: int = 1, baseline_n:
                 head_drop[layer, h] = float((y_clean - y)[correct].mean())
         per_type = _accuracy_per_type(model, ev, pix, prompts)
         mass = _image_mass_per_head(model, ev, pix, prompts)
+        # completeness: the smallest k whose top-k heads (by image attention mass, or in a random order)
+        # remove 80 % of the all-heads answer-logit drop when mean-ablated together
+        k80 = {}
+        ranks = {"by_image_mass": np.argsort(-mass.flatten(), kind="stable"),
+                 "random": np.random.default_rng(0).permutation(n_layers * n_heads)}
+        for name, order_k in ranks.items():
+            k80[name] = n_layers * n_heads
+            for k in (1, 2, 3, 4, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48):
+                if k > n_layers * n_heads:
+                    break
+                a = torch.zeros(n_layers * n_heads, dtype=torch.bool)
+                a[torch.from_numpy(order_k[:k].copy())] = True
+                y = run(ev_images, ablate=a.view(1, n_layers, n_heads).expand(n, -1, -1), baseline=baseline)[rows, answer]
+                if drop_all > 0 and float((y_clean - y)[correct].mean()) >= 0.8 * drop_all:
+                    k80[name] = k
+                    break
     order = np.sort(mass.flatten())[::-1]
     return {
+        "k80_completeness": k80,
         "accuracy_per_type": per_type,
         "image_mass_per_head": mass.round(4).tolist(),
         "heads_for_80pct_image_mass": int(np.searchsorted(np.cumsum(order) / order.sum(), 0.8) + 1),
@@ -692,6 +722,8 @@ def model_card(summary: dict) -> str:
             f"| largest single-head answer-logit drop / all-heads drop | {_pct(h['max_single_head_fraction'])} |",
             f"| heads holding 80 % of the final query's image attention (of {len(single) * len(h['single_head_logit_drop'][0])}) | "
             f"{h['heads_for_80pct_image_mass']} |",
+            f"| heads whose joint mean-ablation removes 80 % of the all-heads drop: top by image attention / random order | "
+            f"{h['k80_completeness']['by_image_mass']} / {h['k80_completeness']['random']} |",
         ]
     if "note" in summary:
         lines += ["", summary["note"]]
@@ -704,7 +736,8 @@ def model_card(summary: dict) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
-def train(out: str | Path, cfg: TrainConfig = TrainConfig(), measure_after: bool = True, cache: str | Path | None = None) -> dict:
+def train(out: str | Path, cfg: TrainConfig = TrainConfig(), measure_after: bool = True, cache: str | Path | None = None,
+          vision_cache: str | Path | None = None) -> dict:
     """Train, save (model + processor + ``training.json`` + ``MODEL_CARD.md``) to ``out`` and return the run summary.
 
     Parameters
@@ -719,6 +752,8 @@ def train(out: str | Path, cfg: TrainConfig = TrainConfig(), measure_after: bool
         File for the state after alignment (stage 2): loaded (and stages 0-2 skipped) if it exists, else
         written, so instruction-tuning knobs can be compared from the same start. The rendered training
         scenes are cached next to it (``.data.npz``).
+    vision_cache : str or pathlib.Path, optional
+        The same for the state after vision pretraining (stage 0): stages 1-3 rerun from it.
     """
     from transformers import LlavaForConditionalGeneration
 
@@ -753,10 +788,20 @@ def train(out: str | Path, cfg: TrainConfig = TrainConfig(), measure_after: bool
         acc_vision, loss_text, acc_align = saved["acc_vision"], saved["loss_text"], saved["acc_align"]
         seconds = saved["seconds"]
     else:
-        t = time.perf_counter()
-        _pca_patch_init(model, pix(sc.images[:2000]), cfg.size.patch_size)
-        acc_vision = _stage_vision(model, sc, pix, cfg, gen)
-        seconds["vision"] = time.perf_counter() - t
+        if vision_cache is not None and Path(vision_cache).is_file():
+            saved = torch.load(vision_cache, weights_only=False)
+            model.load_state_dict(saved["state"])
+            gen.set_state(saved["gen"])
+            rng.bit_generator.state = saved["rng"]
+            acc_vision, seconds["vision"] = saved["acc_vision"], saved["seconds_vision"]
+        else:
+            t = time.perf_counter()
+            _pca_patch_init(model, pix(sc.images[:2000]), cfg.size.patch_size)
+            acc_vision = _stage_vision(model, sc, pix, cfg, gen)
+            seconds["vision"] = time.perf_counter() - t
+            if vision_cache is not None:
+                torch.save({"state": model.state_dict(), "gen": gen.get_state(), "rng": rng.bit_generator.state,
+                            "acc_vision": acc_vision, "seconds_vision": seconds["vision"]}, vision_cache)
         t = time.perf_counter()
         loss_text = _stage_text(model, sc, prompts, cfg, gen, rng)
         seconds["text"] = time.perf_counter() - t
@@ -804,6 +849,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny setting that finishes in well under a minute (for tests)")
     parser.add_argument("--no-measure", action="store_true", help="skip the held-out measurement")
     parser.add_argument("--cache", default=None, help="file to reuse/save the state after alignment (stage 2)")
+    parser.add_argument("--vision-cache", default=None, help="file to reuse/save the state after vision pretraining (stage 0)")
     for knob in _STEP_KNOBS:
         parser.add_argument("--" + knob.replace("_", "-"), type=int, default=None, help=f"override {knob}")
     for knob in _FLOAT_KNOBS:
@@ -819,7 +865,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in _STEP_KNOBS + _FLOAT_KNOBS:
         if getattr(args, name) is not None:
             cfg = replace(cfg, **{name: getattr(args, name)})
-    summary = train(args.out, cfg, measure_after=not args.no_measure, cache=args.cache)
+    summary = train(args.out, cfg, measure_after=not args.no_measure, cache=args.cache, vision_cache=args.vision_cache)
     shown = {k: summary[k] for k in ("seconds", "train_accuracy")}
     if "heldout" in summary:
         shown["heldout"] = {k: v for k, v in summary["heldout"].items() if k not in ("single_head_logit_drop", "image_mass_per_head")}
