@@ -122,15 +122,26 @@ def register(app: typer.Typer) -> None:
     images = inspect.Parameter("images", inspect.Parameter.KEYWORD_ONLY, annotation=int, default=typer.Option(
         480, "--images", help="Fresh held-out images."))
 
-    @command(app, "model-card", [card_model, SHARED["adapter"], images, as_json, SHARED["device"]])
+    world = inspect.Parameter("world", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[int], default=typer.Option(
+        None, "--world", min=1, max=2, help="Data world to measure on (default: the one the shipped model was trained on)."))
+
+    @command(app, "model-card", [card_model, SHARED["adapter"], images, world, as_json, SHARED["device"]])
     def model_card(**values: Any) -> None:
         """Recompute the default model's card targets: accuracy per question type, question and image knockouts, single-head share."""
         from ..models import load_model
-        from ..zoo.phenomena import measure_phenomena
+        from ..zoo.phenomena import PhenomenaWorld1, measure_phenomena
 
-        result = measure_phenomena(load_model(values["model"], device=values["device"]), n_images=values["images"])
+        result = measure_phenomena(load_model(values["model"], device=values["device"]), n_images=values["images"],
+                                   world=values["world"])
         if values["as_json"]:
             typer.echo(json.dumps(result.to_dict(), indent=2))
+        elif isinstance(result, PhenomenaWorld1):
+            typer.echo(f"held-out accuracy {result.accuracy:.3f} on {result.n_images} images "
+                       f"(chance {result.chance:.3f})")
+            typer.echo(f"image->text knocked out in all layers: accuracy {result.accuracy_knockout_all_layers:.3f}")
+            typer.echo("... in one layer: " + ", ".join(f"L{i} {a:.3f}" for i, a in
+                                                       enumerate(result.accuracy_knockout_single_layer)))
+            typer.echo(f"largest single-head share of the all-heads logit drop: {result.max_single_head_share:.3f}")
         else:
             typer.echo(f"held-out identification accuracy {result.accuracy:.3f} on {result.n_images} images "
                        f"(chance {result.chance:.3f})")
@@ -145,6 +156,7 @@ def register(app: typer.Typer) -> None:
             typer.echo("... in one layer, mixed: " + ", ".join(
                 f"L{i} {a:.3f}" for i, a in enumerate(result.accuracy_mixed_knockout_single_layer)))
             typer.echo(f"largest single-head share of the all-heads logit drop: {result.max_single_head_share:.3f}")
+        if not values["as_json"]:
             for name, ok in result.checks.items():
                 typer.echo(f"  {'PASS' if ok else 'FAIL'}  {name}")
         raise typer.Exit(code=0 if all(result.checks.values()) else 1)
