@@ -84,16 +84,23 @@ class ModelSize:
         return (self.image_size // self.patch_size) ** 2
 
 
-def _vocabulary() -> list[str]:
+def _vocabulary(world: int = 1) -> list[str]:
+    """The word list of ``world``'s tokenizer (world 2 appends its words after world 1's, in a fixed order)."""
     words: list[str] = list(SPECIAL_TOKENS)
     candidates = _EXTRA_WORDS.split() + [w for q in QUESTIONS for w in _split_words(q)] + list(CLASSES)
     candidates += [lvl for levels in FACTORS.values() for lvl in levels for lvl in lvl.split("-")]
+    if world == 1:
+        return _unique(words, candidates)
     # world 2: every phrasing of every question type, the answer words, the captions' and alignment's words
     for qtype, phrasings in PHRASINGS.items():
         for p in phrasings:
             candidates += _split_words(p.format(a="a", x="circle") if qtype == "exists" else p)
     candidates += [w for words in ANSWER_WORDS.values() for w in words] + ["an", "Describe"]
     candidates += [lvl for levels in SCENE_FACTORS.values() for lvl in levels for lvl in lvl.split("-")]
+    return _unique(words, candidates)
+
+
+def _unique(words: list[str], candidates: list[str]) -> list[str]:
     for w in candidates:
         if w not in words:
             words.append(w)
@@ -106,8 +113,13 @@ def _split_words(text: str) -> list[str]:
     return [w for w, _ in Whitespace().pre_tokenize_str(text)]
 
 
-def build_tokenizer():
+def build_tokenizer(world: int | None = None):
     """A word-level ``PreTrainedTokenizerFast`` with ``<image>`` as a special token and the LLaVA-1.5 chat template.
+
+    Parameters
+    ----------
+    world : int, optional
+        Data world whose words the vocabulary holds (default :data:`headflow.data.default.DEFAULT_WORLD`).
 
     Returns
     -------
@@ -117,7 +129,9 @@ def build_tokenizer():
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {w: i for i, w in enumerate(_vocabulary())}
+    from headflow.data.default import DEFAULT_WORLD
+
+    vocab = {w: i for i, w in enumerate(_vocabulary(DEFAULT_WORLD if world is None else world))}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.post_processor = processors.TemplateProcessing(
@@ -138,8 +152,8 @@ def build_tokenizer():
     return fast
 
 
-def build_processor(size: ModelSize | None = None):
-    """A ``LlavaProcessor`` (PIL CLIP image processor + word-level tokenizer) for the default model."""
+def build_processor(size: ModelSize | None = None, world: int | None = None):
+    """A ``LlavaProcessor`` (PIL CLIP image processor + word-level tokenizer of ``world``) for the default model."""
     from transformers import LlavaProcessor
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
@@ -150,7 +164,7 @@ def build_processor(size: ModelSize | None = None):
     )
     return LlavaProcessor(
         image_processor=image_processor,
-        tokenizer=build_tokenizer(),
+        tokenizer=build_tokenizer(world),
         patch_size=size.patch_size,
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,
