@@ -59,6 +59,7 @@ class TrainConfig:
     text_steps: int = 800
     text_batch: int = 64
     text_lr: float = 2e-3
+    text_answer_only: bool = False  # text pretraining loss on the answer (+ </s>) only, instead of every token
     align_steps: int = 1000
     align_batch: int = 32
     align_lr: float = 1e-3
@@ -370,7 +371,7 @@ def _stage_text(model, sc: Scenes, prompts: _Prompts, cfg: TrainConfig, gen: tor
     user = prompts.tok("USER :", add_special_tokens=False)["input_ids"]
     for _ in bar:
         idx = torch.randint(len(sc.images), (cfg.text_batch,), generator=gen).numpy()
-        seqs = []
+        seqs, n_loss = [], []
         for r, (q, i) in enumerate(zip(_sample_questions(sc, idx, rng), idx.tolist())):
             cap = prompts.caption_ids(sc.captions[i])
             if r % 4 == 0:
@@ -381,7 +382,8 @@ def _stage_text(model, sc: Scenes, prompts: _Prompts, cfg: TrainConfig, gen: tor
             # question = "<s> USER : {question} ASSISTANT :" -> insert the caption after "USER :"
             head = 1 + len(user)
             seqs.append(question[:head] + cap + question[head:] + answer + [prompts.eos])
-        ids, att, lab = _pad(seqs, [len(s) - 1 for s in seqs], prompts.pad)
+            n_loss.append(len(answer) + 1 if cfg.text_answer_only else len(seqs[-1]) - 1)
+        ids, att, lab = _pad(seqs, n_loss, prompts.pad)
         logits = model(input_ids=ids, attention_mask=att).logits[:, :-1]
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), lab[:, 1:].reshape(-1), ignore_index=-100)
         _step(opt, sched, loss, lm)
