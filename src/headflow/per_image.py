@@ -275,7 +275,10 @@ def worker_spec(model: Any) -> tuple[str, str | None]:
 
 
 def worker_engine(spec: str, dtype: str | None, device: str, batch_size: int | str) -> InterventionEngine:
-    """A worker's engine: the model loaded from its spec on the worker's device."""
+    """A worker's engine: the model loaded from its spec on the worker's device; a worker given several GPUs
+    (``gpus_per_worker`` > 1) splits its replica over them (``device_map="auto"`` over the GPUs Ray shows it)."""
+    if device == "cuda" and torch.cuda.device_count() > 1:
+        return InterventionEngine(load_model(spec, dtype=dtype, device_map="auto"), batch_size=batch_size)
     return InterventionEngine(load_model(spec, device=device, dtype=dtype), batch_size=batch_size)
 
 

@@ -21,32 +21,26 @@ from ..errors import HeadflowError
 from ..flow.params import FlowParams
 from ..semantics.params import SemanticParams
 from ..steering.params import SteeringParams
-from .options import SHARED, command, fail, method_options, params_from
+from .options import SHARED, command, fail, load_from, method_options, params_from
 
 
 @contextlib.contextmanager
-def _ray_runner(address: str | None, workers: int | None) -> Iterator[Any]:
+def _ray_runner(address: str | None, workers: int | None, gpus_per_worker: float | None = None) -> Iterator[Any]:
     """A connected RayRunner for --ray (None when --ray is not given), closed when the command ends; it
     connects first, so a bad address fails before any work."""
     if address is None:
-        if workers is not None:
-            fail("--workers needs --ray (e.g. --ray local).")
+        if workers is not None or gpus_per_worker is not None:
+            fail("--workers and --gpus-per-worker need --ray (e.g. --ray local).")
         yield None
         return
     from ..distributed import RayRunner
 
-    runner = RayRunner(address, num_workers=workers)
+    runner = RayRunner(address, num_workers=workers, gpus_per_worker=gpus_per_worker)
     runner.connect()
     try:
         yield runner
     finally:
         runner.close()
-
-
-def _load(model: str, device: str, dtype: str | None):
-    from ..models import load_model
-
-    return load_model(model, device=device, dtype=dtype)
 
 
 def _data(values: dict[str, Any]):
@@ -65,7 +59,7 @@ def _shared(*names: str) -> list[inspect.Parameter]:
 
 
 DATA_OPTIONS = ("model", "adapter", "data", "images", "data_seed", "image_column", "label_column", "mask_column")
-RUN_OPTIONS = ("device", "dtype", "ray", "workers")
+RUN_OPTIONS = ("device", "dtype", "ray", "workers", "gpus_per_worker")
 
 
 def register(app: typer.Typer) -> None:
@@ -115,8 +109,8 @@ def register(app: typer.Typer) -> None:
         for p in probs:  # every value is checked before anything loads or runs
             HeadAttribution(None, ablation_prob=p, **params).check()
         out = values["out"]
-        with _ray_runner(values["ray"], values["workers"]) as runner:
-            lm = _load(values["model"], values["device"], values["dtype"])
+        with _ray_runner(values["ray"], values["workers"], values["gpus_per_worker"]) as runner:
+            lm = load_from(values)
             dataset = _data(values)
             if len(probs) > 1:
                 if runner is not None:
@@ -151,12 +145,12 @@ def register(app: typer.Typer) -> None:
         run = values["run_dir"]
         params = params_from(ValidationParams, values, "validate")
         Validation(None, **params).check()
-        with _ray_runner(values["ray"], values["workers"]) as runner:
+        with _ray_runner(values["ray"], values["workers"], values["gpus_per_worker"]) as runner:
             if not (run / "config.json").exists():
                 fail(f"{run} is not an attribution run directory (no config.json); run 'headflow attribute --out "
                      f"{run}' first.")
             spec = values["model"] or read_json(run / "config.json")["spec"]["model"]
-            result = Validation(_load(spec, values["device"], values["dtype"]), **params).run(run, runner=runner)
+            result = Validation(load_from(values, spec), **params).run(run, runner=runner)
         for name, r in result.data["rankings"].items():
             typer.echo(f"  {name:<22} k80 completeness {str(r['k80_completeness']):>5}  k80 faithfulness "
                        f"{str(r['k80_faithfulness']):>5}  AUC {r['auc_completeness']:.3f} / {r['auc_faithfulness']:.3f}")
@@ -180,7 +174,7 @@ def register(app: typer.Typer) -> None:
             fail(f"{run} is not an attribution run directory (no config.json); run 'headflow attribute --out "
                  f"{run}' first.")
         spec = values["model"] or read_json(run / "config.json")["spec"]["model"]
-        result = HeadSteering(_load(spec, values["device"], values["dtype"]), **params).run(run)
+        result = HeadSteering(load_from(values, spec), **params).run(run)
         data = result.data
         typer.echo(f"{data['n_images']} images, k = {data['k']} heads per ranking, factors "
                    f"{', '.join(f'{f:g}' for f in data['factors'])}")
@@ -206,8 +200,8 @@ def register(app: typer.Typer) -> None:
         params = params_from(FlowParams, values, "flow", skip=("heads",))
         TokenFlow(None, **params).check()
         out = values["out"]
-        with _ray_runner(values["ray"], values["workers"]) as runner:
-            lm = _load(values["model"], values["device"], values["dtype"])
+        with _ray_runner(values["ray"], values["workers"], values["gpus_per_worker"]) as runner:
+            lm = load_from(values)
             dataset = _data(values)
             params["heads"] = resolve_heads(values["heads"], values["from_run"], lm.n_layers, lm.n_heads)
             result = TokenFlow(lm, **params).run(dataset, out=out, runner=runner)
@@ -296,7 +290,7 @@ def register(app: typer.Typer) -> None:
         batch_size = from_cli("batch_size", AttributionParams.model_fields["batch_size"], values["batch_size"], "study")
         path = run_study(values["model"], values["data"], values["out"], plan=plan, seed=values["seed"],
                          data_seed=values["data_seed"], batch_size=batch_size, device=values["device"],
-                         dtype=values["dtype"], keep_wrong=values["keep_wrong"], log=typer.echo)
+                         placement=values["placement"], dtype=values["dtype"], keep_wrong=values["keep_wrong"], log=typer.echo)
         _study_problems(values["out"])
         typer.echo(f"report: {path}")
 
@@ -311,7 +305,7 @@ def register(app: typer.Typer) -> None:
         from ..study import FULL, QUICK, run_study
 
         path = run_study("default", "default", values["out"], plan=QUICK if values["quick"] else FULL,
-                         device=values["device"], log=typer.echo)
+                         device=values["device"], placement=values["placement"], log=typer.echo)
         typer.echo(f"report: {path}")
 
 
@@ -346,12 +340,12 @@ def _attribute_patching(values: dict[str, Any]) -> None:
     _only_with("patching", "regression", values, AttributionParams, skip=tuple(PatchingParams.model_fields))
     _only_with("patching", "hybrid", values, HybridParams, skip=(*AttributionParams.model_fields,
                                                                  *PatchingParams.model_fields))
-    if values["ray"] is not None or values["workers"] is not None:
+    if any(values[k] is not None for k in ("ray", "workers", "gpus_per_worker")):
         fail("--method patching runs in this process (one forward and backward pass per image); drop --ray/--workers.")
     params = params_from(PatchingParams, values, "attribute")
     HeadAttributionPatching(None, **params).check()
     out = values["out"]
-    lm = _load(values["model"], values["device"], values["dtype"])
+    lm = load_from(values)
     dataset = _data(values)
     result = HeadAttributionPatching(lm, **params).run(dataset, out=out)
     result.plot()
@@ -369,7 +363,7 @@ def _attribute_hybrid(values: dict[str, Any]) -> None:
     from ..attribution import HeadAttributionHybrid
 
     _only_with("hybrid", "patching", values, PatchingParams, skip=tuple(HybridParams.model_fields))
-    if values["ray"] is not None or values["workers"] is not None:
+    if any(values[k] is not None for k in ("ray", "workers", "gpus_per_worker")):
         fail("--method hybrid runs in this process; drop --ray/--workers.")
     raw = values["ablation_prob"]
     try:
@@ -379,7 +373,7 @@ def _attribute_hybrid(values: dict[str, Any]) -> None:
     params = params_from(HybridParams, values, "attribute", skip=("ablation_prob",))
     HeadAttributionHybrid(None, ablation_prob=value, **params).check()
     out = values["out"]
-    lm = _load(values["model"], values["device"], values["dtype"])
+    lm = load_from(values)
     dataset = _data(values)
     result = HeadAttributionHybrid(lm, ablation_prob=value, **params).run(dataset, out=out)
     result.plot()

@@ -21,6 +21,7 @@ Two computations:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -76,6 +77,18 @@ class ForwardState:
     prefix_hidden: list[torch.Tensor | None] | None = None
     #: recording: each layer's mask as received, whether the layer is causal, and its sliding window
     mask_record: dict[int, tuple[Any, bool, int | None]] | None = None
+    #: a model split over devices: this state with its batch on each other device (see :meth:`on`)
+    moved: dict[torch.device, "ForwardState"] = field(default_factory=dict, repr=False)
+
+    def on(self, device: torch.device) -> "ForwardState":
+        """This state with its batch on ``device`` (itself when already there): the view a layer running on
+        ``device`` reads. Views share every output container (records, captured attention), so what a layer
+        writes lands in this state."""
+        if self.batch is None or self.batch.device in (None, device):
+            return self
+        if device not in self.moved:
+            self.moved[device] = dataclasses.replace(self, batch=self.batch.to(device), moved={})
+        return self.moved[device]
 
     def touches(self, layer: int) -> bool:
         if self.capture_attention or self.capture_all_queries or self.mix is not None:
@@ -133,10 +146,11 @@ def headflow_attention(
     if state is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
+    state = state.on(query.device)
     layer = int(module.layer_idx)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     if state.masks is not None:
-        attention_mask = state.masks[layer]
+        attention_mask = state.masks[layer].to(query.device)
     if state.mask_record is not None:
         window = kwargs.get("sliding_window", getattr(module, "sliding_window", None))
         causal = kwargs.get("is_causal")
@@ -206,8 +220,8 @@ def _full_attend(query, key, value, mask, scale, state: ForwardState, layer: int
         if replacement is not None or state.baseline_kind != "knockout":
             if replacement is None:
                 base = state.baseline[layer]
-                base_k = repeat_kv(base.keys[None].to(keys.dtype), rep).expand(batch, -1, -1, -1)
-                base_v = repeat_kv(base.values[None].to(values.dtype), rep).expand(batch, -1, -1, -1)
+                base_k = repeat_kv(base.keys[None].to(keys.device, keys.dtype), rep).expand(batch, -1, -1, -1)
+                base_v = repeat_kv(base.values[None].to(values.device, values.dtype), rep).expand(batch, -1, -1, -1)
             else:
                 base_k, base_v = replacement
             keys = torch.cat([keys, base_k], dim=2)
@@ -246,7 +260,7 @@ def _mixed_attention(query, key, value, mask, scale, state: ForwardState, layer:
     ``mix_kind="kv"``: its text queries read ``(1 − α)·real + α·baseline`` keys and values at the image positions
     (plain attribution patching: the softmax is linearised too). Exact at α ∈ {0, 1} either way.
     """
-    alpha = state.mix[:, layer].to(query.dtype)  # (B, H), may require grad
+    alpha = state.mix[:, layer].to(query.device, query.dtype)  # (B, H), may require grad
     batch, n_heads, q_len, _ = query.shape
     every = torch.ones(batch, n_heads, dtype=torch.bool, device=query.device)
     text = (torch.arange(q_len, device=query.device) >= state.text_start).to(query.dtype)
@@ -258,8 +272,8 @@ def _mixed_attention(query, key, value, mask, scale, state: ForwardState, layer:
     image = state.image_positions.to(query.device)
     base = state.baseline[layer]
     real_k, real_v = repeat_kv(key, rep)[:, :, image], repeat_kv(value, rep)[:, :, image]
-    base_k = repeat_kv(base.keys[None].to(key.dtype), rep)
-    base_v = repeat_kv(base.values[None].to(value.dtype), rep)
+    base_k = repeat_kv(base.keys[None].to(key.device, key.dtype), rep)
+    base_v = repeat_kv(base.values[None].to(value.device, value.dtype), rep)
     a = alpha[:, :, None, None]
     return _full_attend(query, key, value, mask, scale, state, layer, every,
                         (real_k + a * (base_k - real_k), real_v + a * (base_v - real_v)))
@@ -374,6 +388,7 @@ def _prefix_path_attention(query, key, value, mask, scale, state: ForwardState, 
         blocked = state.batch.blocked(layer, q_pos, torch.arange(offset + s, device=device))
     hidden = state.prefix_hidden[layer] if state.prefix_hidden is not None else None
     if hidden is not None:  # the model's own mask hides some prefix keys (a sliding window): applied like a knockout
+        hidden = hidden.to(device)
         masked = torch.zeros(s, offset + s, dtype=torch.bool, device=device)
         masked[:, :offset] = hidden
         blocked = masked.expand(batch, n_heads, s, offset + s) if blocked is None else blocked | masked
@@ -401,8 +416,8 @@ def _prefix_path_attention(query, key, value, mask, scale, state: ForwardState, 
             keys, values = prefix_k[:, :, other], prefix_v[:, :, other]
             if state.baseline_kind != "knockout":
                 base = state.baseline[layer]
-                keys = torch.cat([keys, base.keys[None].to(query.dtype)], dim=2)
-                values = torch.cat([values, base.values[None].to(query.dtype)], dim=2)
+                keys = torch.cat([keys, base.keys[None].to(query.device, query.dtype)], dim=2)
+                values = torch.cat([values, base.values[None].to(query.device, query.dtype)], dim=2)
             if keys.shape[2]:
                 blocks.append(_ablated_only_block(query, keys, values, ablated, scale))
         blocks.append((out_p, lse_p))
@@ -418,7 +433,7 @@ def _prefix_path_attention(query, key, value, mask, scale, state: ForwardState, 
         blocks.append((out_img, lse_img))
         if swap and state.baseline_kind != "knockout":
             base = state.baseline[layer]
-            base_k, base_v = base.keys[None].to(query.dtype), base.values[None].to(query.dtype)
+            base_k, base_v = base.keys[None].to(query.device, query.dtype), base.values[None].to(query.device, query.dtype)
             if blocked is None:
                 out_b, lse_b = _ablated_only_block(query, base_k, base_v, ablated, scale)
             else:

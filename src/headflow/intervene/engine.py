@@ -216,7 +216,7 @@ class InterventionEngine:
             raise HeadflowError(f"headflow's attention saw {len(state.record)} of {n_layers} language-model layers; "
                                 "the model does not dispatch attention through AttentionInterface.")
         recorded = recorded_inputs(captured, state.mask_record, n_layers, type(self.lm.model).__name__)
-        attention = torch.stack([state.image_attention[layer][0] for layer in range(n_layers)])
+        attention = torch.stack([state.image_attention[layer][0].to(out.logits.device) for layer in range(n_layers)])
         return PreparedPrompt(
             groups=groups, inputs=inputs, clean_logits=out.logits[0, -1].float(),
             keys=[state.record[layer][0] for layer in range(n_layers)],
@@ -349,8 +349,8 @@ class InterventionEngine:
                capture: bool) -> ForwardState:
         device = self.lm.device
         layers = baseline.for_prompt(prompt) if baseline is not None else None
-        if layers is not None:
-            layers = [LayerBaseline(b.keys.to(device), b.values.to(device)) for b in layers]
+        if layers is not None:  # each layer's baseline on the device of that layer (where its keys were recorded)
+            layers = [LayerBaseline(b.keys.to(k.device), b.values.to(k.device)) for b, k in zip(layers, prompt.keys)]
         state = ForwardState(
             mode=mode, prefix_length=prompt.prefix_length if mode == "prefix" else 0, length=prompt.groups.length,
             image_positions=torch.tensor(prompt.groups.image, device=device), text_start=prompt.groups.text_start,
@@ -415,7 +415,8 @@ class InterventionEngine:
             logits = self.lm.adapter.output_logits(out.last_hidden_state[:, -(1 + n_appended):])
         attention = None
         if state.capture_attention:
-            attention = torch.stack([state.image_attention[layer] for layer in range(self.lm.n_layers)], dim=1)
+            attention = torch.stack([state.image_attention[layer].to(logits.device) for layer in range(self.lm.n_layers)],
+                                    dim=1)
         return (logits if mix is not None else logits.float()), attention  # mixed: the model's dtype
 
 

@@ -159,6 +159,11 @@ class CompiledBatch:
     first_query: int
     scale: torch.Tensor | None = None
 
+    @property
+    def device(self) -> torch.device | None:
+        """Where the batch's tensors live (``None`` for a batch with no intervention tensors)."""
+        return next((t.device for t in (self.ablate, self.knock_heads, self.scale) if t is not None), None)
+
     def to(self, device: torch.device) -> "CompiledBatch":
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return CompiledBatch(self.size, move(self.ablate), move(self.knock_heads), move(self.knock_query),
