@@ -77,6 +77,8 @@ class ForwardState:
     prefix_hidden: list[torch.Tensor | None] | None = None
     #: recording: each layer's mask as received, whether the layer is causal, and its sliding window
     mask_record: dict[int, tuple[Any, bool, int | None]] | None = None
+    #: prefix path: ``"auto"`` (each block's fused kernel, :func:`block_kernel`) or ``"written"`` (the reference)
+    kernel: str = "auto"
     #: a model split over devices: this state with its batch on each other device (see :meth:`on`)
     moved: dict[torch.device, "ForwardState"] = field(default_factory=dict, repr=False)
 
@@ -283,33 +285,116 @@ def _mixed_attention(query, key, value, mask, scale, state: ForwardState, layer:
 # prefix path (fast): blocks over disjoint key sets, merged by log-sum-exp
 
 
-def _cpu_flash_ok(query: torch.Tensor) -> bool:
-    return query.device.type == "cpu" and query.dtype in (torch.float32, torch.bfloat16, torch.float64)
+#: the kernels a block of the prefix path can be computed with (see :func:`block_kernel`)
+KERNELS = ("cpu-flash", "cuda-flash", "cuda-efficient", "written")
+
+
+def block_kernel(device_type: str, dtype: torch.dtype, head_dim: int, value_dim: int, masked: bool,
+                 capability: tuple[int, int] | None = None, choice: str = "auto") -> str:
+    """Which kernel computes one block of the prefix path (a pure function of the block's shape, so it is tested
+    on any machine).
+
+    * ``"cpu-flash"``: CPU, float32/bfloat16/float64: the SDPA flash kernel for CPU, with an additive mask.
+    * ``"cuda-flash"``: CUDA, float16/bfloat16, no mask, head dims equal, a multiple of 8 and at most 256, an
+      Ampere or newer GPU (compute capability >= 8.0): the FlashAttention-2 kernel that SDPA uses.
+    * ``"cuda-efficient"``: CUDA otherwise (a mask, float32, an older GPU), head dim a multiple of 8 (4 in
+      float32): the memory-efficient kernel with an additive bias.
+    * ``"written"``: the computation written out with matmuls and float32 scores (any device; the reference).
+
+    Every one returns the block's log-sum-exp, which the merge needs and the public SDPA does not return.
+    ``choice="written"`` forces the reference (``InterventionEngine(kernel="written")``).
+    """
+    if choice == "written":
+        return "written"
+    if device_type == "cpu":
+        return "cpu-flash" if dtype in (torch.float32, torch.bfloat16, torch.float64) else "written"
+    if device_type != "cuda":
+        return "written"
+    half = dtype in (torch.float16, torch.bfloat16)
+    if (not masked and half and head_dim == value_dim and head_dim % 8 == 0 and head_dim <= 256
+            and capability is not None and capability >= (8, 0)):
+        return "cuda-flash"
+    if (half or dtype == torch.float32) and head_dim % (8 if half else 4) == 0 and value_dim % (8 if half else 4) == 0:
+        return "cuda-efficient"
+    return "written"
+
+
+def _additive(allowed: torch.Tensor | None, dtype: torch.dtype, device: torch.device, align: int = 1
+              ) -> torch.Tensor | None:
+    """Bool mask (True = may attend) as an additive bias (0 / −∞). With ``align`` > 1 the key dimension is stored
+    padded to a multiple of ``align`` and the bias is a view of the first ``K`` columns (the memory-efficient kernel
+    reads the bias with an aligned row stride)."""
+    if allowed is None:
+        return None
+    k = allowed.shape[-1]
+    width = -(-k // align) * align
+    bias = torch.zeros(*allowed.shape[:-1], width, dtype=dtype, device=device)
+    bias[..., :k].masked_fill_(~allowed, float("-inf"))
+    return bias[..., :k]
+
+
+def _cpu_flash(query, key, value, allowed, scale):
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        query, key, value, 0.0, False, attn_mask=_additive(allowed, query.dtype, query.device), scale=scale)
+    return out, lse
+
+
+def _cuda_flash(query, key, value, allowed, scale, op=None):
+    op = op or torch.ops.aten._scaled_dot_product_flash_attention
+    out, lse = op(query.contiguous(), key.contiguous(), value.contiguous(), 0.0, False, False, scale=scale)[:2]
+    return out, lse
+
+
+def _cuda_efficient(query, key, value, allowed, scale, op=None):
+    op = op or torch.ops.aten._scaled_dot_product_efficient_attention
+    bias = _additive(allowed, query.dtype, query.device, align=16)
+    if bias is not None:  # the kernel wants the bias's batch and head dims as the query's, not broadcast
+        full = (query.shape[0], query.shape[1], *bias.shape[2:])
+        if tuple(bias.shape) != full:
+            bias = _additive(allowed.expand(*full), query.dtype, query.device, align=16)
+    out, lse = op(query.contiguous(), key.contiguous(), value.contiguous(), bias, True, 0.0, False, scale=scale)[:2]
+    return out, lse[..., :query.shape[2]]  # the kernel pads the log-sum-exp's query dim to a multiple of 32
+
+
+def _written(query, key, value, allowed, scale):
+    scores = (query @ key.transpose(-1, -2)).float() * scale
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    lse = scores.logsumexp(-1)
+    probs = torch.exp(scores - lse[..., None].clamp_min(torch.finfo(torch.float32).min))
+    return probs.to(value.dtype) @ value, lse
+
+
+_KERNEL_FUNCTIONS = {"cpu-flash": _cpu_flash, "cuda-flash": _cuda_flash, "cuda-efficient": _cuda_efficient,
+                     "written": _written}
 
 
 def attend_with_lse(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, allowed: torch.Tensor | None,
-                    scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+                    scale: float, kernel: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax attention over one key block, returning ``(output, logsumexp)``.
 
-    On CPU this is the SDPA flash kernel itself (``F.scaled_dot_product_attention`` dispatches to it),
-    called directly because the public function does not return the log-sum-exp. Elsewhere it is
-    the same computation written out (exact, for reference devices). Queries that may attend no key
-    get output 0 and log-sum-exp −∞.
+    The kernel is :func:`block_kernel`'s choice for the block: a fused SDPA kernel called directly (the public
+    function does not return the log-sum-exp), or the computation written out (``kernel="written"``, and on
+    devices without a fused kernel). A fused kernel that refuses the block at run time (an unsupported GPU or
+    layout) is replaced by the written-out computation with a warning. Queries that may attend no key get output
+    0 and log-sum-exp −∞.
     """
-    if _cpu_flash_ok(query):
-        bias = None
-        if allowed is not None:
-            bias = torch.zeros(allowed.shape, dtype=query.dtype, device=query.device)
-            bias.masked_fill_(~allowed, float("-inf"))
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            query, key, value, 0.0, False, attn_mask=bias, scale=scale)
-    else:
-        scores = (query @ key.transpose(-1, -2)).float() * scale
-        if allowed is not None:
-            scores = scores.masked_fill(~allowed, float("-inf"))
-        lse = scores.logsumexp(-1)
-        probs = torch.exp(scores - lse[..., None].clamp_min(torch.finfo(torch.float32).min))
-        out = (probs.to(value.dtype) @ value)
+    capability = torch.cuda.get_device_capability(query.device) if query.device.type == "cuda" else None
+    name = block_kernel(query.device.type, query.dtype, query.shape[-1], value.shape[-1], allowed is not None,
+                        capability, kernel)
+    try:
+        out, lse = _KERNEL_FUNCTIONS[name](query, key, value, allowed, scale)
+    except RuntimeError as exc:
+        if name == "written":
+            raise
+        import warnings
+
+        from ..errors import HeadflowWarning
+
+        warnings.warn(f"The {name} attention kernel refused a block of shape {tuple(query.shape)} x "
+                      f"{tuple(key.shape)} ({str(exc).splitlines()[0][:120]}); computed written out instead.",
+                      HeadflowWarning, stacklevel=2)
+        out, lse = _written(query, key, value, allowed, scale)
     lse = lse.float()
     if allowed is not None:
         # The CPU kernel reports log-sum-exp 0 (not −∞) for a query that may attend nothing.
@@ -343,7 +428,7 @@ def _fold_mask(allowed: torch.Tensor, n_kv: int) -> torch.Tensor:
 
 
 def _ablated_only_block(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, ablated: torch.Tensor,
-                        scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+                        scale: float, kernel: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of the ablated (row, head) pairs only over the shared baseline block.
 
     Per KV group the ablated pairs' queries are gathered (padded to the largest group), attended
@@ -359,7 +444,7 @@ def _ablated_only_block(query: torch.Tensor, keys: torch.Tensor, values: torch.T
     order = torch.argsort((~selected).to(torch.uint8), dim=1, stable=True)[:, :width]  # ablated first
     grouped = query.view(batch, n_kv, rep, s, d).transpose(0, 1).reshape(n_kv, batch * rep, s, d)
     gathered = torch.gather(grouped, 1, order[:, :, None, None].expand(n_kv, width, s, d))
-    out, lse = attend_with_lse(gathered.reshape(1, n_kv, width * s, d), keys, values, None, scale)
+    out, lse = attend_with_lse(gathered.reshape(1, n_kv, width * s, d), keys, values, None, scale, kernel)
     dv = out.shape[-1]
     valid = torch.arange(width, device=query.device)[None, :] < counts[:, None]
     lse = lse.view(n_kv, width, s).masked_fill(~valid[..., None], float("-inf"))
@@ -402,7 +487,7 @@ def _prefix_path_attention(query, key, value, mask, scale, state: ForwardState, 
         allowed = None
         if blocked is not None:
             allowed = _fold_mask(~blocked[..., columns], n_kv)
-        out, lse = attend_with_lse(folded_q, keys, values, allowed, scale)
+        out, lse = attend_with_lse(folded_q, keys, values, allowed, scale, state.kernel)
         return _unfold(out, batch, n_heads, s), _unfold(lse, batch, n_heads, s)
 
     blocks: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -419,7 +504,7 @@ def _prefix_path_attention(query, key, value, mask, scale, state: ForwardState, 
                 keys = torch.cat([keys, base.keys[None].to(query.device, query.dtype)], dim=2)
                 values = torch.cat([values, base.values[None].to(query.device, query.dtype)], dim=2)
             if keys.shape[2]:
-                blocks.append(_ablated_only_block(query, keys, values, ablated, scale))
+                blocks.append(_ablated_only_block(query, keys, values, ablated, scale, state.kernel))
         blocks.append((out_p, lse_p))
     else:
         if len(other):
@@ -435,7 +520,7 @@ def _prefix_path_attention(query, key, value, mask, scale, state: ForwardState, 
             base = state.baseline[layer]
             base_k, base_v = base.keys[None].to(query.device, query.dtype), base.values[None].to(query.device, query.dtype)
             if blocked is None:
-                out_b, lse_b = _ablated_only_block(query, base_k, base_v, ablated, scale)
+                out_b, lse_b = _ablated_only_block(query, base_k, base_v, ablated, scale, state.kernel)
             else:
                 out_b, lse_b = shared_block(base_k, base_v, image)
                 lse_b = lse_b.masked_fill(~ablated[:, :, None], float("-inf"))
@@ -448,7 +533,7 @@ def _prefix_path_attention(query, key, value, mask, scale, state: ForwardState, 
     if blocked is not None:
         allowed = (allowed & ~blocked[..., offset:]).expand(batch, n_heads, s, s)
     suf_k, suf_v = repeat_kv(key, rep), repeat_kv(value, rep)
-    blocks.append(attend_with_lse(query, suf_k, suf_v, allowed, scale))
+    blocks.append(attend_with_lse(query, suf_k, suf_v, allowed, scale, state.kernel))
 
     lses = torch.stack([lse for _, lse in blocks])  # (n_blocks, B, H, S)
     top = lses.max(0).values

@@ -166,6 +166,11 @@ class InterventionEngine:
         Rows per forward pass. ``"auto"``: on a GPU, start large and halve on out-of-memory (the
         failed chunk is retried, nothing is lost); on CPU, time the first chunks at a few sizes
         (their results are kept) and use the fastest from then on.
+    kernel : "auto" or "written"
+        How the prefix path computes its attention blocks: ``"auto"``, each block's fused kernel
+        (:func:`~headflow.intervene.attention.block_kernel`: SDPA's flash kernel on CPU, FlashAttention-2 or the
+        memory-efficient kernel on CUDA); ``"written"``, the reference written out with matmuls and float32 scores
+        (what the GPU benchmark checks the fused kernels against).
 
     Examples
     --------
@@ -179,11 +184,15 @@ class InterventionEngine:
     True
     """
 
-    def __init__(self, model: LoadedModel, *, batch_size: int | str = DEFAULT_BATCH_SIZE) -> None:
+    def __init__(self, model: LoadedModel, *, batch_size: int | str = DEFAULT_BATCH_SIZE, kernel: str = "auto") -> None:
         if batch_size != "auto" and (not isinstance(batch_size, int) or batch_size < 1):
             raise HeadflowError(f"The 'batch_size' parameter of InterventionEngine must be an int in [1, inf) or "
                                 f"'auto'. Got {batch_size!r} instead.")
+        if kernel not in ("auto", "written"):
+            raise HeadflowError(f"The 'kernel' parameter of InterventionEngine must be one of auto, written. Got "
+                                f"{kernel!r} instead.")
         self.lm = model
+        self.kernel = kernel
         self.batch_size = batch_size
         self.auto = batch_size == "auto"
         self._calibrate = self.auto and model.device.type == "cpu"
@@ -355,7 +364,7 @@ class InterventionEngine:
             mode=mode, prefix_length=prompt.prefix_length if mode == "prefix" else 0, length=prompt.groups.length,
             image_positions=torch.tensor(prompt.groups.image, device=device), text_start=prompt.groups.text_start,
             batch=chunk.to(device), baseline_kind=baseline.kind if baseline is not None else "none",
-            baseline=layers, capture_attention=capture)
+            baseline=layers, capture_attention=capture, kernel=self.kernel)
         if mode == "prefix":
             prefix_length = prompt.prefix_length
             state.prefix = [(k[:, :, :prefix_length], v[:, :, :prefix_length]) for k, v in zip(prompt.keys, prompt.values)]
