@@ -55,11 +55,13 @@ GROUPS["gemma3"] = (["<bos>", "<start_of_turn>", "u", "ser", "<0x0A>", "<0x0A>",
                                                             "d", "el"], ["<0x0A>"])
 # PaliGemma: "<image>" x N + "<bos>" + question + "\n": nothing before the image, a one-token answer header
 GROUPS["paligemma"] = ([], ["<bos>"], [], ["<0x0A>"])
+GROUPS["glm4v"] = (["[gMASK]", "<sop>", "<|user|>", "Ċ", "<|begin_of_image|>"], ["<|end_of_image|>"], ["<|assistant|>"],
+                   ["Ċ"])
 QUESTION_TOKENS = {"llama": ["W", "hat", "▁is", "▁the", "▁main", "▁object", "▁in", "▁the", "▁image", "?"],
                    "qwen2": ["W", "hat", "Ġis", "Ġthe", "Ġmain", "Ġobject", "Ġin", "Ġthe", "Ġimage", "?"]}
 STYLE = {"llava": "llama", "llava_next": "llama", "qwen2_vl": "qwen2", "qwen2_5_vl": "qwen2", "internvl": "qwen2",
          "llava_onevision": "qwen2", "idefics3": "qwen2", "smolvlm": "qwen2", "aya_vision": "qwen2",
-         "qwen3_vl": "qwen2", "gemma3": "llama", "paligemma": "llama"}  # Gemma: the Llama-style pieces
+         "qwen3_vl": "qwen2", "gemma3": "llama", "paligemma": "llama", "glm4v": "qwen2"}  # Gemma: Llama-style pieces
 LABELS = ["2", "3", "tv", "TV", "hydrant", "hairdryer", "toaster", "toilet", "hotdog", "hot", "cat"]
 
 
@@ -77,6 +79,10 @@ def models():
 
 def _tokens(lm, ids, positions):
     return lm.adapter.tokenizer().convert_ids_to_tokens([ids[p] for p in positions])
+
+
+def test_every_family_has_its_groups_written_out_here():
+    assert sorted(GROUPS) == sorted(family_names()) and sorted(STYLE) == sorted(family_names())
 
 
 @pytest.mark.parametrize("family", sorted(GROUPS))
