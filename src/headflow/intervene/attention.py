@@ -145,12 +145,12 @@ def headflow_attention(
 ) -> tuple[torch.Tensor, None]:
     """AttentionInterface entry: query ``(B, H, Q, D)``, key/value ``(B, G, K, D)`` post-RoPE."""
     state: ForwardState | None = kwargs.pop(STATE_KWARG, None)
+    softcap = kwargs.pop("softcap", None)  # Gemma 2: scores capped at ±softcap (cap·tanh(s/cap)) before the softmax
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     if state is None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      **kwargs)
+        return _plain_attention(module, query, key, value, attention_mask, dropout, scaling, softcap, **kwargs)
     state = state.on(query.device)
     layer = int(module.layer_idx)
-    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     if state.masks is not None:
         attention_mask = state.masks[layer].to(query.device)
     if state.mask_record is not None:
@@ -161,11 +161,28 @@ def headflow_attention(
     if state.record is not None:
         state.record[layer] = (key.detach(), value.detach())
     if state.mode == "prefix":
-        return _prefix_path_attention(query, key, value, attention_mask, scale, state, layer)
+        return _prefix_path_attention(query, key, value, attention_mask, scale, state, layer, softcap)
     if not state.touches(layer):
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      **kwargs)
-    return _full_attention(query, key, value, attention_mask, scale, state, layer)
+        return _plain_attention(module, query, key, value, attention_mask, dropout, scaling, softcap, **kwargs)
+    return _full_attention(query, key, value, attention_mask, scale, state, layer, softcap)
+
+
+def _plain_attention(module, query, key, value, mask, dropout, scaling, softcap, **kwargs):
+    """No intervention: transformers' SDPA function, or — with score softcapping, which SDPA cannot do — the same
+    attention written out with the cap (as the model's eager attention computes it)."""
+    if softcap is None:
+        return sdpa_attention_forward(module, query, key, value, mask, dropout=dropout, scaling=scaling, **kwargs)
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    rep = query.shape[1] // key.shape[1]
+    keys, values = repeat_kv(key, rep), repeat_kv(value, rep)
+    allowed = _causal_allowed(mask, query.shape[0], query.shape[2], keys.shape[2], 0, query.device)
+    out, _ = _written(query, keys, values, allowed, scale, softcap)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _capped(scores: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    """Attention scores after the model's softcap (``cap·tanh(s/cap)``; unchanged without one)."""
+    return scores if softcap is None else torch.tanh(scores / softcap) * softcap
 
 
 # ----------------------------------------------------------------------------------------------
@@ -183,23 +200,25 @@ def _causal_allowed(mask: torch.Tensor | None, batch: int, q_len: int, k_len: in
     return (torch.arange(k_len, device=device)[None, :] <= q_pos[:, None])[None, None]
 
 
-def _full_attention(query, key, value, mask, scale, state: ForwardState, layer: int):
+def _full_attention(query, key, value, mask, scale, state: ForwardState, layer: int, softcap: float | None = None):
     if state.mix is not None:
-        out = _mixed_attention(query, key, value, mask, scale, state, layer)
+        out = _mixed_attention(query, key, value, mask, scale, state, layer, softcap)
     else:
         ablated = state.batch.ablated_heads(layer) if state.batch is not None else None
-        out = _full_attend(query, key, value, mask, scale, state, layer, ablated)
+        out = _full_attend(query, key, value, mask, scale, state, layer, ablated, softcap=softcap)
     return out.transpose(1, 2).contiguous(), None
 
 
 def _full_attend(query, key, value, mask, scale, state: ForwardState, layer: int, ablated: torch.Tensor | None,
-                 replacement: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                 replacement: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 softcap: float | None = None) -> torch.Tensor:
     """One SDPA call over the whole prompt, output ``(B, H, Q, D)``.
 
     ``ablated`` (bool ``(B, H)``): pairs whose text queries read ``replacement`` (keys/values ``(B, H, I, D)``
     standing at the image positions) or, without it, the state's baseline, instead of the real image keys/values.
     Steering factors of the batch add ``log f`` to the scores of steered pairs' text queries on every key standing
-    at an image position (real or replacement).
+    at an image position (real or replacement), after the model's score ``softcap`` if it has one (then the scores
+    are written out: SDPA has no softcap).
     """
     batch, n_heads, q_len, _ = query.shape
     rep = n_heads // key.shape[1]
@@ -240,10 +259,14 @@ def _full_attend(query, key, value, mask, scale, state: ForwardState, layer: int
         bias = torch.zeros(allowed.shape, dtype=torch.float32, device=device).masked_fill(~allowed, float("-inf"))
         bias = bias + torch.where(where, log_f, torch.zeros((), device=device))
         attn_mask = bias.to(query.dtype)
-    out = F.scaled_dot_product_attention(query, keys, values, attn_mask=attn_mask, scale=scale)
+    if softcap is None:
+        out = F.scaled_dot_product_attention(query, keys, values, attn_mask=attn_mask, scale=scale)
+    else:
+        out, _ = _written(query, keys, values, allowed, scale, softcap,
+                          bias=bias if factors is not None else None)
     if state.capture_attention or state.capture_all_queries:
         last = slice(None) if state.capture_all_queries else slice(-1, None)
-        scores = ((query[:, :, last] @ keys.transpose(-1, -2)) * scale).float()
+        scores = _capped(((query[:, :, last] @ keys.transpose(-1, -2)) * scale).float(), softcap)
         if factors is not None:
             scores = scores + bias[:, :, last]
         # finfo.min, not -inf: a query with no allowed key gets a finite (unused) row and no NaN gradient
@@ -253,7 +276,8 @@ def _full_attend(query, key, value, mask, scale, state: ForwardState, layer: int
     return out
 
 
-def _mixed_attention(query, key, value, mask, scale, state: ForwardState, layer: int) -> torch.Tensor:
+def _mixed_attention(query, key, value, mask, scale, state: ForwardState, layer: int,
+                     softcap: float | None = None) -> torch.Tensor:
     """Attention with a continuous per-(row, head) coefficient ``α = state.mix[:, layer]`` between the clean
     (α = 0) and the ablated (α = 1) reading of the image by each head's text queries (attribution patching).
 
@@ -267,8 +291,8 @@ def _mixed_attention(query, key, value, mask, scale, state: ForwardState, layer:
     every = torch.ones(batch, n_heads, dtype=torch.bool, device=query.device)
     text = (torch.arange(q_len, device=query.device) >= state.text_start).to(query.dtype)
     if state.mix_kind == "output":
-        clean = _full_attend(query, key, value, mask, scale, state, layer, None)
-        ablated = _full_attend(query, key, value, mask, scale, state, layer, every)
+        clean = _full_attend(query, key, value, mask, scale, state, layer, None, softcap=softcap)
+        ablated = _full_attend(query, key, value, mask, scale, state, layer, every, softcap=softcap)
         return clean + (alpha[:, :, None, None] * text[None, None, :, None]) * (ablated - clean)
     rep = n_heads // key.shape[1]
     image = state.image_positions.to(query.device)
@@ -278,7 +302,7 @@ def _mixed_attention(query, key, value, mask, scale, state: ForwardState, layer:
     base_v = repeat_kv(base.values[None].to(value.device, value.dtype), rep)
     a = alpha[:, :, None, None]
     return _full_attend(query, key, value, mask, scale, state, layer, every,
-                        (real_k + a * (base_k - real_k), real_v + a * (base_v - real_v)))
+                        (real_k + a * (base_k - real_k), real_v + a * (base_v - real_v)), softcap=softcap)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -356,9 +380,11 @@ def _cuda_efficient(query, key, value, allowed, scale, op=None):
     return out, lse[..., :query.shape[2]]  # the kernel pads the log-sum-exp's query dim to a multiple of 32
 
 
-def _written(query, key, value, allowed, scale):
-    scores = (query @ key.transpose(-1, -2)).float() * scale
-    if allowed is not None:
+def _written(query, key, value, allowed, scale, softcap=None, bias=None):
+    scores = _capped((query @ key.transpose(-1, -2)).float() * scale, softcap)
+    if bias is not None:  # float, −∞ where not allowed (steering adds log f on top)
+        scores = scores + bias
+    elif allowed is not None:
         scores = scores.masked_fill(~allowed, float("-inf"))
     lse = scores.logsumexp(-1)
     probs = torch.exp(scores - lse[..., None].clamp_min(torch.finfo(torch.float32).min))
@@ -370,20 +396,22 @@ _KERNEL_FUNCTIONS = {"cpu-flash": _cpu_flash, "cuda-flash": _cuda_flash, "cuda-e
 
 
 def attend_with_lse(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, allowed: torch.Tensor | None,
-                    scale: float, kernel: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+                    scale: float, kernel: str = "auto", softcap: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax attention over one key block, returning ``(output, logsumexp)``.
 
     The kernel is :func:`block_kernel`'s choice for the block: a fused SDPA kernel called directly (the public
     function does not return the log-sum-exp), or the computation written out (``kernel="written"``, and on
     devices without a fused kernel). A fused kernel that refuses the block at run time (an unsupported GPU or
     layout) is replaced by the written-out computation with a warning. Queries that may attend no key get output
-    0 and log-sum-exp −∞.
+    0 and log-sum-exp −∞. A model's score ``softcap`` (Gemma 2) is applied to the block's scores; no fused kernel
+    has it, so such blocks are written out (the cap is elementwise, so the blocks still merge exactly).
     """
     capability = torch.cuda.get_device_capability(query.device) if query.device.type == "cuda" else None
     name = block_kernel(query.device.type, query.dtype, query.shape[-1], value.shape[-1], allowed is not None,
-                        capability, kernel)
+                        capability, "written" if softcap is not None else kernel)
     try:
-        out, lse = _KERNEL_FUNCTIONS[name](query, key, value, allowed, scale)
+        out, lse = (_written(query, key, value, allowed, scale, softcap) if softcap is not None
+                    else _KERNEL_FUNCTIONS[name](query, key, value, allowed, scale))
     except RuntimeError as exc:
         if name == "written":
             raise
@@ -428,7 +456,8 @@ def _fold_mask(allowed: torch.Tensor, n_kv: int) -> torch.Tensor:
 
 
 def _ablated_only_block(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, ablated: torch.Tensor,
-                        scale: float, kernel: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+                        scale: float, kernel: str = "auto", softcap: float | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of the ablated (row, head) pairs only over the shared baseline block.
 
     Per KV group the ablated pairs' queries are gathered (padded to the largest group), attended
@@ -444,7 +473,7 @@ def _ablated_only_block(query: torch.Tensor, keys: torch.Tensor, values: torch.T
     order = torch.argsort((~selected).to(torch.uint8), dim=1, stable=True)[:, :width]  # ablated first
     grouped = query.view(batch, n_kv, rep, s, d).transpose(0, 1).reshape(n_kv, batch * rep, s, d)
     gathered = torch.gather(grouped, 1, order[:, :, None, None].expand(n_kv, width, s, d))
-    out, lse = attend_with_lse(gathered.reshape(1, n_kv, width * s, d), keys, values, None, scale, kernel)
+    out, lse = attend_with_lse(gathered.reshape(1, n_kv, width * s, d), keys, values, None, scale, kernel, softcap)
     dv = out.shape[-1]
     valid = torch.arange(width, device=query.device)[None, :] < counts[:, None]
     lse = lse.view(n_kv, width, s).masked_fill(~valid[..., None], float("-inf"))
@@ -456,7 +485,8 @@ def _ablated_only_block(query: torch.Tensor, keys: torch.Tensor, values: torch.T
     return out_bh, full_lse.view(n_kv, batch, rep, s).transpose(0, 1).reshape(batch, n_heads, s)
 
 
-def _prefix_path_attention(query, key, value, mask, scale, state: ForwardState, layer: int):
+def _prefix_path_attention(query, key, value, mask, scale, state: ForwardState, layer: int,
+                           softcap: float | None = None):
     batch, n_heads, s, _ = query.shape
     n_kv = key.shape[1]
     rep = n_heads // n_kv
@@ -487,7 +517,7 @@ def _prefix_path_attention(query, key, value, mask, scale, state: ForwardState, 
         allowed = None
         if blocked is not None:
             allowed = _fold_mask(~blocked[..., columns], n_kv)
-        out, lse = attend_with_lse(folded_q, keys, values, allowed, scale, state.kernel)
+        out, lse = attend_with_lse(folded_q, keys, values, allowed, scale, state.kernel, softcap)
         return _unfold(out, batch, n_heads, s), _unfold(lse, batch, n_heads, s)
 
     blocks: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -504,7 +534,7 @@ def _prefix_path_attention(query, key, value, mask, scale, state: ForwardState, 
                 keys = torch.cat([keys, base.keys[None].to(query.device, query.dtype)], dim=2)
                 values = torch.cat([values, base.values[None].to(query.device, query.dtype)], dim=2)
             if keys.shape[2]:
-                blocks.append(_ablated_only_block(query, keys, values, ablated, scale, state.kernel))
+                blocks.append(_ablated_only_block(query, keys, values, ablated, scale, state.kernel, softcap))
         blocks.append((out_p, lse_p))
     else:
         if len(other):
@@ -520,7 +550,7 @@ def _prefix_path_attention(query, key, value, mask, scale, state: ForwardState, 
             base = state.baseline[layer]
             base_k, base_v = base.keys[None].to(query.device, query.dtype), base.values[None].to(query.device, query.dtype)
             if blocked is None:
-                out_b, lse_b = _ablated_only_block(query, base_k, base_v, ablated, scale, state.kernel)
+                out_b, lse_b = _ablated_only_block(query, base_k, base_v, ablated, scale, state.kernel, softcap)
             else:
                 out_b, lse_b = shared_block(base_k, base_v, image)
                 lse_b = lse_b.masked_fill(~ablated[:, :, None], float("-inf"))
@@ -533,7 +563,7 @@ def _prefix_path_attention(query, key, value, mask, scale, state: ForwardState, 
     if blocked is not None:
         allowed = (allowed & ~blocked[..., offset:]).expand(batch, n_heads, s, s)
     suf_k, suf_v = repeat_kv(key, rep), repeat_kv(value, rep)
-    blocks.append(attend_with_lse(query, suf_k, suf_v, allowed, scale, state.kernel))
+    blocks.append(attend_with_lse(query, suf_k, suf_v, allowed, scale, state.kernel, softcap))
 
     lses = torch.stack([lse for _, lse in blocks])  # (n_blocks, B, H, S)
     top = lses.max(0).values

@@ -404,8 +404,14 @@ def _from_pretrained(path: str, dtype: torch.dtype | None, *, local: bool = Fals
     what = f"model directory {path!r}" if local else f"model {path!r}"
     try:
         processor = AutoProcessor.from_pretrained(path)
-        model, info = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype or "auto", attn_implementation="sdpa",
-                                                                  output_loading_info=True, **(placement or {}))
+        load = lambda **kw: AutoModelForImageTextToText.from_pretrained(  # noqa: E731
+            path, dtype=dtype or "auto", output_loading_info=True, **(placement or {}), **kw)
+        try:
+            model, info = load(attn_implementation="sdpa")
+        except ValueError as exc:  # a part without SDPA (Gemma 2's softcapped attention): transformers' own choice
+            if "scaled_dot_product_attention" not in str(exc):
+                raise
+            model, info = load()
     except OSError as exc:
         fix = ("Check that the directory is a complete save_pretrained output (config, weights, processor "
                "and tokenizer files)." if local else
