@@ -5,13 +5,10 @@ position ids (recorded and replayed like every other language-model input)."""
 
 from __future__ import annotations
 
-import torch
-
-from ...errors import HeadflowError
-from ..adapter import FamilyAdapter, register_adapter
-from ..geometry import grid_rects
+from ..adapter import register_adapter
 from ..subword import qwen2_tokenizer
 from ..tiny import chat_template, image_only_processor_cls, seeded_model, tiny_lm_config
+from .qwen2_vl import Qwen2VLAdapter
 
 #: GLM's turn and vision tokens (``[gMASK]<sop>`` open every prompt)
 SPECIAL_TOKENS = ("[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>", "<|endoftext|>",
@@ -21,22 +18,12 @@ TINY_PATCH, TINY_MERGE = 8, 2
 
 
 @register_adapter
-class Glm4vAdapter(FamilyAdapter):
+class Glm4vAdapter(Qwen2VLAdapter):
+    """GLM-4.1V: Qwen2-VL's patch geometry (the whole image resized to ``image_grid_thw`` patches, one token per
+    ``merge x merge`` patches, row-major) and otherwise the defaults."""
+
     name = "glm4v"
     model_types = ("glm4v",)
-
-    def token_rects(self, image_size, inputs):
-        """As Qwen2-VL: the whole image resized to ``image_grid_thw`` patches; one token per ``merge x merge``
-        patches, row-major."""
-        width, height = image_size
-        ip = self.processor.image_processor
-        grid = inputs.get("image_grid_thw")
-        if grid is None:
-            raise HeadflowError("GLM-4V patch geometry needs 'image_grid_thw' in the processor outputs.")
-        t, gh, gw = (int(v) for v in torch.as_tensor(grid)[0].tolist())
-        patch, merge = int(ip.patch_size), int(ip.merge_size)
-        sy, sx = height / (gh * patch), width / (gw * patch)
-        return grid_rects(gh // merge, gw // merge, 0.0, 0.0, patch * merge * sy, patch * merge * sx)
 
     @classmethod
     def tiny(cls, seed=0):
