@@ -13,9 +13,14 @@ Two computations:
   query, key) bool mask; knockouts AND the mask; one SDPA call.
 * **prefix** (the fast path): only the text suffix is run, as many rows; the shared prefix keys and
   values (system + image) are never copied per row. Attention is split into blocks over disjoint key
-  sets (prefix non-image, real image, baseline image, suffix), each computed by the SDPA kernel with
-  its log-sum-exp, and merged exactly. Rows' queries are folded into one batch against the shared
+  sets (prefix non-image, real image, baseline image, suffix), each computed by a fused SDPA kernel with
+  its log-sum-exp (:func:`block_kernel` picks it per device; the written-out computation is the
+  reference), and merged exactly. Rows' queries are folded into one batch against the shared
   blocks, so the prefix keys are read once per layer, not once per row.
+
+A model split over devices (``device_map``) runs each layer on its own device: the state a layer reads is moved
+there once (:meth:`ForwardState.on`), baselines and masks at their use. A model whose layers cap their attention
+scores (Gemma 2's ``softcap``) gets the cap in every path; SDPA has none, so those scores are written out.
 """
 
 from __future__ import annotations
