@@ -41,6 +41,9 @@ BAD = [
     ([*A, "--images", "-"], "Invalid value for '--images'"),
     ([*A, "--nonsense"], "No such option: --nonsense"),
     ([*A, "--workers", "2"], "--workers needs --ray"),
+    ([*A, "--gpus-per-worker", "2"], "--gpus-per-worker needs --ray"),
+    ([*A, "--device-map", "everywhere"], "Unknown device map 'everywhere'"),
+    ([*A, "--max-memory", "0=1GiB"], "need --device-map"),
     # attribute --method patching
     ([*A, "--method", "gradient"], "--method must be one of regression, patching, hybrid. Got 'gradient'"),
     ([*A, "--method", "patching", "--masks", "16"], "--masks applies to --method regression only"),

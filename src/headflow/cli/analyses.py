@@ -29,8 +29,10 @@ def _ray_runner(address: str | None, workers: int | None, gpus_per_worker: float
     """A connected RayRunner for --ray (None when --ray is not given), closed when the command ends; it
     connects first, so a bad address fails before any work."""
     if address is None:
-        if workers is not None or gpus_per_worker is not None:
-            fail("--workers and --gpus-per-worker need --ray (e.g. --ray local).")
+        given = [flag for flag, value in (("--workers", workers), ("--gpus-per-worker", gpus_per_worker))
+                 if value is not None]
+        if given:
+            fail(f"{' and '.join(given)} need{'s' if len(given) == 1 else ''} --ray (e.g. --ray local).")
         yield None
         return
     from ..distributed import RayRunner
