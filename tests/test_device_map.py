@@ -168,3 +168,35 @@ def test_every_command_with_device_takes_device_map():
     with_device = {name for name, o in opts.items() if "--device" in o}
     assert with_device >= {"attribute", "validate", "flow", "study", "demo", "check", "inspect", "plan", "steer"}
     assert all({"--device-map", "--max-memory", "--offload-folder"} <= opts[name] for name in with_device)
+
+
+def test_a_checkpoint_for_an_accelerator_is_loaded_straight_onto_it(monkeypatch, tmp_path, tiny_models):
+    """``--device cuda`` on a checkpoint: transformers gets ``device_map="cuda:0"`` (weights land on the GPU, never
+    all on the CPU first) and headflow does not move the model again; on the CPU nothing changes."""
+    import transformers
+
+    from headflow.models import loading
+
+    plain = tiny_models("llava")
+    path = tmp_path / "model"
+    plain.model.save_pretrained(path)
+    plain.processor.save_pretrained(path)
+    seen = []
+    real = transformers.AutoModelForImageTextToText.from_pretrained
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs.pop("device_map", None))
+        model, info = real(*args, **kwargs)
+        if seen[-1] is not None:
+            model.hf_device_map = {"": seen[-1]}  # what transformers records for a one-device map
+        return model, info
+
+    monkeypatch.setattr(transformers.AutoModelForImageTextToText, "from_pretrained", recording)
+    monkeypatch.setattr(loading, "resolve_device", lambda device: torch.device("cuda", 0) if "cuda" in str(device)
+                        else torch.device("cpu"))
+    moved = []
+    monkeypatch.setattr(torch.nn.Module, "to", lambda self, *a, **k: moved.append((a, k)) or self)
+    lm = load_model(path, device="cuda")
+    assert seen == ["cuda:0"] and moved == [] and lm.device_map == {"": "cuda:0"}
+    load_model(path, device="cpu")
+    assert seen[-1] is None and moved  # the CPU: loaded, then .to(cpu) as before

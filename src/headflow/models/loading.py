@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import struct
 from dataclasses import dataclass
@@ -142,7 +143,9 @@ def load_model(
         (loaded with ``AutoModelForImageTextToText`` and ``AutoProcessor``), or a loaded pair.
     device, dtype
         Where and in which precision to run. ``dtype=None`` keeps the checkpoint's dtype
-        (float32 for tiny models). The device is checked first (:func:`resolve_device`).
+        (float32 for tiny models). The device is checked first (:func:`resolve_device`). A hub id or local
+        directory loaded onto an accelerator goes straight there when accelerate is installed (no CPU copy of the
+        weights first).
     seed : int
         Weight seed for ``tiny:`` models.
     device_map, max_memory, offload_folder
@@ -177,7 +180,7 @@ def load_model(
         return spec
     torch_dtype = _resolve_dtype(dtype)
     device = resolve_device(device)
-    placement = None
+    placement, placed = None, False
     if device_map is not None:
         placement = {"device_map": check_device_map(device_map), "max_memory": max_memory,
                      "offload_folder": str(offload_folder) if offload_folder is not None else None}
@@ -203,12 +206,12 @@ def load_model(
         if local:
             check_model_dir(path)
             path = path.resolve()
+        if placement is None and device.type != "cpu" and importlib.util.find_spec("accelerate") is not None:
+            placement = {"device_map": str(device)}  # straight onto the accelerator: no CPU copy of the weights first
         model, processor = _from_pretrained(str(path), torch_dtype, local=local, placement=placement)
         name = "default" if str(spec) == "default" else str(path) if local else str(spec)
-        if placement is not None:
-            placement = None  # placed while loading
-            torch_dtype = None
-    if placement is not None:
+        placed = placement is not None
+    if placement is not None and not placed:
         dispatch(model.to(dtype=torch_dtype) if torch_dtype else model, **placement)
     elif getattr(model, "hf_device_map", None) is None:
         model = model.to(device=device, dtype=torch_dtype) if torch_dtype else model.to(device=device)
@@ -273,8 +276,6 @@ def check_device_map(device_map: str | dict[str, Any]) -> str | dict[str, Any]:
     HeadflowError
         One line for an unknown strategy, a device this machine lacks, or a missing ``accelerate``.
     """
-    import importlib.util
-
     if importlib.util.find_spec("accelerate") is None:
         raise HeadflowError("A device map needs the accelerate package, which is not installed. Install it: "
                             "pip install 'headflow[big]' (or pip install accelerate).")
