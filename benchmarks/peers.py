@@ -1,0 +1,483 @@
+"""Peers, side by side (issue 18 item 5): the same head ablation written the way a user of each tool would.
+
+The ablation (METHOD.md, F1/F2): in layer ``l``, query head ``h``'s TEXT queries (positions after the image) read
+baseline keys/values (post-RoPE, per image position) at the image positions; image and prefix queries and the
+other heads read the real ones. Target: the answer token's logit at the final position.
+
+Peers, all on the same model, image, baseline (mean of two images' keys/values) and masks, all in fp32:
+
+  hooks-1      plain PyTorch hooks, one full forward per mask. Forward hooks on ``q_proj``/``k_proj``/``v_proj``
+               keep the projections, a pre-hook on ``self_attn`` keeps the rotary ``position_embeddings``, and a
+               pre-hook on ``o_proj`` recomputes the ablated heads' text-query outputs (keys/values at the image
+               positions swapped for the baseline, the family's own ``apply_rotary_pos_emb``) and writes them
+               into ``o_proj``'s input. Layers without an ablated head are left alone.
+  hooks-B      the same hooks, one forward per batch of masks (batch rows = masks, the mask row-indexed inside
+               the hook; only rows that ablate a head of that layer are recomputed).
+  nnsight-1    nnsight 0.8 (``TransformersModel``), one trace with one invoke per mask.
+  nnsight-inv  one trace, several invokes (one per mask): nnsight batches the invokes into one forward.
+  nnsight-B    one trace, one invoke whose input has one row per mask; the intervention indexes the mask by row
+               (the fastest nnsight allows: one forward, one intervention thread).
+  headflow     its engine: prefix (system + image) run once, only the text suffix per mask, many masks per batch.
+
+Every peer is first checked against headflow's answer logits (max |diff| <= 1e-4, fp32) on the same masks; a
+peer that fails gets no rate ratio printed. Timings alternate the methods within each repeat; medians.
+
+    python benchmarks/peers.py --shape llava15                 # the side-by-side table
+    python benchmarks/peers.py --scaling tokens                # cost per mask vs image tokens (144/576/2304)
+    python benchmarks/peers.py --scaling batch                 # cost per mask vs batch size
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import math
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from shapes import LONG_QUESTION, build_shape  # noqa: E402
+
+from headflow.intervene import Baseline, InterventionEngine  # noqa: E402
+from headflow.intervene.check import check_image  # noqa: E402
+from headflow.per_image import mask_rows  # noqa: E402
+from headflow.attribution.core import sample_masks  # noqa: E402
+
+TOLERANCE = 1e-4
+ALL_PEERS = ("hooks-1", "hooks-B", "nnsight-1", "nnsight-inv", "nnsight-B")
+
+
+# ------------------------------------------------------------------------------------------------
+# the shared setup: model, prompt, baseline, masks, and headflow's reference answer logits
+
+
+@dataclass
+class Setup:
+    lm: object  # headflow LoadedModel
+    engine: InterventionEngine
+    prompt: object  # PreparedPrompt
+    baseline: Baseline
+    answer: int
+    embeds: torch.Tensor  # [1, T, hidden]: what the language model receives (vision tower run once, not timed)
+    position_ids: torch.Tensor | None
+    image: torch.Tensor  # image positions (long)
+    text_start: int
+    base_keys: list[torch.Tensor]  # per layer [kv_head, image_token, head_dim], post-RoPE
+    base_values: list[torch.Tensor]
+
+    @property
+    def n_layers(self) -> int:
+        return self.lm.n_layers
+
+    @property
+    def n_heads(self) -> int:
+        return self.lm.n_heads
+
+    def masks(self, n: int, seed: int = 0, prob: float = 0.1) -> torch.Tensor:
+        """Bool ``[n, layer, head]``: the seeded Bernoulli masks headflow's attribution samples."""
+        flat = sample_masks(n, self.n_layers * self.n_heads, prob, seed=seed)
+        return torch.from_numpy(flat).view(n, self.n_layers, self.n_heads)
+
+    def lm_kwargs(self, rows: int) -> dict:
+        kwargs = {"inputs_embeds": self.embeds.expand(rows, -1, -1)}
+        if self.position_ids is not None:
+            pos = self.position_ids
+            kwargs["position_ids"] = pos.expand(*pos.shape[:-2], rows, pos.shape[-1])
+        return kwargs
+
+
+def build_setup(shape: str, *, image_tokens: int | None = None, lm_size: dict | None = None) -> Setup:
+    torch.manual_seed(0)
+    lm = build_shape(shape, image_tokens=image_tokens, lm_size=lm_size)
+    engine = InterventionEngine(lm, batch_size=64)
+    question = LONG_QUESTION if shape != "default" else "What is the main object in the image? Answer in one word."
+    size = 336 if image_tokens is None else 14 * math.isqrt(image_tokens)
+    prompt = engine.prepare(check_image(size=size), question)
+    baseline = Baseline.mean([prompt, engine.prepare(check_image(size=size, seed=1), question)])
+    layers = baseline.for_prompt(prompt)
+    return Setup(lm=lm, engine=engine, prompt=prompt, baseline=baseline, answer=int(prompt.clean_logits.argmax()),
+                 embeds=prompt.embeds, position_ids=prompt.position_ids,
+                 image=torch.tensor(prompt.groups.image), text_start=prompt.groups.text_start,
+                 base_keys=[b.keys for b in layers], base_values=[b.values for b in layers])
+
+
+def headflow_logits(setup: Setup, masks: torch.Tensor, batch: int) -> torch.Tensor:
+    """headflow's engine (prefix reuse): answer logits ``[n]``."""
+    setup.engine.batch_size = batch
+    rows = mask_rows(masks.reshape(len(masks), -1).numpy(), setup.n_layers, setup.n_heads)
+    out = setup.engine.run(setup.prompt, rows, baseline=setup.baseline, path="prefix")
+    return out.logits[:, setup.answer]
+
+
+# ------------------------------------------------------------------------------------------------
+# what every peer computes inside the attention of one layer (plain torch, the family's own RoPE)
+
+
+def rope_fns(attn: torch.nn.Module) -> Callable:
+    """The family's own ``apply_rotary_pos_emb`` (from the attention module's modeling file)."""
+    return sys.modules[type(attn).__module__].apply_rotary_pos_emb
+
+
+def ablated_o_input(x, q, k, v, cos, sin, sel, *, base_k, base_v, image, text_start, n_heads, head_dim, scale,
+                    rotary) -> torch.Tensor:
+    """``o_proj``'s input ``x`` ``[B, T, H·D]`` with the ablated (row, head) pairs' text-query outputs replaced.
+
+    ``q``/``k``/``v``: the projections ``[B, T, ·]`` (pre-RoPE), ``cos``/``sin`` the layer's rotary embeddings,
+    ``sel``: bool ``[B, H]`` ablated heads of this layer. Ablated pairs' text queries attend keys/values whose
+    image positions hold the baseline (causal over the whole prompt)."""
+    b, t, _ = x.shape
+    n_kv = k.shape[-1] // head_dim
+    s = t - text_start
+    qh = q.view(b, t, n_heads, head_dim).transpose(1, 2)
+    kh = k.view(b, t, n_kv, head_dim).transpose(1, 2)
+    vh = v.view(b, t, n_kv, head_dim).transpose(1, 2)
+    kh = rotary(kh, kh, cos, sin)[0]
+    qt = rotary(qh[:, :, text_start:], qh[:, :, text_start:], cos[..., text_start:, :], sin[..., text_start:, :])[0]
+    kh, vh = kh.clone(), vh.clone()
+    kh[:, :, image] = base_k.to(kh.dtype)
+    vh[:, :, image] = base_v.to(vh.dtype)
+    rep = n_heads // n_kv
+    kh, vh = kh.repeat_interleave(rep, dim=1), vh.repeat_interleave(rep, dim=1)
+    allowed = torch.arange(t)[None, :] <= (torch.arange(s) + text_start)[:, None]  # (S, T) causal
+    out = F.scaled_dot_product_attention(qt, kh, vh, attn_mask=allowed.to(qt.device), scale=scale)  # (B, H, S, D)
+    xh = x.view(b, t, n_heads, head_dim).clone()
+    xh[:, text_start:] = torch.where(sel[:, None, :, None], out.transpose(1, 2), xh[:, text_start:])
+    return xh.view(b, t, n_heads * head_dim)
+
+
+def layer_consts(setup: Setup, layer: int, attn: torch.nn.Module) -> dict:
+    return dict(base_k=setup.base_keys[layer], base_v=setup.base_values[layer], image=setup.image,
+                text_start=setup.text_start, n_heads=setup.n_heads, head_dim=attn.head_dim, scale=attn.scaling,
+                rotary=rope_fns(attn))
+
+
+def language_layers(model: torch.nn.Module):
+    return model.model.language_model.layers
+
+
+# ------------------------------------------------------------------------------------------------
+# peer 1/2: plain PyTorch hooks
+
+
+class HookAblation:
+    """Forward hooks that apply ``self.masks`` (bool ``[B, layer, head]``) to the next forward."""
+
+    def __init__(self, setup: Setup) -> None:
+        self.setup = setup
+        self.masks: torch.Tensor | None = None
+        self.handles: list = []
+        self.saved: dict = {}
+
+    def __enter__(self) -> "HookAblation":
+        for layer, block in enumerate(language_layers(self.setup.lm.model)):
+            attn = block.self_attn
+            consts = layer_consts(self.setup, layer, attn)
+
+            def keep_rope(module, args, kwargs, layer=layer):
+                self.saved[layer, "rope"] = kwargs["position_embeddings"]
+
+            def keep(name, layer=layer):
+                def hook(module, args, output):
+                    self.saved[layer, name] = output
+                return hook
+
+            def replace(module, args, layer=layer, consts=consts):
+                sel = self.masks[:, layer]
+                rows = sel.any(1).nonzero().squeeze(1)
+                if len(rows) == 0:
+                    return None
+                x = args[0]
+                cos, sin = self.saved[layer, "rope"]
+                q, k, v = (self.saved[layer, n] for n in ("q", "k", "v"))
+                if len(rows) == len(sel):
+                    return (ablated_o_input(x, q, k, v, cos, sin, sel, **consts),)
+                pick = lambda t: t[rows] if t.shape[0] == len(sel) else t  # noqa: E731  (cos/sin may be batch 1)
+                new = ablated_o_input(x[rows], q[rows], k[rows], v[rows], pick(cos), pick(sin), sel[rows], **consts)
+                x = x.clone()
+                x[rows] = new
+                return (x,)
+
+            self.handles += [attn.register_forward_pre_hook(keep_rope, with_kwargs=True),
+                             attn.q_proj.register_forward_hook(keep("q")),
+                             attn.k_proj.register_forward_hook(keep("k")),
+                             attn.v_proj.register_forward_hook(keep("v")),
+                             attn.o_proj.register_forward_pre_hook(replace)]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+        self.saved.clear()
+
+    def forward(self, masks: torch.Tensor) -> torch.Tensor:
+        """One full forward with ``len(masks)`` rows; answer logits ``[rows]``."""
+        self.masks = masks
+        with torch.no_grad():
+            out = self.setup.lm.model(**self.setup.lm_kwargs(len(masks)), use_cache=False, logits_to_keep=1)
+        self.saved.clear()
+        return out.logits[:, -1, self.setup.answer].float()
+
+
+def hooks_logits(setup: Setup, masks: torch.Tensor, batch: int) -> torch.Tensor:
+    with HookAblation(setup) as hooks:
+        return torch.cat([hooks.forward(masks[i:i + batch]) for i in range(0, len(masks), batch)])
+
+
+# ------------------------------------------------------------------------------------------------
+# peer 3: nnsight 0.8
+
+
+def nnsight_model(setup: Setup):
+    from nnsight import TransformersModel
+
+    if not hasattr(setup, "_nnsight"):
+        setup._nnsight = TransformersModel(setup.lm.model, task="image-text-to-text", processor=setup.lm.processor)
+    return setup._nnsight
+
+
+def _nnsight_intervene(model, setup: Setup, masks: torch.Tensor) -> object:
+    """The intervention code of one invoke whose rows carry ``masks``; returns the saved answer logits."""
+    for layer in range(setup.n_layers):
+        sel = masks[:, layer]
+        if not bool(sel.any()):
+            continue
+        attn = model.model.language_model.layers[layer].self_attn
+        consts = layer_consts(setup, layer, attn._module)
+        cos, sin = attn.inputs[1]["position_embeddings"]
+        q, k, v = attn.q_proj.output, attn.k_proj.output, attn.v_proj.output
+        attn.o_proj.input = ablated_o_input(attn.o_proj.input, q, k, v, cos, sin, sel, **consts)
+    return model.lm_head.output[:, -1, setup.answer].save()
+
+
+def nnsight_logits(setup: Setup, masks: torch.Tensor, batch: int, mode: str) -> torch.Tensor:
+    """``mode``: ``"1"`` one trace per mask; ``"inv"`` one trace per batch, one invoke per mask;
+    ``"B"`` one trace per batch, one invoke with one row per mask."""
+    model = nnsight_model(setup)
+    outs = []
+    one = setup.lm_kwargs(1)
+    with torch.no_grad():
+        if mode == "1":
+            for i in range(len(masks)):
+                with model.trace(**one, use_cache=False, logits_to_keep=1):
+                    saved = _nnsight_intervene(model, setup, masks[i:i + 1])
+                outs.append(saved.float())
+        elif mode == "inv":
+            for start in range(0, len(masks), batch):
+                chunk = masks[start:start + batch]
+                saved = []
+                with model.trace(use_cache=False, logits_to_keep=1) as tracer:
+                    for i in range(len(chunk)):
+                        with tracer.invoke(**one):
+                            saved.append(_nnsight_intervene(model, setup, chunk[i:i + 1]))
+                outs += [s.float() for s in saved]
+        elif mode == "B":
+            for start in range(0, len(masks), batch):
+                chunk = masks[start:start + batch]
+                with model.trace(**setup.lm_kwargs(len(chunk)), use_cache=False, logits_to_keep=1):
+                    saved = _nnsight_intervene(model, setup, chunk)
+                outs.append(saved.float())
+        else:
+            raise ValueError(mode)
+    return torch.cat([o.reshape(-1) for o in outs])
+
+
+def nnsight_available() -> bool:
+    try:
+        import nnsight  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# ------------------------------------------------------------------------------------------------
+# driving
+
+
+def method_fn(name: str, batch: dict[str, int]) -> Callable[[Setup, torch.Tensor], torch.Tensor]:
+    if name == "headflow":
+        return lambda s, m: headflow_logits(s, m, batch["headflow"])
+    if name == "hooks-1":
+        return lambda s, m: hooks_logits(s, m, 1)
+    if name == "hooks-B":
+        return lambda s, m: hooks_logits(s, m, batch["hooks-B"])
+    if name.startswith("nnsight-"):
+        mode = name.split("-", 1)[1]
+        return lambda s, m: nnsight_logits(s, m, batch.get(name, 1), mode)
+    raise ValueError(name)
+
+
+def verify(setup: Setup, names, masks: torch.Tensor, batch: dict[str, int]) -> dict[str, float]:
+    """Max |answer-logit difference| to headflow per peer, on ``masks`` and the all-heads mask, plus ``"effect"``:
+    the largest change those masks make to the answer logit (so that agreement is not vacuous)."""
+    masks = torch.cat([masks, torch.ones_like(masks[:1])])
+    reference = headflow_logits(setup, masks, batch["headflow"])
+    diffs = {name: float((method_fn(name, batch)(setup, masks) - reference).abs().max()) for name in names}
+    return {**diffs, "effect": float((reference - setup.prompt.clean_logits[setup.answer]).abs().max())}
+
+
+def measure(setup: Setup, names, n_masks: dict[str, int], batch: dict[str, int], repeats: int, seed: int = 1
+            ) -> dict[str, float]:
+    """Median seconds per mask per method; methods alternate within each repeat (one warm-up each)."""
+    masks = setup.masks(max(n_masks.values()), seed=seed)
+    fns = {name: method_fn(name, batch) for name in names}
+    for name in names:  # warm-up
+        fns[name](setup, masks[: min(2, n_masks[name])])
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(repeats):
+        for name in names:
+            m = masks[: n_masks[name]]
+            start = time.perf_counter()
+            fns[name](setup, m)
+            times[name].append((time.perf_counter() - start) / len(m))
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def machine() -> dict:
+    try:
+        model_name = next(line.split(":", 1)[1].strip() for line in subprocess.run(
+            ["lscpu"], capture_output=True, text=True).stdout.splitlines() if line.startswith("Model name"))
+    except (StopIteration, OSError):
+        model_name = platform.processor()
+    load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else []
+    info = {"cpu": model_name, "cores": torch.get_num_threads(), "torch": torch.__version__,
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "loadavg_at_start": " ".join(load)}
+    if nnsight_available():
+        import nnsight
+        info["nnsight"] = nnsight.__version__
+    return info
+
+
+def peers_available(names) -> list[str]:
+    return [n for n in names if not n.startswith("nnsight") or nnsight_available()]
+
+
+def side_by_side(args) -> dict:
+    setup = build_setup(args.shape)
+    names = peers_available(args.peers)
+    batch = {"headflow": args.batch_size, "hooks-B": args.peer_batch, "nnsight-inv": args.peer_batch,
+             "nnsight-B": args.peer_batch}
+    diffs = verify(setup, names, setup.masks(args.verify_masks, seed=0), batch)
+    verified = {n: diffs[n] <= TOLERANCE for n in names}
+    n_masks = {n: (args.masks if n in ("headflow",) else args.peer_masks if n.endswith("-B") or n.endswith("-inv")
+                   else args.single_masks) for n in ["headflow", *names]}
+    per_mask = measure(setup, ["headflow", *names], n_masks, batch, args.repeats)
+    rates = {n: 1 / t for n, t in per_mask.items()}
+    ok = [n for n in names if verified[n]]
+    fastest = max(ok, key=rates.get) if ok else None
+    return {"shape": args.shape, "prompt_tokens": setup.prompt.groups.length,
+            "image_tokens": len(setup.image), "suffix_tokens": setup.prompt.groups.length - setup.text_start,
+            "n_layers": setup.n_layers, "n_heads": setup.n_heads, "n_kv_heads": setup.lm.n_kv_heads,
+            "batch": batch, "masks_timed": n_masks, "repeats": args.repeats, "verify_masks": args.verify_masks,
+            "max_answer_logit_diff": diffs, "verified": verified, "masks_per_s": rates,
+            "ratio_headflow_over": {n: rates["headflow"] / rates[n] for n in ok},
+            "fastest_verified_peer": fastest,
+            "headflow_over_fastest_peer": rates["headflow"] / rates[fastest] if fastest else None,
+            "machine": machine()}
+
+
+SCALING_LM = dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4,
+                  num_key_value_heads=4, head_dim=64)
+
+
+def scaling_tokens(args) -> dict:
+    names = peers_available(args.peers)
+    rows = []
+    for tokens in args.image_tokens:
+        setup = build_setup("llava15", image_tokens=tokens, lm_size=SCALING_LM)
+        batch = {"headflow": args.batch_size, "hooks-B": args.peer_batch, "nnsight-inv": args.peer_batch,
+                 "nnsight-B": args.peer_batch}
+        diffs = verify(setup, names, setup.masks(4, seed=0), batch)
+        n_masks = {n: (args.masks if n == "headflow" else args.peer_masks if n.endswith(("-B", "-inv"))
+                       else args.single_masks) for n in ["headflow", *names]}
+        per_mask = measure(setup, ["headflow", *names], n_masks, batch, args.repeats)
+        rows.append({"image_tokens": tokens, "prompt_tokens": setup.prompt.groups.length,
+                     "suffix_tokens": setup.prompt.groups.length - setup.text_start,
+                     "ms_per_mask": {n: 1000 * t for n, t in per_mask.items()},
+                     "verified": {n: diffs[n] <= TOLERANCE for n in names},
+                     "max_answer_logit_diff": diffs})
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return {"scaling": "image_tokens", "lm": SCALING_LM, "rows": rows, "machine": machine()}
+
+
+def scaling_batch(args) -> dict:
+    setup = build_setup(args.shape)
+    names = [n for n in peers_available(args.peers) if n in ("hooks-B", "nnsight-inv", "nnsight-B")]
+    rows = []
+    diffs = verify(setup, names, setup.masks(args.verify_masks, seed=0),
+                   {"headflow": args.batch_size, **{n: 4 for n in names}})
+    for b in args.batch_sizes:
+        batch = {"headflow": b, **{n: b for n in names}}
+        n_masks = {n: max(b, args.peer_masks if n != "headflow" else args.masks) for n in ["headflow", *names]}
+        n_masks = {n: b * max(1, m // b) for n, m in n_masks.items()}
+        per_mask = measure(setup, ["headflow", *names], n_masks, batch, args.repeats)
+        rows.append({"batch": b, "ms_per_mask": {n: 1000 * t for n, t in per_mask.items()}})
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return {"scaling": "batch", "shape": args.shape, "rows": rows, "max_answer_logit_diff": diffs,
+            "verified": {n: diffs[n] <= TOLERANCE for n in names}, "machine": machine()}
+
+
+def print_side_by_side(r: dict) -> None:
+    print(f"shape {r['shape']}: {r['prompt_tokens']} prompt / {r['image_tokens']} image / {r['suffix_tokens']} "
+          f"suffix tokens, {r['n_layers']} layers x {r['n_heads']} heads ({r['n_kv_heads']} KV)")
+    print(f"verification on {r['verify_masks']} masks + the all-heads mask; largest change of the answer logit they make: "
+          f"{r['max_answer_logit_diff']['effect']:.3g}")
+    print(f"{'method':<12} {'masks/s':>9} {'verified (max |d logit|)':>28} {'headflow / peer':>16}")
+    for name, rate in r["masks_per_s"].items():
+        if name == "headflow":
+            print(f"{name:<12} {rate:9.2f} {'(reference)':>28} {'':>16}")
+            continue
+        ok, d = r["verified"][name], r["max_answer_logit_diff"][name]
+        ratio = f"{r['ratio_headflow_over'][name]:.1f}x" if ok else "n/a (unverified)"
+        print(f"{name:<12} {rate:9.2f} {('yes ' if ok else 'NO ') + f'({d:.1e})':>28} {ratio:>16}")
+    if r["fastest_verified_peer"]:
+        print(f"headflow / fastest verified peer ({r['fastest_verified_peer']}): "
+              f"{r['headflow_over_fastest_peer']:.1f}x")
+    print("machine:", r["machine"])
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", default="llava15", choices=["default", "llava15", "qwen2vl"])
+    parser.add_argument("--scaling", choices=["tokens", "batch"], help="a scaling table instead of the side-by-side")
+    parser.add_argument("--peers", nargs="+", default=list(ALL_PEERS), choices=ALL_PEERS)
+    parser.add_argument("--masks", type=int, default=128, help="masks timed for headflow")
+    parser.add_argument("--peer-masks", type=int, default=32, help="masks timed for the batched peers")
+    parser.add_argument("--single-masks", type=int, default=8, help="masks timed for the one-per-mask peers")
+    parser.add_argument("--verify-masks", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=64, help="headflow's batch")
+    parser.add_argument("--peer-batch", type=int, default=16, help="batch of hooks-B, nnsight-inv, nnsight-B")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 16, 64])
+    parser.add_argument("--image-tokens", type=int, nargs="+", default=[144, 576, 2304])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    if args.shape == "qwen2vl":  # nnsight's invoke batching splits position_ids by row: M-RoPE's [3, B, T] is not
+        args.peers = [p for p in args.peers if p not in ("nnsight-inv",)]
+    if args.scaling == "tokens":
+        result = scaling_tokens(args)
+    elif args.scaling == "batch":
+        result = scaling_batch(args)
+    else:
+        result = side_by_side(args)
+        if not args.json:
+            print_side_by_side(result)
+    if args.json or args.scaling:
+        print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
