@@ -38,6 +38,7 @@ import contextlib
 import datetime
 import json
 import math
+import os
 import platform
 import statistics
 import subprocess
@@ -49,6 +50,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from shapes import LONG_QUESTION, build_shape  # noqa: E402
@@ -427,7 +429,8 @@ def machine() -> dict:
     except (StopIteration, OSError):
         model_name = platform.processor()
     load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else []
-    info = {"cpu": model_name, "cores": torch.get_num_threads(), "torch": torch.__version__,
+    info = {"cpu": model_name, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "transformers": transformers.__version__,
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "loadavg_at_start": " ".join(load)}
     if nnsight_available():
