@@ -310,11 +310,22 @@ def hooks_cached_logits(setup: Setup, masks: torch.Tensor, batch: int) -> torch.
 # peer 3: nnsight 0.8
 
 
+def multi_axis_positions(setup: Setup) -> bool:
+    """M-RoPE (Qwen2-VL): position ids ``[axis, batch, T]``, which nnsight 0.8's ``TransformersModel`` input
+    assembly refuses (it splits ``position_ids`` by row: "`position_ids` has 3 rows, but `inputs_embeds` has 1")."""
+    return setup.position_ids is not None and setup.position_ids.ndim == 3
+
+
 def nnsight_model(setup: Setup):
-    from nnsight import TransformersModel
+    """``TransformersModel`` (batches several invokes); for M-RoPE models the plain ``NNsight`` wrapper, which passes
+    inputs through untouched but cannot batch invokes."""
+    from nnsight import NNsight, TransformersModel
 
     if not hasattr(setup, "_nnsight"):
-        setup._nnsight = TransformersModel(setup.lm.model, task="image-text-to-text", processor=setup.lm.processor)
+        if multi_axis_positions(setup):
+            setup._nnsight = NNsight(setup.lm.model)
+        else:
+            setup._nnsight = TransformersModel(setup.lm.model, task="image-text-to-text", processor=setup.lm.processor)
     return setup._nnsight
 
 
@@ -335,6 +346,8 @@ def _nnsight_intervene(model, setup: Setup, masks: torch.Tensor) -> object:
 def nnsight_logits(setup: Setup, masks: torch.Tensor, batch: int, mode: str) -> torch.Tensor:
     """``mode``: ``"1"`` one trace per mask; ``"inv"`` one trace per batch, one invoke per mask;
     ``"B"`` one trace per batch, one invoke with one row per mask."""
+    if mode == "inv" and multi_axis_positions(setup):
+        raise NotImplementedError("nnsight 0.8 cannot batch invokes of M-RoPE inputs (see multi_axis_positions)")
     model = nnsight_model(setup)
     outs = []
     one = setup.lm_kwargs(1)
@@ -552,8 +565,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    if args.shape == "qwen2vl":  # nnsight's invoke batching splits position_ids by row: M-RoPE's [3, B, T] is not
-        args.peers = [p for p in args.peers if p not in ("nnsight-inv",)]
+    if args.shape == "qwen2vl":  # nnsight 0.8 cannot batch invokes of M-RoPE inputs (multi_axis_positions)
+        args.peers = [p for p in args.peers if p != "nnsight-inv"]
     if args.scaling == "tokens":
         result = scaling_tokens(args)
     elif args.scaling == "batch":

@@ -23,7 +23,7 @@ def setup(request):
 
 
 def _masks(setup):
-    masks = setup.masks(5, seed=3, prob=0.2)
+    masks = setup.masks(3, seed=3, prob=0.3)
     return torch.cat([masks, torch.ones_like(masks[:1])])  # + every head ablated
 
 
@@ -41,11 +41,10 @@ def test_hooks_peers_match_headflow(setup):
 
 def test_nnsight_peers_match_headflow(setup):
     pytest.importorskip("nnsight")
-    if setup.position_ids is not None and setup.position_ids.ndim == 3:
-        pytest.skip("nnsight's invoke batching splits position ids by row; M-RoPE's [3, B, T] is out of its reach")
     masks = _masks(setup)
     reference = peers.headflow_logits(setup, masks, batch=4)
-    for mode in ("1", "inv", "B"):
+    # nnsight 0.8 cannot batch invokes of M-RoPE inputs (Qwen2-VL): one invoke per trace there
+    for mode in ("1", "B") if peers.multi_axis_positions(setup) else ("1", "inv", "B"):
         got = peers.nnsight_logits(setup, masks, 3, mode)
         assert float((got - reference).abs().max()) <= TOL, mode
 
