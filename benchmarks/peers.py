@@ -34,7 +34,6 @@ peer that fails gets no rate ratio printed. Timings alternate the methods within
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import json
 import math
@@ -441,11 +440,10 @@ def machine() -> dict:
             ["lscpu"], capture_output=True, text=True).stdout.splitlines() if line.startswith("Model name"))
     except (StopIteration, OSError):
         model_name = platform.processor()
-    load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else []
     info = {"cpu": model_name, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "transformers": transformers.__version__,
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "loadavg_at_start": " ".join(load)}
+            "loadavg": loadavg()}
     if nnsight_available():
         import nnsight
         info["nnsight"] = nnsight.__version__
@@ -467,7 +465,13 @@ def mask_counts(args, names) -> dict[str, int]:
             else args.single_masks for n in ["headflow", *names]}
 
 
+def loadavg() -> str:
+    path = Path("/proc/loadavg")
+    return " ".join(path.read_text().split()[:3]) if path.exists() else ""
+
+
 def side_by_side(args) -> dict:
+    info = machine()
     setup = build_setup(args.shape)
     names = peers_available(args.peers)
     batch = batches(args)
@@ -487,7 +491,7 @@ def side_by_side(args) -> dict:
             "ratio_headflow_over": ratios,
             "fastest_verified_peer": fastest,
             "headflow_over_fastest_peer": rates["headflow"] / rates[fastest] if fastest else None,
-            "machine": machine()}
+            "machine": {**info, "loadavg_at_end": loadavg()}}
 
 
 SCALING_LM = dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4,
@@ -495,6 +499,7 @@ SCALING_LM = dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, n
 
 
 def scaling_tokens(args) -> dict:
+    info = machine()
     names = peers_available(args.peers)
     rows = []
     for tokens in args.image_tokens:
@@ -509,10 +514,11 @@ def scaling_tokens(args) -> dict:
                      "verified": {n: diffs[n] <= TOLERANCE for n in names},
                      "max_answer_logit_diff": diffs})
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    return {"scaling": "image_tokens", "lm": SCALING_LM, "rows": rows, "machine": machine()}
+    return {"scaling": "image_tokens", "lm": SCALING_LM, "rows": rows, "machine": {**info, "loadavg_at_end": loadavg()}}
 
 
 def scaling_batch(args) -> dict:
+    info = machine()
     setup = build_setup(args.shape)
     names = [n for n in peers_available(args.peers) if n in BATCHED]
     rows = []
@@ -526,14 +532,14 @@ def scaling_batch(args) -> dict:
         rows.append({"batch": b, "ms_per_mask": {n: 1000 * t for n, t in per_mask.items()}})
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     return {"scaling": "batch", "shape": args.shape, "rows": rows, "max_answer_logit_diff": diffs,
-            "verified": {n: diffs[n] <= TOLERANCE for n in names}, "machine": machine()}
+            "verified": {n: diffs[n] <= TOLERANCE for n in names}, "machine": {**info, "loadavg_at_end": loadavg()}}
 
 
 def print_side_by_side(r: dict) -> None:
     print(f"shape {r['shape']}: {r['prompt_tokens']} prompt / {r['image_tokens']} image / {r['suffix_tokens']} "
           f"suffix tokens, {r['n_layers']} layers x {r['n_heads']} heads ({r['n_kv_heads']} KV)")
-    print(f"verification on {r['verify_masks']} masks + the all-heads mask; largest change of the answer logit they make: "
-          f"{r['max_answer_logit_diff']['effect']:.3g}")
+    print(f"verification on {r['verify_masks']} masks + the all-heads mask; largest change of the answer logit "
+          f"they make: {r['max_answer_logit_diff']['effect']:.3g}")
     print(f"{'method':<12} {'masks/s':>9} {'verified (max |d logit|)':>28} {'headflow / peer':>16}")
     for name, rate in r["masks_per_s"].items():
         if name == "headflow":
