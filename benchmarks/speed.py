@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from shapes import LONG_QUESTION, build_shape  # noqa: E402
 
-from headflow.attribution.answers import target_values  # noqa: E402
+from headflow.answers import target_values  # noqa: E402
 from headflow.attribution.core import mask_rows, sample_masks  # noqa: E402
 from headflow.intervene import Baseline, InterventionEngine  # noqa: E402
 from headflow.intervene.check import check_image  # noqa: E402
