@@ -29,6 +29,7 @@ peer that fails gets no rate ratio printed. Timings alternate the methods within
     python benchmarks/peers.py --shape llava15                 # the side-by-side table
     python benchmarks/peers.py --scaling tokens                # cost per mask vs image tokens (144/576/2304)
     python benchmarks/peers.py --scaling batch                 # cost per mask vs batch size
+    python benchmarks/peers.py --peers hooks-1 --floor         # + speed.py's floor (suffix alone): the bound
 """
 
 from __future__ import annotations
@@ -391,6 +392,8 @@ def nnsight_available() -> bool:
 def method_fn(name: str, batch: dict[str, int]) -> Callable[[Setup, torch.Tensor], torch.Tensor]:
     if name == "headflow":
         return lambda s, m: headflow_logits(s, m, batch["headflow"])
+    if name == "floor":  # not a peer: the suffix alone, no prefix, no intervention (speed.py's (4)); a bound
+        return lambda s, m: floor_logits(s, len(m), batch["headflow"])
     if name == "hooks-1":
         return lambda s, m: hooks_logits(s, m, 1)
     if name == "hooks-B":
@@ -429,9 +432,25 @@ def measure(setup: Setup, names, n_masks: dict[str, int], batch: dict[str, int],
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
+def floor_logits(setup: Setup, rows: int, batch: int) -> torch.Tensor:
+    """Not a peer: the text suffix alone through the language model (no prefix, no cache, no intervention), as
+    ``speed.py``'s floor (4); no exact method can beat it by much."""
+    outs = []
+    with torch.no_grad():
+        for start in range(0, rows, batch):
+            kwargs = setup.lm_kwargs(min(batch, rows - start))
+            kwargs["inputs_embeds"] = kwargs["inputs_embeds"][:, setup.text_start:]
+            if "position_ids" in kwargs:
+                kwargs["position_ids"] = kwargs["position_ids"][..., setup.text_start:]
+            out = setup.lm.adapter.language_model()(**kwargs, use_cache=False)
+            outs.append(setup.lm.adapter.output_logits(out.last_hidden_state[:, -1])[:, setup.answer])
+    return torch.cat(outs)
+
+
 def verified_ratios(rates: dict[str, float], verified: dict[str, bool]) -> dict[str, float]:
     """headflow's rate over each peer's, for verified peers only: an unverified peer gets no ratio."""
     return {n: rates["headflow"] / rate for n, rate in rates.items() if n != "headflow" and verified.get(n) is True}
+
 
 
 def machine() -> dict:
@@ -478,7 +497,11 @@ def side_by_side(args) -> dict:
     diffs = verify(setup, names, setup.masks(args.verify_masks, seed=0), batch)
     verified = {n: diffs[n] <= TOLERANCE for n in names}
     n_masks = mask_counts(args, names)
-    per_mask = measure(setup, ["headflow", *names], n_masks, batch, args.repeats)
+    timed = ["headflow", *names]
+    if args.floor:
+        timed.append("floor")
+        n_masks["floor"] = args.masks
+    per_mask = measure(setup, timed, n_masks, batch, args.repeats)
     rates = {n: 1 / t for n, t in per_mask.items()}
     ratios = verified_ratios(rates, verified)
     issue = [n for n in ratios if n in ISSUE_PEERS]
@@ -545,6 +568,10 @@ def print_side_by_side(r: dict) -> None:
         if name == "headflow":
             print(f"{name:<12} {rate:9.2f} {'(reference)':>28} {'':>16}")
             continue
+        if name == "floor":
+            print(f"{name:<12} {rate:9.2f} {'(no ablation: a bound)':>28} "
+                  f"{'floor/headflow ' + format(rate / r['masks_per_s']['headflow'], '.2f'):>16}")
+            continue
         ok, d = r["verified"][name], r["max_answer_logit_diff"][name]
         ratio = f"{r['ratio_headflow_over'][name]:.1f}x" if name in r["ratio_headflow_over"] else "n/a (unverified)"
         print(f"{name:<12} {rate:9.2f} {('yes ' if ok else 'NO ') + f'({d:.1e})':>28} {ratio:>16}")
@@ -569,6 +596,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--image-tokens", type=int, nargs="+", default=[144, 576, 2304])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--floor", action="store_true",
+                        help="also time speed.py's floor (the suffix alone, no prefix, no ablation): a bound, not a peer")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if args.shape == "qwen2vl":  # nnsight 0.8 cannot batch invokes of M-RoPE inputs (multi_axis_positions)
