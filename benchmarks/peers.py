@@ -415,9 +415,10 @@ def verify(setup: Setup, names, masks: torch.Tensor, batch: dict[str, int]) -> d
     return {**diffs, "effect": float((reference - setup.prompt.clean_logits[setup.answer]).abs().max())}
 
 
-def measure(setup: Setup, names, n_masks: dict[str, int], batch: dict[str, int], repeats: int, seed: int = 1
-            ) -> dict[str, float]:
-    """Median seconds per mask per method; methods alternate within each repeat (one warm-up each)."""
+def measure(setup: Setup, names, n_masks: dict[str, int], batch: dict[str, int], repeats: int, seed: int = 1,
+            record: dict | None = None) -> dict[str, float]:
+    """Median seconds per mask per method; methods alternate within each repeat (one warm-up each). ``record``
+    receives every repeat's seconds per mask."""
     masks = setup.masks(max(n_masks.values()), seed=seed)
     fns = {name: method_fn(name, batch) for name in names}
     for name in names:  # warm-up
@@ -429,6 +430,8 @@ def measure(setup: Setup, names, n_masks: dict[str, int], batch: dict[str, int],
             start = time.perf_counter()
             fns[name](setup, m)
             times[name].append((time.perf_counter() - start) / len(m))
+    if record is not None:
+        record.update(times)
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
@@ -501,7 +504,8 @@ def side_by_side(args) -> dict:
     if args.floor:
         timed.append("floor")
         n_masks["floor"] = args.masks
-    per_mask = measure(setup, timed, n_masks, batch, args.repeats)
+    every: dict = {}
+    per_mask = measure(setup, timed, n_masks, batch, args.repeats, record=every)
     rates = {n: 1 / t for n, t in per_mask.items()}
     ratios = verified_ratios(rates, verified)
     issue = [n for n in ratios if n in ISSUE_PEERS]
@@ -510,6 +514,7 @@ def side_by_side(args) -> dict:
             "image_tokens": len(setup.image), "suffix_tokens": setup.prompt.groups.length - setup.text_start,
             "n_layers": setup.n_layers, "n_heads": setup.n_heads, "n_kv_heads": setup.lm.n_kv_heads,
             "batch": batch, "masks_timed": n_masks, "repeats": args.repeats, "verify_masks": args.verify_masks,
+            "seconds_per_mask_each_repeat": every,
             "max_answer_logit_diff": diffs, "verified": verified, "masks_per_s": rates,
             "ratio_headflow_over": ratios,
             "fastest_verified_peer": fastest,
