@@ -13,14 +13,16 @@ Peers, all on the same model, image, baseline (mean of two images' keys/values) 
                into ``o_proj``'s input. Layers without an ablated head are left alone.
   hooks-B      the same hooks, one forward per batch of masks (batch rows = masks, the mask row-indexed inside
                the hook; only rows that ablate a head of that layer are recomputed).
-  nnsight-1    nnsight 0.8 (``TransformersModel``), one trace with one invoke per mask.
-  nnsight-inv  one trace, several invokes (one per mask): nnsight batches the invokes into one forward.
+  nnsight-1    nnsight 0.8 (``TransformersModel``; the plain ``NNsight`` wrapper for M-RoPE models, whose position
+               ids ``TransformersModel`` refuses), the same computation as intervention code, one trace per mask.
+  nnsight-inv  one trace per batch, one invoke per mask: nnsight batches the invokes into one forward (not for
+               M-RoPE models: the plain wrapper cannot batch invokes).
   nnsight-B    one trace, one invoke whose input has one row per mask; the intervention indexes the mask by row
                (the fastest nnsight allows: one forward, one intervention thread).
   hooks-cache  not in the issue's list: the hooks of hooks-B plus transformers' own KV cache of the prefix
                (system + image, computed once per image like headflow's ``prepare``), copied into a
                ``DynamicCache`` of one row per mask; only the text suffix runs per mask. This is headflow's
-               prefix reuse done by hand, the strongest peer a transformers user could write.
+               prefix reuse done by hand: the strongest peer we could write with transformers alone.
   headflow     its engine: prefix (system + image) run once, only the text suffix per mask, many masks per batch.
 
 Every peer is first checked against headflow's answer logits (max |diff| <= 1e-4, fp32) on the same masks; a
