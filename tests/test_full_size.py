@@ -34,6 +34,7 @@ def test_the_table_covers_every_family_and_gives_each_its_numbers():
         for key in TEXT_FIELDS:
             assert getattr(text, key) == spec.text[key], (family, key)
         assert text.num_hidden_layers == 2, family
+        assert config.tie_word_embeddings == spec.top["tie_word_embeddings"], family
         assert len(getattr(text, "layer_types", None) or [0, 0]) == 2, family
         vision = config.vision_config
         assert getattr(vision, "depth", None) == 1 or vision.num_hidden_layers == 1, family

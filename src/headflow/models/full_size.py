@@ -22,6 +22,7 @@ What is real and what is not:
   tokenizer's (all below the real vocabulary, so valid rows of the full-size embedding). Layer types: with
   sliding-window families (Gemma 3, Cohere2/Aya) the kept layers are ``sliding`` except the last, which is
   ``full`` (the checkpoints repeat blocks of sliding layers closed by one full layer), so both kinds are exercised.
+  Input/output embeddings are tied where the checkpoint ties them (``top["tie_word_embeddings"]``).
   Qwen3-VL's DeepStack taps and Qwen2.5-VL's full-attention vision blocks are cut to the kept vision layers.
 
 The sources are the stored copies of config.json files (mirrors, quantised copies or fine-tunes of the reference
@@ -86,7 +87,7 @@ FULL_SIZE: dict[str, FullSize] = {
         text=dict(_LLAMA2_7B, vocab_size=32064, max_position_embeddings=4096,
                   rope_parameters={"rope_type": "default", "rope_theta": 10000.0}),
         vision=dict(_CLIP_L_336),
-        top=dict(image_seq_length=576),
+        top=dict(tie_word_embeddings=False, image_seq_length=576),
         image_processor=dict(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}),
         processor=dict(patch_size=14, num_additional_image_tokens=1, vision_feature_select_strategy="default"),
         image_tokens=576, image_tokens_rule="(336/14)^2 patches, CLS dropped",
@@ -101,7 +102,7 @@ FULL_SIZE: dict[str, FullSize] = {
                   head_dim=128, vocab_size=32064, max_position_embeddings=32768, sliding_window=None,
                   rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}),
         vision=dict(_CLIP_L_336),
-        top=dict(image_grid_pinpoints=_LLAVA_NEXT_PINPOINTS, image_seq_length=576),
+        top=dict(tie_word_embeddings=False, image_grid_pinpoints=_LLAVA_NEXT_PINPOINTS, image_seq_length=576),
         image_processor=dict(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336},
                              image_grid_pinpoints=_LLAVA_NEXT_PINPOINTS),
         processor=dict(patch_size=14, num_additional_image_tokens=1, vision_feature_select_strategy="default"),
@@ -118,6 +119,7 @@ FULL_SIZE: dict[str, FullSize] = {
                   rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]}),
         vision=dict(embed_dim=1280, hidden_size=3584, num_heads=16, mlp_ratio=4, patch_size=14, spatial_merge_size=2,
                     temporal_patch_size=2),
+        top=dict(tie_word_embeddings=False),
         image_processor=dict(patch_size=14, merge_size=2, temporal_patch_size=2,
                              size={"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 16384}),
         image_tokens=64, image_tokens_rule="224x224 is a multiple of 28: 16x16 patches of 14 px, merged 2x2",
@@ -131,6 +133,7 @@ FULL_SIZE: dict[str, FullSize] = {
                   rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]}),
         vision=dict(hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584, patch_size=14,
                     spatial_merge_size=2, temporal_patch_size=2, window_size=112),
+        top=dict(tie_word_embeddings=False),
         image_processor=dict(patch_size=14, merge_size=2, temporal_patch_size=2,
                              size={"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 16384}),
         image_tokens=64, image_tokens_rule="as Qwen2-VL: 16x16 patches of 14 px, merged 2x2",
@@ -147,6 +150,7 @@ FULL_SIZE: dict[str, FullSize] = {
                                    "mrope_interleaved": True}),
         vision=dict(hidden_size=1152, intermediate_size=4304, num_heads=16, out_hidden_size=4096, patch_size=16,
                     spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=2304),
+        top=dict(tie_word_embeddings=False),
         image_processor=dict(patch_size=16, merge_size=2, temporal_patch_size=2,
                              size={"shortest_edge": 65536, "longest_edge": 16777216}),
         image_tokens=64,
@@ -163,7 +167,7 @@ FULL_SIZE: dict[str, FullSize] = {
                   rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}),
         vision=dict(hidden_size=1024, intermediate_size=4096, num_attention_heads=16, image_size=[448, 448],
                     patch_size=[14, 14]),
-        top=dict(image_seq_length=256, downsample_ratio=0.5),
+        top=dict(tie_word_embeddings=False, image_seq_length=256, downsample_ratio=0.5),
         image_processor=dict(size={"height": 448, "width": 448}, crop_to_patches=True, min_patches=1, max_patches=12),
         processor=dict(image_seq_length=256),
         image_tokens=256,
@@ -172,7 +176,8 @@ FULL_SIZE: dict[str, FullSize] = {
              "3584, MLP 18944, 28 heads, 4 KV, as Qwen2.5-VL-7B's text_config above), the vision tower "
              "InternViT-300M-448px (1024 wide, 16 heads, MLP 4096, patch 14, 448 px); vocab 151674, "
              "image_seq_length 256 and downsample 0.5 as in the stored InternVL3 -hf configs (38B, 1B). The "
-             "checkpoints' dynamic RoPE scaling (factor 2) is left out: it changes nothing below 32768 positions."),
+             "checkpoints' dynamic RoPE scaling (factor 2) is left out: it changes nothing below 32768 positions. "
+             "Untied embeddings, as Qwen2.5-7B's (not seen in the stored text)."),
     "gemma3": FullSize(
         checkpoint="google/gemma-3-4b-it",
         source=(HF + "mlx-community/gemma-3-4b-it-bf16/blob/main/config.json",
@@ -184,7 +189,7 @@ FULL_SIZE: dict[str, FullSize] = {
                                    "full_attention": {"rope_type": "linear", "factor": 8.0,
                                                       "rope_theta": 1000000.0}}),
         vision=dict(_SIGLIP_SO400M, image_size=896, vision_use_head=False),
-        top=dict(mm_tokens_per_image=256),
+        top=dict(tie_word_embeddings=True, mm_tokens_per_image=256),
         image_processor=dict(size={"height": 896, "width": 896}, do_pan_and_scan=False),
         processor=dict(image_seq_length=256),
         image_tokens=256, image_tokens_rule="896 px / 14 = 64x64 patches, average-pooled to 16x16",
@@ -196,7 +201,7 @@ FULL_SIZE: dict[str, FullSize] = {
         text=dict(hidden_size=2048, intermediate_size=16384, num_attention_heads=8, num_key_value_heads=1,
                   head_dim=256, vocab_size=257216, num_image_tokens=256, max_position_embeddings=8192),
         vision=dict(_SIGLIP_SO400M, image_size=224, projection_dim=2048, vision_use_head=False),
-        top=dict(projection_dim=2048, hidden_size=2048, vocab_size=257216),
+        top=dict(tie_word_embeddings=True, projection_dim=2048, hidden_size=2048, vocab_size=257216),
         image_processor=dict(size={"height": 224, "width": 224}, image_seq_length=256),
         processor=dict(image_seq_length=256),
         image_tokens=256, image_tokens_rule="224 px / 14 = 16x16 patches",
@@ -209,7 +214,7 @@ FULL_SIZE: dict[str, FullSize] = {
         text=dict(_QWEN2_7B, vocab_size=152128, max_position_embeddings=32768,
                   rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}),
         vision=dict(_SIGLIP_SO400M, image_size=384, vision_use_head=False),
-        top=dict(image_grid_pinpoints=_ONEVISION_PINPOINTS, vision_aspect_ratio="anyres_max_9"),
+        top=dict(tie_word_embeddings=False, image_grid_pinpoints=_ONEVISION_PINPOINTS, vision_aspect_ratio="anyres_max_9"),
         image_processor=dict(size={"height": 384, "width": 384}, image_grid_pinpoints=_ONEVISION_PINPOINTS),
         processor=dict(num_image_tokens=729, vision_feature_select_strategy="full", vision_aspect_ratio="anyres_max_9"),
         image_tokens=1485,
@@ -228,7 +233,7 @@ FULL_SIZE: dict[str, FullSize] = {
                   head_dim=128, vocab_size=128259, max_position_embeddings=131072,
                   rope_parameters={"rope_type": "default", "rope_theta": 500000.0}),
         vision=dict(_SIGLIP_SO400M, image_size=364),
-        top=dict(scale_factor=2),
+        top=dict(tie_word_embeddings=False, scale_factor=2),
         image_processor=dict(size={"longest_edge": 4 * 364}, max_image_size={"longest_edge": 364},
                              do_image_splitting=True),
         processor=dict(image_seq_len=169),
@@ -245,7 +250,7 @@ FULL_SIZE: dict[str, FullSize] = {
                   head_dim=64, vocab_size=49280, max_position_embeddings=8192,
                   rope_parameters={"rope_type": "default", "rope_theta": 130000.0}),
         vision=dict(_SIGLIP_SO400M, image_size=384),
-        top=dict(scale_factor=3),
+        top=dict(tie_word_embeddings=False, scale_factor=3),
         image_processor=dict(size={"longest_edge": 4 * 384}, max_image_size={"longest_edge": 384},
                              do_image_splitting=True),
         processor=dict(image_seq_len=81),
@@ -254,7 +259,7 @@ FULL_SIZE: dict[str, FullSize] = {
                           "17 x (384/14)^2 / 3^2 = 17 x 81",
         note="the stored config gives hidden 2048, MLP 8192, head_dim 64, scale_factor 3, image token 49190; "
              "32 heads / 32 KV heads / vocab 49280 / rope_theta 130000 (SmolLM2-1.7B) and the image processor's "
-             "longest edge 1536 were not in the stored excerpt."),
+             "longest edge 1536 were not in the stored excerpt; untied embeddings (SmolVLMConfig's default) not verified."),
     "aya_vision": FullSize(
         checkpoint="CohereLabs/aya-vision-8b",
         source=(HF + "mlx-community/aya-vision-8b-8bit/raw/main/config.json",),
@@ -262,14 +267,15 @@ FULL_SIZE: dict[str, FullSize] = {
                   head_dim=128, vocab_size=256000, logit_scale=0.25, sliding_window=4096,
                   max_position_embeddings=8192, rope_parameters={"rope_type": "default", "rope_theta": 50000.0}),
         vision=dict(_SIGLIP_SO400M, image_size=364, vision_use_head=False),
-        top=dict(downsample_factor=2, alignment_intermediate_size=28672),
+        top=dict(tie_word_embeddings=True, downsample_factor=2, alignment_intermediate_size=28672),
         image_processor=dict(size={"height": 364, "width": 364}, crop_to_patches=True, min_patches=1,
                              max_patches=12),
         processor=dict(patch_size=14, img_size=364, downsample_factor=2),
         image_tokens=169,
         image_tokens_rule="a square image is one 364 px tile (no thumbnail): (364/14)^2 / 2^2",
         note="vocab 256000 and sliding window 4096 are Cohere2Config's defaults (transformers 5.24), which the "
-             "stored config relies on; the sliding/full pattern there is 3:1."),
+             "stored config relies on; the sliding/full pattern there is 3:1. Tied input/output embeddings: the stored "
+             "config sets no tie_word_embeddings, so AyaVisionConfig's default (True) applies."),
 }
 
 
