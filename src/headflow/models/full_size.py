@@ -137,9 +137,9 @@ FULL_SIZE: dict[str, FullSize] = {
         image_processor=dict(patch_size=14, merge_size=2, temporal_patch_size=2,
                              size={"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 16384}),
         image_tokens=64, image_tokens_rule="as Qwen2-VL: 16x16 patches of 14 px, merged 2x2",
-        note="vision hidden 1280 in the stored config; intermediate 3420 / 16 heads / window 112 are the values "
-             "the checkpoint's vision_config carries (Qwen2_5_VLVisionConfig defaults are the same); vocab 152064 "
-             "is Qwen2.5-7B's (the stored excerpt stops before vocab_size)."),
+        note="vision hidden 1280 in the stored config, which stops before the rest of vision_config and before "
+             "vocab_size: MLP 3420 / 16 heads / window 112 are Qwen2_5_VLVisionConfig's defaults (transformers "
+             "5.24), vocab 152064 is Qwen2.5-7B's / Qwen2-VL-7B's; neither was seen in the stored text."),
     "qwen3_vl": FullSize(
         checkpoint="Qwen/Qwen3-VL-8B-Instruct",
         source=(HF + "Steinate/Cortex/blame/main/config.json",
