@@ -276,6 +276,23 @@ FULL_SIZE: dict[str, FullSize] = {
         note="vocab 256000 and sliding window 4096 are Cohere2Config's defaults (transformers 5.24), which the "
              "stored config relies on; the sliding/full pattern there is 3:1. Tied input/output embeddings: the stored "
              "config sets no tie_word_embeddings, so AyaVisionConfig's default (True) applies."),
+    "glm4v": FullSize(
+        checkpoint="zai-org/GLM-4.1V-9B-Thinking",
+        source=("https://github.com/huggingface/transformers/blob/v5.24.0/src/transformers/models/glm4v/"
+                "configuration_glm4v.py",),
+        text=dict(hidden_size=4096, intermediate_size=13696, num_attention_heads=32, num_key_value_heads=2,
+                  head_dim=128, vocab_size=151552, max_position_embeddings=32768,
+                  rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [8, 12, 12],
+                                   "partial_rotary_factor": 0.5}),
+        vision=dict(hidden_size=1536, intermediate_size=13696, num_heads=12, image_size=336, patch_size=14,
+                    spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=4096),
+        top=dict(tie_word_embeddings=False),
+        image_processor=dict(patch_size=14, merge_size=2, temporal_patch_size=2,
+                             size={"shortest_edge": 112 * 112, "longest_edge": 28 * 28 * 15000}),
+        image_tokens=64, image_tokens_rule="as Qwen2-VL: 224x224 is 16x16 patches of 14 px, merged 2x2",
+        note="no stored config.json of the checkpoint: every number is transformers' Glm4vConfig default (read in the "
+             "installed transformers 5.24), whose docstring names zai-org/GLM-4.1V-9B-Thinking as its checkpoint; rope theta 10000 and M-RoPE sections [8, 12, 12] over half of each head "
+             "(partial rotary 0.5) are the defaults the model code assumes. Unverified against the hub file."),
 }
 
 
