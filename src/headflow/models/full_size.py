@@ -196,17 +196,22 @@ FULL_SIZE: dict[str, FullSize] = {
         note="heads/KV/head_dim/query_pre_attn_scalar from unsloth/gemma-3-4b-pt (same 4B text model); "
              "sliding_window_pattern 6 (5 local : 1 global) on the checkpoint."),
     "paligemma": FullSize(
-        checkpoint="google/paligemma-3b-pt-224",
-        source=(HF + "hyacinthum/paligemma_vqav2/blame/main/config.json",),
-        text=dict(hidden_size=2048, intermediate_size=16384, num_attention_heads=8, num_key_value_heads=1,
-                  head_dim=256, vocab_size=257216, num_image_tokens=256, max_position_embeddings=8192),
-        vision=dict(_SIGLIP_SO400M, image_size=224, projection_dim=2048, vision_use_head=False),
-        top=dict(tie_word_embeddings=True, projection_dim=2048, hidden_size=2048, vocab_size=257216),
+        checkpoint="google/paligemma2-3b-pt-224",
+        source=(HF + "google/paligemma2-3b-pt-224",),
+        text=dict(hidden_size=2304, intermediate_size=9216, num_attention_heads=8, num_key_value_heads=4,
+                  head_dim=256, vocab_size=257216, max_position_embeddings=8192, query_pre_attn_scalar=256,
+                  sliding_window=4096, attn_logit_softcapping=50.0, final_logit_softcapping=30.0),
+        vision=dict(_SIGLIP_SO400M, image_size=224, projection_dim=2304, vision_use_head=False),
+        top=dict(tie_word_embeddings=True, projection_dim=2304, hidden_size=2304, vocab_size=257216),
         image_processor=dict(size={"height": 224, "width": 224}, image_seq_length=256),
         processor=dict(image_seq_length=256),
         image_tokens=256, image_tokens_rule="224 px / 14 = 16x16 patches",
-        note="a fine-tune of google/paligemma-3b-pt-224 (_name_or_path); the family's template is PaliGemma 1 "
-             "(Gemma 2B LM, GemmaConfig), not PaliGemma 2; head_dim 256 is GemmaConfig's default (Gemma 2B)."),
+        note="PaliGemma 2 (the family's tiny template has a Gemma 2 language model since issue #15): no stored "
+             "config.json of it was found; the numbers are Gemma 2 2B's (hidden 2304, MLP 9216, 8 heads, 4 KV heads "
+             "of 256, sliding window 4096, softcaps 50/30, query_pre_attn_scalar 256: Gemma2Config's fields, the "
+             "Gemma 2 2B model card) with PaliGemma's vocabulary (257216, Gemma's 256000 + 1024 <loc> + 128 <seg> "
+             "+ 64) and SigLIP-So400m at 224 px. Unverified against the hub file. PaliGemma 1 (Gemma 2B, "
+             "google/paligemma-3b-pt-224: hidden 2048, MLP 16384, 8 heads, 1 KV head) is not built here."),
     "llava_onevision": FullSize(
         checkpoint="llava-hf/llava-onevision-qwen2-7b-ov-hf",
         source=(HF + "mgoin/llava-onevision-qwen2-7b-ov-hf-bnb-full-4bit/blob/main/config.json",
