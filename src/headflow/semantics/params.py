@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import field_validator
 
+from ..errors import HeadflowError
 from ..method import Params, field
 
 SIMILARITY_CHOICES = "cosine, spearman, jaccard:K"
@@ -38,4 +39,46 @@ class SemanticParams(Params):
     def _factors(cls, value: Any) -> Any:
         if value is not None and (not value or not all(value) or len(set(value)) != len(value)):
             raise ValueError("factors must be distinct, non-empty names")
+        return value
+
+
+class RoutingParams(Params):
+    """What defines a question-routing run (:class:`~headflow.semantics.routing.QuestionRouting`)."""
+
+    questions: dict[str, str] = field(..., "Question types and the question of each, e.g. {'class': 'What is the "
+                                      "main object in the image?', 'colour': 'What colour is the main object?'}.",
+                                      expected="a dict of at least 2 question types to non-empty questions")
+    attribution: dict[str, Any] = field({}, "HeadAttribution parameters for every question type (its defaults "
+                                        "otherwise; each type's question is set from 'questions').")
+    semantics: dict[str, Any] = field({}, "SemanticAnalysis parameters (its defaults otherwise; the factor is "
+                                      "always the image).")
+
+    @field_validator("questions")
+    @classmethod
+    def _questions(cls, value: Any) -> Any:
+        if len(value) < 2 or not all(str(k).strip() and str(q).strip() for k, q in value.items()):
+            raise HeadflowError(f"The 'questions' parameter of QuestionRouting must map at least 2 question types to "
+                                f"non-empty questions. Got {value!r} instead.")
+        return value
+
+    @field_validator("attribution")
+    @classmethod
+    def _attribution(cls, value: Any) -> Any:
+        from ..attribution.params import AttributionParams
+
+        unknown = sorted(set(value) - set(AttributionParams.model_fields) | ({"question"} & set(value)))
+        if unknown:
+            raise HeadflowError(f"The 'attribution' parameter of QuestionRouting takes HeadAttribution's parameters "
+                                f"except question (set per type); {', '.join(map(repr, unknown))} is not one. Use: "
+                                f"{', '.join(f for f in AttributionParams.model_fields if f != 'question')}.")
+        return value
+
+    @field_validator("semantics")
+    @classmethod
+    def _semantics(cls, value: Any) -> Any:
+        unknown = sorted(set(value) - set(SemanticParams.model_fields) | ({"factors"} & set(value)))
+        if unknown:
+            raise HeadflowError(f"The 'semantics' parameter of QuestionRouting takes SemanticAnalysis's parameters "
+                                f"except factors (always the image); {', '.join(map(repr, unknown))} is not one. Use: "
+                                f"{', '.join(f for f in SemanticParams.model_fields if f != 'factors')}.")
         return value
