@@ -66,19 +66,19 @@ class RoutingParams(Params):
     def _attribution(cls, value: Any) -> Any:
         from ..attribution.params import AttributionParams
 
-        unknown = sorted(set(value) - set(AttributionParams.model_fields) | ({"question"} & set(value)))
-        if unknown:
-            raise HeadflowError(f"The 'attribution' parameter of QuestionRouting takes HeadAttribution's parameters "
-                                f"except question (set per type); {', '.join(map(repr, unknown))} is not one. Use: "
-                                f"{', '.join(f for f in AttributionParams.model_fields if f != 'question')}.")
-        return value
+        return _passed_on(value, "attribution", "HeadAttribution", AttributionParams, "question", "set per type")
 
     @field_validator("semantics")
     @classmethod
     def _semantics(cls, value: Any) -> Any:
-        unknown = sorted(set(value) - set(SemanticParams.model_fields) | ({"factors"} & set(value)))
-        if unknown:
-            raise HeadflowError(f"The 'semantics' parameter of QuestionRouting takes SemanticAnalysis's parameters "
-                                f"except factors (always the image); {', '.join(map(repr, unknown))} is not one. Use: "
-                                f"{', '.join(f for f in SemanticParams.model_fields if f != 'factors')}.")
-        return value
+        return _passed_on(value, "semantics", "SemanticAnalysis", SemanticParams, "factors", "always the image")
+
+
+def _passed_on(value: dict[str, Any], name: str, method: str, params: type[Params], fixed: str, why: str) -> dict:
+    """``value`` if it holds only ``method``'s parameters other than ``fixed`` (else one line naming the strays)."""
+    unknown = sorted((set(value) - set(params.model_fields)) | ({fixed} & set(value)))
+    if unknown:
+        raise HeadflowError(f"The {name!r} parameter of QuestionRouting takes {method}'s parameters except {fixed} "
+                            f"({why}); {', '.join(map(repr, unknown))} is not one. Use: "
+                            f"{', '.join(f for f in params.model_fields if f != fixed)}.")
+    return value
