@@ -77,3 +77,23 @@ def test_bad_parameters_are_one_line():
         QuestionRouting(None, questions=QUESTIONS, attribution={"question": "x"}).check()
     with pytest.raises(HeadflowError, match="'factors' is not one"):
         QuestionRouting(None, questions=QUESTIONS, semantics={"factors": ["style"]}).check()
+
+
+def test_route_command(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from headflow.cli import app
+
+    runner = CliRunner()
+    args = ["route", "--images", "6", "--ask", f"class={QUESTIONS['class']}", "--ask", f"size={QUESTIONS['size']}",
+            "--masks", "48", "--val-masks", "8", "--keep-wrong", "--n-permutations", "49", "--out", str(tmp_path / "r")]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    saved = json.loads((tmp_path / "r" / "routing.json").read_text())
+    assert saved["question_types"] == ["class", "size"] and f"verdict {saved['verdict']}" in res.output
+    bad = runner.invoke(app, ["route", "--ask", "size", "--ask", "class=x", "--out", str(tmp_path / "b")])
+    assert bad.exit_code == 2 and "--ask takes TYPE=QUESTION" in bad.output
+    one = runner.invoke(app, ["route", "--ask", "class=x", "--out", str(tmp_path / "c")])
+    assert one.exit_code == 2 and "at least 2 question types" in one.output

@@ -235,6 +235,37 @@ def register(app: typer.Typer) -> None:
             typer.echo(result.summary())
             typer.echo(f"wrote {values['run_dir'] / 'semantics.json'} and figures to {values['run_dir'] / 'figures'}")
 
+    ask = inspect.Parameter("ask", inspect.Parameter.KEYWORD_ONLY, annotation=list[str], default=typer.Option(
+        ..., "--ask", help="A question type and its question, TYPE=QUESTION (repeat: at least 2). Answers: the "
+        "labels for 'class', else the dataset's factor of that name."))
+    route_sem = method_options(SemanticParams, skip=("factors", "seed"))
+
+    @command(app, "route", [*_shared(*DATA_OPTIONS, "out", "device", "dtype"), ask,
+                            *method_options(AttributionParams, skip=("question",)), *route_sem])
+    def route(**values: Any) -> None:
+        """Does a different question route the same image through different heads? One attribution per question
+        type on the same images, then type vs image (the semantics analysis); writes OUT/routing.json."""
+        from ..semantics import QuestionRouting
+
+        questions = {}
+        for item in values["ask"]:
+            qtype, sep, question = item.partition("=")
+            if not sep or not qtype.strip() or not question.strip():
+                fail(f"--ask takes TYPE=QUESTION, e.g. --ask 'size=What size is the main object?'. Got {item!r}.")
+            questions[qtype.strip()] = question.strip()
+        attribution = params_from(AttributionParams, values, "route", skip=("question",))
+        semantics = params_from(SemanticParams, values, "route", skip=("factors", "seed"))
+        result = QuestionRouting(load_from(values), questions=questions, attribution=attribution,
+                                 semantics=semantics).run(_data(values), out=values["out"])
+        result.plot()
+        d = result.to_dict()
+        typer.echo(f"{result.n_images} images kept under every question type ({', '.join(result.question_types)}): "
+                   f"verdict {result.verdict} (similarity within a question {d['within_question_similarity']:.3f}, "
+                   f"within an image {d['within_image_similarity']:.3f}, p = {d['p_question_vs_image']:.3g}; "
+                   f"question type read from a map {d['probe_question_type']:.2f}, chance "
+                   f"{d['probe_question_type_chance']:.2f})")
+        typer.echo(f"wrote {values['out'] / 'routing.json'}, by_question/ and figures/routing/")
+
     compare_runs = inspect.Parameter("run_dirs", inspect.Parameter.KEYWORD_ONLY, annotation=list[Path],
                                      default=typer.Argument(..., help="Two or more attribution or study run directories."))
     compare_out = inspect.Parameter("out", inspect.Parameter.KEYWORD_ONLY, annotation=Path, default=typer.Option(
