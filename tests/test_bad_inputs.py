@@ -144,6 +144,12 @@ BAD = [
     (["steer", "{run}", "--batch-size", "0"], "'batch_size' parameter of HeadSteering"),
     (["steer", "{run}", "--model", "tiny:qwen2_vl"], "it is not the run's model"),
     # semantics
+    (["route", "--ask", "size", "--ask", "class=x", "--out", "{tmp}/r"], "--ask takes TYPE=QUESTION"),
+    (["route", "--ask", "class=x", "--out", "{tmp}/r"], "at least 2 question types"),
+    (["route", "--ask", "class=x", "--ask", "colour=y", "--images", "4", "--out", "{tmp}/r"],
+     "No answers for question type 'colour'"),
+    (["route", "--ask", "class=x", "--ask", "size=y", "--n-permutations", "0", "--out", "{tmp}/r"],
+     "'n_permutations' parameter of SemanticAnalysis"),
     (["semantics", "{tmp}/none"], "does not exist"),
     (["semantics", "{run}", "--similarity", "euclid"], "must be one of cosine, spearman, jaccard:K"),
     (["semantics", "{run}", "--n-permutations", "0"], "'n_permutations' parameter of SemanticAnalysis"),

@@ -246,6 +246,7 @@ def register(app: typer.Typer) -> None:
         """Does a different question route the same image through different heads? One attribution per question
         type on the same images, then type vs image (the semantics analysis); writes OUT/routing.json."""
         from ..semantics import QuestionRouting
+        from ..semantics.routing import answers_for
 
         questions = {}
         for item in values["ask"]:
@@ -253,10 +254,14 @@ def register(app: typer.Typer) -> None:
             if not sep or not qtype.strip() or not question.strip():
                 fail(f"--ask takes TYPE=QUESTION, e.g. --ask 'size=What size is the main object?'. Got {item!r}.")
             questions[qtype.strip()] = question.strip()
-        attribution = params_from(AttributionParams, values, "route", skip=("question",))
-        semantics = params_from(SemanticParams, values, "route", skip=("factors", "seed"))
-        result = QuestionRouting(load_from(values), questions=questions, attribution=attribution,
-                                 semantics=semantics).run(_data(values), out=values["out"])
+        params = {"questions": questions,
+                  "attribution": params_from(AttributionParams, values, "route", skip=("question",)),
+                  "semantics": params_from(SemanticParams, values, "route", skip=("factors", "seed"))}
+        QuestionRouting(None, **params).check()  # bad parameters and questions without answers: one line, before
+        data = _data(values)                     # the model loads
+        for qtype in questions:
+            answers_for(data, qtype, None)
+        result = QuestionRouting(load_from(values), **params).run(data, out=values["out"])
         result.plot()
         d = result.to_dict()
         typer.echo(f"{result.n_images} images kept under every question type ({', '.join(result.question_types)}): "

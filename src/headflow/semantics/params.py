@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import field_validator
 
 from ..errors import HeadflowError
-from ..method import Params, field
+from ..method import Params, check_params, field
 
 SIMILARITY_CHOICES = "cosine, spearman, jaccard:K"
 
@@ -81,4 +81,5 @@ def _passed_on(value: dict[str, Any], name: str, method: str, params: type[Param
         raise HeadflowError(f"The {name!r} parameter of QuestionRouting takes {method}'s parameters except {fixed} "
                             f"({why}); {', '.join(map(repr, unknown))} is not one. Use: "
                             f"{', '.join(f for f in params.model_fields if f != fixed)}.")
+    check_params(params, method, dict(value))  # and their values: one line naming the method's parameter
     return value
