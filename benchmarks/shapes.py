@@ -9,6 +9,8 @@ The vision towers stay tiny: the benchmark measures the language model, where in
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from headflow.models.loading import LoadedModel, load_model
@@ -27,17 +29,24 @@ LM_SIZES = {
 }
 
 
-def build_shape(shape: str, *, device: str = "cpu", dtype: torch.dtype = torch.float32) -> LoadedModel:
+def build_shape(shape: str, *, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                image_tokens: int | None = None, lm_size: dict | None = None) -> LoadedModel:
+    """``image_tokens`` (LLaVA shapes only): a square image grid of that many tokens (144, 576, 2304, ...) instead
+    of 576; ``lm_size``: language-model sizes in place of ``LM_SIZES[shape]``."""
     if shape == "default":
         return load_model("default", device=device)
     if shape.startswith("llava15"):
         model, processor = build_tiny("llava")
         config = model.config
-        config.vision_config.image_size, config.vision_config.patch_size = 336, 14
-        config.image_seq_length = 576
+        side = 24 if image_tokens is None else math.isqrt(image_tokens)
+        if side * side != (image_tokens or 576):
+            raise SystemExit(f"image_tokens must be a square number (a square grid), got {image_tokens}")
+        pixels = 14 * side
+        config.vision_config.image_size, config.vision_config.patch_size = pixels, 14
+        config.image_seq_length = side * side
         processor.patch_size = 14
-        processor.image_processor.size = {"shortest_edge": 336}
-        processor.image_processor.crop_size = {"height": 336, "width": 336}
+        processor.image_processor.size = {"shortest_edge": pixels}
+        processor.image_processor.crop_size = {"height": pixels, "width": pixels}
         cls = type(model)
     elif shape == "qwen2vl":
         model, processor = build_tiny("qwen2_vl")
@@ -51,7 +60,9 @@ def build_shape(shape: str, *, device: str = "cpu", dtype: torch.dtype = torch.f
         cls = type(model)
     else:
         raise SystemExit(f"unknown shape {shape!r}; use default, llava15, llava15-7b or qwen2vl")
-    for key, value in LM_SIZES[shape].items():
+    if image_tokens is not None and not shape.startswith("llava15"):
+        raise SystemExit("image_tokens is only supported for the llava15 shapes")
+    for key, value in (lm_size or LM_SIZES[shape]).items():
         setattr(config.text_config, key, value)
     config.text_config.max_position_embeddings = 4096
     if getattr(config.text_config, "layer_types", None) is not None:

@@ -7,7 +7,9 @@ Measured in one process, same model, same masks, same image:
   (4) floor     the suffix tokens alone through the same language model, batched the same way
                 (no prefix, no cache, no intervention): no implementation can beat it by much.
 Prints P1 = rate(3)/rate(1) and P2 = time(3)/time(4) (medians over repeats), after checking that
-(1)-(3) give the same targets (<= 1e-4 in fp32).
+(1)-(3) give the same targets (<= 1e-4 in fp32). Before timing, (3) with its fused attention kernels is checked
+against (3) with the blocks written out (``InterventionEngine(kernel="written")``, the reference) within
+``headflow check``'s tolerance for the dtype, and the written-out rate is measured too.
 
     python benchmarks/speed.py --shape llava15 --json
 """
@@ -27,10 +29,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from shapes import LONG_QUESTION, build_shape  # noqa: E402
 
-from headflow.attribution.answers import target_values  # noqa: E402
+from headflow.answers import target_values  # noqa: E402
 from headflow.attribution.core import mask_rows, sample_masks  # noqa: E402
 from headflow.intervene import Baseline, InterventionEngine  # noqa: E402
-from headflow.intervene.check import check_image  # noqa: E402
+from headflow.intervene.check import check_image, tolerance_for  # noqa: E402
 
 
 def timed(fn, repeats: int) -> tuple[float, object]:
@@ -67,6 +69,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--skip-full", action="store_true", help="skip (2) (slow for large shapes)")
+    parser.add_argument("--written-masks", type=int, default=None,
+                        help="masks for (3) with written-out blocks (default: 4 batches)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
@@ -90,6 +94,15 @@ def main(argv: list[str] | None = None) -> dict:
 
     run("prefix", rows[: args.batch_size], args.batch_size)  # warm-up
     floor_forward(lm, prompt, args.batch_size, args.batch_size)
+    # the fused kernels against the written-out blocks, on the same rows, before anything is timed
+    written = InterventionEngine(lm, batch_size=args.batch_size, kernel="written")
+    written_rows = rows[: args.written_masks or 4 * args.batch_size]
+    fused_y = run("prefix", written_rows, args.batch_size)
+    t_written, written_y = timed(lambda: (written.run(prompt, written_rows, baseline=baseline, path="prefix").logits,
+                                          sync())[0], 1)
+    t_fused, _ = timed(lambda: run("prefix", written_rows, args.batch_size), 1)
+    kernel_diff = float((fused_y - written_y).abs().max())
+    kernel_tol = tolerance_for(dtype, float(prompt.clean_logits.abs().max()))
     naive_rows = rows[: args.naive_masks]
     t1, y1 = timed(lambda: run("full", naive_rows, 1), max(1, args.repeats - 1))
     # (3) and (4) alternate within each repeat so that machine drift hits both alike
@@ -110,6 +123,9 @@ def main(argv: list[str] | None = None) -> dict:
         t2, y2 = timed(lambda: run("full", rows, args.batch_size), max(1, args.repeats - 1))
         result["rate_full_batched"] = len(rows) / t2
         diff = max(diff, float((target(y2) - target(y3)).abs().max()))
+    result.update({"fused_vs_written_max_logit_diff": kernel_diff, "fused_vs_written_tolerance": kernel_tol,
+                   "fused_exact": kernel_diff <= kernel_tol, "written_masks": len(written_rows),
+                   "fused_over_written_speedup": t_written / t_fused})
     result.update({"max_target_diff": diff, "same_targets": diff <= 1e-4 if dtype == torch.float32 else None,
                    "P1": result["rate_prefix"] / result["rate_naive"], "P2": t3 / t4,
                    "seconds_per_1000_masks_prefix": 1000 * t3 / len(rows),

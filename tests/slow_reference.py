@@ -7,7 +7,7 @@ with transformers' ``AttentionInterface`` and transformers' own ``eager_mask`` a
 layer receives the model's post-RoPE queries, keys and values and the model's own mask from transformers,
 whatever builds it (causal, sliding window, Gemma 3's bidirectional image block and PaliGemma's bidirectional
 prefix, both built by the top-level model from ``token_type_ids`` through the same mask interface; the test
-checks that the reference's clean run equals the plain forward, so a mask it missed would fail there); then, per query head, it computes ``softmax(q k^T * scale + mask) v`` in float64
+checks that the reference's clean run equals the plain forward, so a mask it missed would fail there); then, per query head, it computes ``softmax(cap(q k^T * scale) + mask) v`` in float64 (``cap``: the model's score softcap, if any)
 with the row's intervention applied literally:
 
 * **ablation** of head ``(layer, h)``: queries at or after the text start see, at image positions, the
@@ -90,6 +90,8 @@ def _attention_for(row: ReferenceRow, image: list[int], text_start: int):
                         keys_h[image_idx] = base_k[g].double()
                         values_h[image_idx] = base_v[g].double()
                 scores = (q[rows] @ keys_h.T) * scale
+                if kwargs.get("softcap") is not None:  # Gemma 2: the model's score cap, before the mask
+                    scores = torch.tanh(scores / kwargs["softcap"]) * kwargs["softcap"]
                 scores = scores.masked_fill(~allow, float("-inf"))
                 if rows.start == text_start and row.scale is not None:  # steering: weights on the image times f
                     scores[:, image_idx] = scores[:, image_idx] + torch.tensor(float(row.scale[layer, h])).double().log()

@@ -55,11 +55,13 @@ GROUPS["gemma3"] = (["<bos>", "<start_of_turn>", "u", "ser", "<0x0A>", "<0x0A>",
                                                             "d", "el"], ["<0x0A>"])
 # PaliGemma: "<image>" x N + "<bos>" + question + "\n": nothing before the image, a one-token answer header
 GROUPS["paligemma"] = ([], ["<bos>"], [], ["<0x0A>"])
+GROUPS["glm4v"] = (["[gMASK]", "<sop>", "<|user|>", "Ċ", "<|begin_of_image|>"], ["<|end_of_image|>"], ["<|assistant|>"],
+                   ["Ċ"])
 QUESTION_TOKENS = {"llama": ["W", "hat", "▁is", "▁the", "▁main", "▁object", "▁in", "▁the", "▁image", "?"],
                    "qwen2": ["W", "hat", "Ġis", "Ġthe", "Ġmain", "Ġobject", "Ġin", "Ġthe", "Ġimage", "?"]}
 STYLE = {"llava": "llama", "llava_next": "llama", "qwen2_vl": "qwen2", "qwen2_5_vl": "qwen2", "internvl": "qwen2",
          "llava_onevision": "qwen2", "idefics3": "qwen2", "smolvlm": "qwen2", "aya_vision": "qwen2",
-         "qwen3_vl": "qwen2", "gemma3": "llama", "paligemma": "llama"}  # Gemma: the Llama-style pieces
+         "qwen3_vl": "qwen2", "gemma3": "llama", "paligemma": "llama", "glm4v": "qwen2"}  # Gemma: Llama-style pieces
 LABELS = ["2", "3", "tv", "TV", "hydrant", "hairdryer", "toaster", "toilet", "hotdog", "hot", "cat"]
 
 
@@ -77,6 +79,10 @@ def models():
 
 def _tokens(lm, ids, positions):
     return lm.adapter.tokenizer().convert_ids_to_tokens([ids[p] for p in positions])
+
+
+def test_every_family_has_its_groups_written_out_here():
+    assert sorted(GROUPS) == sorted(family_names()) and sorted(STYLE) == sorted(family_names())
 
 
 @pytest.mark.parametrize("family", sorted(GROUPS))
@@ -482,3 +488,59 @@ def test_two_images_in_one_prompt_share_one_image_span(models, family, between):
     assert _tokens(lm, ids, two.separators) == between
     assert _tokens(lm, ids, two.question) == _tokens(lm, one_ids, one.question)
     assert _tokens(lm, ids, two.system) == _tokens(lm, one_ids, one.system)
+
+
+# -- several images: one group per image besides their union -------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", family_names())
+def test_each_image_of_a_prompt_has_its_own_group(models, family):
+    """Two images of different sizes: ``image_1`` and ``image_2`` are each image's tokens as the processor writes
+    them for that image alone (tiles and rows of a split image included), in order, partitioning ``image``; the
+    separators are in neither."""
+    from PIL import Image
+
+    lm = models(family)
+    first, second = Image.new("RGB", (64, 48), (200, 30, 30)), Image.new("RGB", (40, 80), (30, 30, 200))
+    inputs, groups = lm.encode([first, second], "What is the main object in the image?")
+    alone = [lm.encode(image, "What is the main object in the image?")[1].image for image in (first, second)]
+    assert groups.image_counts == tuple(len(a) for a in alone)
+    assert groups.images[0] + groups.images[1] == groups.image
+    assert groups.positions("image_1") == groups.images[0] and groups.positions("image_2") == groups.images[1]
+    assert max(groups.images[0]) < min(groups.images[1])
+    ids = inputs["input_ids"][0]
+    assert (ids[list(groups.image)] == lm.adapter.image_token_id()).all()
+    assert not set(groups.separators) & set(groups.image)
+    assert list(groups.describe())[-3:] == ["image_1", "image_2", "separators"]
+    _, one = lm.encode(first, "What is the main object in the image?")
+    assert one.images == (one.image,) and "image_1" not in one.names  # one image: no per-image names
+
+
+def test_a_knockout_of_one_image_equals_the_knockout_of_its_positions(models):
+    from PIL import Image
+
+    from headflow import InterventionEngine, Knockout
+
+    lm = models("qwen2_vl")
+    engine = InterventionEngine(lm)
+    prompt = engine.prepare([Image.new("RGB", (64, 48), (200, 30, 30)), Image.new("RGB", (40, 80), (30, 30, 200))],
+                            "What is the main object in the image?")
+    second = list(prompt.groups.images[1])
+    by_name = engine.run(prompt, [Intervention(knockouts=(Knockout("image_2", "final"),))]).logits
+    by_positions = engine.run(prompt, [Intervention(knockouts=(Knockout(second, "final"),))]).logits
+    both = engine.run(prompt, [Intervention(knockouts=(Knockout("image", "final"),))]).logits
+    assert torch.equal(by_name, by_positions) and not torch.allclose(by_name, both)
+    with pytest.raises(HeadflowError, match=r"Unknown token group 'image_3'.*2 images: image_1 \.\. image_2"):
+        engine.run(prompt, [Intervention(knockouts=(Knockout("image_3", "final"),))])
+    one = engine.prepare(Image.new("RGB", (64, 48)), "What is the main object in the image?")
+    with pytest.raises(HeadflowError, match="Per-image groups .* several images"):
+        engine.run(one, [Intervention(knockouts=(Knockout("image_1", "final"),))])
+
+
+def test_image_counts_that_do_not_add_up_are_refused():
+    from headflow.models.groups import derive_groups
+
+    with pytest.raises(HeadflowError, match=r"4 image tokens but its 2 images have 1 \+ 2 = 3"):
+        derive_groups([0, 9, 9, 5, 9, 9, 0, 7], image_token_id=9, header_tokens=1, image_counts=(1, 2))
+    groups = derive_groups([0, 9, 9, 5, 9, 9, 0, 7], image_token_id=9, header_tokens=1, image_counts=(2, 2))
+    assert groups.images == ((1, 2), (4, 5))

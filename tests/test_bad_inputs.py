@@ -41,6 +41,9 @@ BAD = [
     ([*A, "--images", "-"], "Invalid value for '--images'"),
     ([*A, "--nonsense"], "No such option: --nonsense"),
     ([*A, "--workers", "2"], "--workers needs --ray"),
+    ([*A, "--gpus-per-worker", "2"], "--gpus-per-worker needs --ray"),
+    ([*A, "--device-map", "everywhere"], "Unknown device map 'everywhere'"),
+    ([*A, "--max-memory", "0=1GiB"], "need --device-map"),
     # attribute --method patching
     ([*A, "--method", "gradient"], "--method must be one of regression, patching, hybrid. Got 'gradient'"),
     ([*A, "--method", "patching", "--masks", "16"], "--masks applies to --method regression only"),
@@ -141,6 +144,12 @@ BAD = [
     (["steer", "{run}", "--batch-size", "0"], "'batch_size' parameter of HeadSteering"),
     (["steer", "{run}", "--model", "tiny:qwen2_vl"], "it is not the run's model"),
     # semantics
+    (["route", "--ask", "size", "--ask", "class=x", "--out", "{tmp}/r"], "--ask takes TYPE=QUESTION"),
+    (["route", "--ask", "class=x", "--out", "{tmp}/r"], "at least 2 question types"),
+    (["route", "--ask", "class=x", "--ask", "colour=y", "--images", "4", "--out", "{tmp}/r"],
+     "No answers for question type 'colour'"),
+    (["route", "--ask", "class=x", "--ask", "size=y", "--n-permutations", "0", "--out", "{tmp}/r"],
+     "'n_permutations' parameter of SemanticAnalysis"),
     (["semantics", "{tmp}/none"], "does not exist"),
     (["semantics", "{run}", "--similarity", "euclid"], "must be one of cosine, spearman, jaccard:K"),
     (["semantics", "{run}", "--n-permutations", "0"], "'n_permutations' parameter of SemanticAnalysis"),

@@ -137,7 +137,8 @@ def test_every_command_that_loads_a_model_takes_adapter():
 
     commands = typer.main.get_command(app).commands
     takes = {name for name, cmd in commands.items() if any("--adapter" in getattr(p, "opts", []) for p in cmd.params)}
-    assert takes == {"attribute", "validate", "flow", "study", "demo", "check", "inspect", "model-card", "plan", "steer"}
+    assert takes == {"attribute", "validate", "flow", "study", "demo", "check", "inspect", "model-card", "plan", "steer",
+                     "route"}
 
 
 def test_unknown_model_is_a_one_line_error():

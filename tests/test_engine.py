@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from headflow import Baseline, HeadflowError, Intervention, InterventionEngine, Knockout, load_model
-from headflow.intervene import attention as attention_module
 from headflow.intervene.check import CHECK_QUESTION, check_image, random_rows, run_checks
 from headflow.models.adapter import family_names
 
@@ -88,13 +87,13 @@ def test_ablation_changes_only_that_heads_output(tiny_models, family):
     assert not changed[: prompt.groups.text_start].any()
 
 
-def test_math_kernel_matches_sdpa_kernel(llava, monkeypatch):
+def test_math_kernel_matches_sdpa_kernel(llava):
     lm, engine, prompt = llava
     rows = random_rows(lm.n_layers, lm.n_heads, 4, seed=3, knockouts=True)
     baseline = Baseline.zero(prompt)
     fast = engine.run(prompt, rows, baseline=baseline, path="prefix", capture_attention=True)
-    monkeypatch.setattr(attention_module, "_cpu_flash_ok", lambda query: False)
-    slow = engine.run(prompt, rows, baseline=baseline, path="prefix", capture_attention=True)
+    slow = InterventionEngine(lm, kernel="written").run(prompt, rows, baseline=baseline, path="prefix",
+                                                        capture_attention=True)
     assert torch.allclose(fast.logits, slow.logits, atol=1e-5)
     assert torch.allclose(fast.image_attention, slow.image_attention, atol=1e-5)
 

@@ -222,3 +222,53 @@ def test_two_images_of_the_same_size_keep_their_own_inputs(tiny_models, family):
         for path in ("prefix", "full"):
             got = engine.run(prompt, [Intervention()], path=path).logits[0]
             assert float((got - plain).abs().max()) <= 1e-4, (family, path)
+
+
+def test_gemma2_score_softcapping_is_applied_on_every_path():
+    """PaliGemma 2's Gemma 2 caps attention scores (``cap·tanh(s/cap)``), which SDPA cannot do. With a cap small
+    enough to matter on a tiny model (0.5, with queries scaled up so that scores reach it): every invariant of ``check`` holds (the clean run equals the model's own
+    eager forward), an ablation + knockout row equals the slow per-head reference (which applies the cap), a block
+    of the prefix path computes the capped softmax and its log-sum-exp, and dropping the cap would move the logits
+    by far more than the tolerance (so these comparisons can fail)."""
+    import copy
+
+    from headflow.intervene.attention import attend_with_lse
+    from headflow.intervene.check import run_checks
+    from slow_reference import ReferenceRow, reference_logits
+
+    model, processor = adapter_class("paligemma").tiny()
+    model.config.text_config.attn_logit_softcapping = 0.5
+    with torch.no_grad():
+        for layer in model.model.language_model.layers:
+            layer.self_attn.attn_logit_softcapping = 0.5
+            layer.self_attn.q_proj.weight.mul_(40.0)  # random-init scores are ~1e-3: make some exceed the cap
+    capped = load_model((model, processor))
+    results = run_checks(capped)
+    assert all(r.passed for r in results), [r.failure() for r in results if not r.passed]
+
+    uncapped = copy.deepcopy(model)
+    for layer in uncapped.model.language_model.layers:
+        layer.self_attn.attn_logit_softcapping = None
+    engine = InterventionEngine(capped)
+    prompt = engine.prepare(check_image(), CHECK_QUESTION)
+    without = InterventionEngine(load_model((uncapped, processor))).prepare(check_image(), CHECK_QUESTION)
+    assert float((prompt.clean_logits - without.clean_logits).abs().max()) > 1e-2  # the cap matters here
+
+    ablate = torch.zeros(capped.n_layers, capped.n_heads, dtype=torch.bool)
+    ablate[0, 1] = ablate[1, 0] = True
+    groups = prompt.groups
+    inputs, _ = capped.encode(check_image(), CHECK_QUESTION)
+    row = Intervention(ablate=ablate, knockouts=(Knockout("question", "final"),))
+    want = reference_logits(capped, inputs, groups, ReferenceRow(
+        ablate=ablate, knockouts=[(range(capped.n_layers), range(capped.n_heads), groups.final, groups.question)]))
+    got = engine.run(prompt, [row], baseline=Baseline.knockout()).logits[0]
+    assert float((got - want).abs().max()) <= 1e-4
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 5, 8, generator=g) * 4 for _ in range(3))
+    allowed = torch.rand(1, 1, 5, 5, generator=g) < 0.7
+    allowed[..., 0] = True
+    out, lse = attend_with_lse(q, k, v, allowed, 0.5, softcap=0.5)
+    scores = (torch.tanh((q @ k.transpose(-1, -2)) * 0.5 / 0.5) * 0.5).masked_fill(~allowed, float("-inf"))
+    torch.testing.assert_close(lse, scores.logsumexp(-1))
+    torch.testing.assert_close(out, torch.softmax(scores, -1) @ v)

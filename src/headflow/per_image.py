@@ -113,15 +113,19 @@ def clean_target(engine: InterventionEngine, prompt: PreparedPrompt, answer_ids:
     return float(image_targets(engine, prompt, [Intervention()], None, answer_ids, target)[0][0])
 
 
-def engine_memory(lm: LoadedModel, n_tokens: int, batch_size: int | str, n_rows: int) -> int:
+def engine_memory(lm: LoadedModel, n_tokens: int, batch_size: int | str, n_rows: int,
+                  suffix_tokens: int | None = None) -> int:
     """Bytes of host memory the intervention engine needs for one image of ``n_tokens`` tokens and ``n_rows`` rows.
 
     From the model's shape: the clean prompt's keys and values (``2 x layers x KV heads x tokens x head_dim``) and
-    embeddings, one forward pass of ``batch_size`` rows (per row: float32 attention scores and their softmax
-    ``2 x heads x tokens^2``, the residual stream, MLP and one layer's keys and values), and the float32 logits
-    of every row with a working copy. ``batch_size="auto"`` counts the largest size a CPU calibrates (128).
-    Zero for a model on an accelerator: its engine state is in the accelerator's memory, where ``"auto"``
-    backs off on its own.
+    embeddings, one forward pass of ``batch_size`` rows and the float32 logits of every row with a working copy.
+    Per row, on the full path (``suffix_tokens=None``): float32 attention scores and their softmax
+    (``2 x heads x tokens^2``), the residual stream, MLP and one layer's keys and values. On the prefix path (the
+    ``suffix_tokens`` after the image run per row): one layer's working set for those tokens — residual stream and
+    norms, queries/keys/values, the attention blocks' outputs and their merge, the MLP — plus the suffix block's
+    scores and the row's output logits (measured within 25 % on the ``llava15`` shape: BENCHMARKS.md).
+    ``batch_size="auto"`` counts the largest size a CPU calibrates (128). Zero for a model on an accelerator: its
+    engine state is in the accelerator's memory, where ``"auto"`` backs off on its own.
     """
     if lm.device.type != "cpu":
         return 0
@@ -133,7 +137,12 @@ def engine_memory(lm: LoadedModel, n_tokens: int, batch_size: int | str, n_rows:
     vocab = int(getattr(cfg, "vocab_size", 0) or 0)
     kv = 2 * lm.n_kv_heads * n_tokens * head_dim * item
     batch = min(n_rows, 128 if batch_size == "auto" else int(batch_size))
-    per_row = 2 * lm.n_heads * n_tokens * n_tokens * 4 + n_tokens * (4 * hidden + 2 * mlp) * item + kv
+    if suffix_tokens is None:
+        per_row = 2 * lm.n_heads * n_tokens * n_tokens * 4 + n_tokens * (4 * hidden + 2 * mlp) * item + kv
+    else:
+        s = suffix_tokens
+        width = 8 * hidden + 3 * mlp + (6 * lm.n_heads + 2 * lm.n_kv_heads) * head_dim
+        per_row = s * width * item + s * s * lm.n_heads * 4 + 2 * vocab * 4
     return lm.n_layers * kv + n_tokens * hidden * item + batch * per_row + 2 * n_rows * vocab * 4
 
 
@@ -275,7 +284,10 @@ def worker_spec(model: Any) -> tuple[str, str | None]:
 
 
 def worker_engine(spec: str, dtype: str | None, device: str, batch_size: int | str) -> InterventionEngine:
-    """A worker's engine: the model loaded from its spec on the worker's device."""
+    """A worker's engine: the model loaded from its spec on the worker's device; a worker given several GPUs
+    (``gpus_per_worker`` > 1) splits its replica over them (``device_map="auto"`` over the GPUs Ray shows it)."""
+    if device == "cuda" and torch.cuda.device_count() > 1:
+        return InterventionEngine(load_model(spec, dtype=dtype, device_map="auto"), batch_size=batch_size)
     return InterventionEngine(load_model(spec, device=device, dtype=dtype), batch_size=batch_size)
 
 

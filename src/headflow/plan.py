@@ -42,11 +42,17 @@ def plan_attribution(lm: LoadedModel, *, n_images: int, n_masks: int | None = No
     n_heads = lm.n_layers * lm.n_heads
     n_masks = n_masks if n_masks is not None else max(512, 4 * n_heads)
     rows = n_masks + n_val
-    inputs, groups = lm.encode(check_image(), question)
+    engine_ = InterventionEngine(lm, batch_size=batch_size)
+    began = time.perf_counter()
+    prompt = engine_.prepare(check_image(), question)  # one clean forward: which path the masks will take
+    prepare_seconds = time.perf_counter() - began
+    groups = prompt.groups
     tokens, image_tokens = groups.length, len(groups.image)
-    base = engine_memory(lm, tokens, 1, 0)
-    per_row = engine_memory(lm, tokens, 1, 1) - base
-    engine = engine_memory(lm, tokens, batch_size, rows)
+    reason = engine_.prefix_path_reason(prompt)
+    suffix = None if reason is not None else tokens - prompt.prefix_length
+    base = engine_memory(lm, tokens, 1, 0, suffix)
+    per_row = engine_memory(lm, tokens, 1, 1, suffix) - base
+    engine = engine_memory(lm, tokens, batch_size, rows, suffix)
     budget = memory if memory is not None else available_memory()
     fits = None
     if budget is not None and per_row > 0:
@@ -65,7 +71,8 @@ def plan_attribution(lm: LoadedModel, *, n_images: int, n_masks: int | None = No
     plan: dict[str, Any] = {
         "model": lm.name, "n_layers": lm.n_layers, "n_heads": lm.n_heads, "n_kv_heads": lm.n_kv_heads,
         "dtype": str(lm.dtype).replace("torch.", ""), "device": str(lm.device),
-        "prompt_tokens": tokens, "image_tokens": image_tokens, "n_images": n_images, "n_masks": n_masks,
+        "prompt_tokens": tokens, "image_tokens": image_tokens, "path": "prefix" if reason is None else "full",
+        "path_reason": reason, "n_images": n_images, "n_masks": n_masks,
         "n_val": n_val, "rows_per_image": rows, "batch_size": batch_size,
         "memory": {"engine_per_image": engine, "per_batch_row": per_row, "fit": 8 * 3 * (rows * (n_heads + 1)
                                                                                       + rows * n_images),
@@ -73,7 +80,8 @@ def plan_attribution(lm: LoadedModel, *, n_images: int, n_masks: int | None = No
         "disk": {**disk, "total": int(sum(disk.values()))},
     }
     if probe:
-        plan["time"] = _probe(lm, batch_size, rows, n_images, question)
+        plan["time"], measured = _probe(engine_, prompt, prepare_seconds, batch_size, rows, n_images)
+        plan["memory"]["measured_per_batch_row"] = measured
     return plan
 
 
@@ -81,12 +89,12 @@ def _vocab(lm: LoadedModel) -> int:
     return int(getattr(lm.text_config, "vocab_size", 0) or 0)
 
 
-def _probe(lm: LoadedModel, batch_size: int, rows: int, n_images: int, question: str) -> dict[str, float]:
-    """Seconds per masked row from one timed batch (after a warm-up), extrapolated to the run."""
-    engine = InterventionEngine(lm, batch_size=batch_size)
-    began = time.perf_counter()
-    prompt = engine.prepare(check_image(), question)
-    prepare = time.perf_counter() - began
+def _probe(engine: InterventionEngine, prompt, prepare: float, batch_size: int, rows: int,
+           n_images: int) -> tuple[dict[str, float], int | None]:
+    """Seconds per masked row from one timed batch (after a warm-up), extrapolated to the run; and the batch's
+    measured peak memory above what was in use before it, per row (:func:`peak_memory`; None where it cannot be
+    measured)."""
+    lm = engine.lm
     gen = np.random.default_rng(0)
     masks = gen.random((batch_size, lm.n_layers * lm.n_heads)) < 0.1
     batch = mask_rows(masks, lm.n_layers, lm.n_heads)
@@ -94,13 +102,74 @@ def _probe(lm: LoadedModel, batch_size: int, rows: int, n_images: int, question:
     engine.run(prompt, batch, baseline=baseline)  # warm-up
     if lm.device.type == "cuda":  # pragma: no cover - timed on a GPU only
         torch.cuda.synchronize()
-    began = time.perf_counter()
-    engine.run(prompt, batch, baseline=baseline)
-    if lm.device.type == "cuda":  # pragma: no cover
-        torch.cuda.synchronize()
-    per_row = (time.perf_counter() - began) / batch_size
+    with peak_memory(lm.device) as peak:
+        began = time.perf_counter()
+        engine.run(prompt, batch, baseline=baseline)
+        if lm.device.type == "cuda":  # pragma: no cover
+            torch.cuda.synchronize()
+        per_row = (time.perf_counter() - began) / batch_size
     per_image = prepare + rows * per_row
-    return {"seconds_per_row": per_row, "seconds_per_image": per_image, "seconds_total": per_image * n_images}
+    measured = None if peak.bytes is None else peak.bytes // batch_size
+    return {"seconds_per_row": per_row, "seconds_per_image": per_image, "seconds_total": per_image * n_images}, measured
+
+
+class peak_memory:
+    """Peak memory in use inside the block above what was in use when it began, in ``.bytes`` after it (``None``
+    where it cannot be measured): on CUDA from the allocator's peak statistics; on a Linux CPU from the process's
+    resident-set high-water mark, reset at the start (``/proc/self/clear_refs``) after the C heap has handed what
+    it keeps free back to the system (glibc ``malloc_trim``), so that the growth of the resident set is the block's
+    own."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.bytes = device, None
+        self._start: int | None = None
+
+    def __enter__(self) -> "peak_memory":
+        import gc
+
+        gc.collect()
+        if self.device.type == "cuda":  # pragma: no cover - GPU only
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._start = torch.cuda.memory_allocated(self.device)
+        elif self.device.type == "cpu":
+            try:
+                _trim_heap()  # memory freed earlier but kept by malloc would hide part of the block's peak
+                self._start = _status("VmRSS")
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")
+            except OSError:
+                self._start = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._start is None:
+            return
+        if self.device.type == "cuda":  # pragma: no cover
+            self.bytes = torch.cuda.max_memory_allocated(self.device) - self._start
+        else:
+            try:
+                self.bytes = max(0, _status("VmHWM") - self._start)
+            except OSError:
+                self.bytes = None
+
+
+def _trim_heap() -> None:
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the measure may then read low
+        pass
+
+
+def _status(key: str) -> int:
+    """A ``/proc/self/status`` memory line in bytes."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise OSError(f"no {key} in /proc/self/status")
 
 
 def format_plan(plan: dict[str, Any]) -> str:
@@ -113,8 +182,12 @@ def format_plan(plan: dict[str, Any]) -> str:
         f"  attribution of {plan['n_images']} images: {plan['n_masks']} + {plan['n_val']} masks per image, "
         f"batches of {plan['batch_size']} rows",
         f"  memory: engine {format_bytes(mem['engine_per_image'])} per image ({format_bytes(mem['per_batch_row'])} "
-        f"per batch row), fit {format_bytes(mem['fit'])}",
+        f"per batch row on the {plan['path']} path), fit {format_bytes(mem['fit'])}"
+        + (f"; the probe measured {format_bytes(mem['measured_per_batch_row'])} per batch row"
+           if mem.get("measured_per_batch_row") is not None else ""),
     ]
+    if plan["path_reason"]:
+        lines.append(f"  full path: {plan['path_reason']}")
     if mem["budget"] is not None:
         fits = mem["largest_batch_size_that_fits"]
         lines.append(f"  of {format_bytes(mem['budget'])}: batches of up to "

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from .errors import HeadflowError
 from .method import DEFAULT_BATCH_SIZE
@@ -43,17 +43,19 @@ QUICK = StudyPlan(images=48, masks=96, val_masks=48, validate_images=12, flow_im
 
 def run_study(model: str, data: str, out: str | Path, *, plan: StudyPlan = FULL, seed: int = 0, data_seed: int = 0,
               batch_size: int | str = DEFAULT_BATCH_SIZE, device: str = "cpu", dtype: str | None = None,
-              keep_wrong: bool = False, log: Callable[[str], None] = print) -> Path:
+              keep_wrong: bool = False, log: Callable[[str], None] = print,
+              placement: dict[str, Any] | None = None) -> Path:
     """Run every analysis into ``out`` and write ``out/report.html``; returns the report path.
 
     ``seed`` seeds every analysis (the mask design, the random ranking, the bootstrap and the permutations);
-    ``data_seed`` the dataset. Re-running resumes: each step checks its configuration against what ``out``
+    ``data_seed`` the dataset. ``placement``: :func:`~headflow.models.load_model`'s ``device_map``,
+    ``max_memory`` and ``offload_folder`` (one model over several devices). Re-running resumes: each step checks its configuration against what ``out``
     holds (see the module docstring).
     """
     from .models import load_model
 
     out = Path(out)
-    lm = load_model(model, device=device, dtype=dtype)
+    lm = load_model(model, device=device, dtype=dtype, **(placement or {}))
     with run_lock(out):  # one writer per study directory (each step locks it again: the lock is re-entrant)
         return _steps(lm, model, data, out, plan, seed, data_seed, batch_size, keep_wrong, log)
 

@@ -21,32 +21,28 @@ from ..errors import HeadflowError
 from ..flow.params import FlowParams
 from ..semantics.params import SemanticParams
 from ..steering.params import SteeringParams
-from .options import SHARED, command, fail, method_options, params_from
+from .options import SHARED, command, fail, load_from, method_options, params_from
 
 
 @contextlib.contextmanager
-def _ray_runner(address: str | None, workers: int | None) -> Iterator[Any]:
+def _ray_runner(address: str | None, workers: int | None, gpus_per_worker: float | None = None) -> Iterator[Any]:
     """A connected RayRunner for --ray (None when --ray is not given), closed when the command ends; it
     connects first, so a bad address fails before any work."""
     if address is None:
-        if workers is not None:
-            fail("--workers needs --ray (e.g. --ray local).")
+        given = [flag for flag, value in (("--workers", workers), ("--gpus-per-worker", gpus_per_worker))
+                 if value is not None]
+        if given:
+            fail(f"{' and '.join(given)} need{'s' if len(given) == 1 else ''} --ray (e.g. --ray local).")
         yield None
         return
     from ..distributed import RayRunner
 
-    runner = RayRunner(address, num_workers=workers)
+    runner = RayRunner(address, num_workers=workers, gpus_per_worker=gpus_per_worker)
     runner.connect()
     try:
         yield runner
     finally:
         runner.close()
-
-
-def _load(model: str, device: str, dtype: str | None):
-    from ..models import load_model
-
-    return load_model(model, device=device, dtype=dtype)
 
 
 def _data(values: dict[str, Any]):
@@ -65,7 +61,7 @@ def _shared(*names: str) -> list[inspect.Parameter]:
 
 
 DATA_OPTIONS = ("model", "adapter", "data", "images", "data_seed", "image_column", "label_column", "mask_column")
-RUN_OPTIONS = ("device", "dtype", "ray", "workers")
+RUN_OPTIONS = ("device", "dtype", "ray", "workers", "gpus_per_worker")
 
 
 def register(app: typer.Typer) -> None:
@@ -115,8 +111,8 @@ def register(app: typer.Typer) -> None:
         for p in probs:  # every value is checked before anything loads or runs
             HeadAttribution(None, ablation_prob=p, **params).check()
         out = values["out"]
-        with _ray_runner(values["ray"], values["workers"]) as runner:
-            lm = _load(values["model"], values["device"], values["dtype"])
+        with _ray_runner(values["ray"], values["workers"], values["gpus_per_worker"]) as runner:
+            lm = load_from(values)
             dataset = _data(values)
             if len(probs) > 1:
                 if runner is not None:
@@ -151,12 +147,12 @@ def register(app: typer.Typer) -> None:
         run = values["run_dir"]
         params = params_from(ValidationParams, values, "validate")
         Validation(None, **params).check()
-        with _ray_runner(values["ray"], values["workers"]) as runner:
+        with _ray_runner(values["ray"], values["workers"], values["gpus_per_worker"]) as runner:
             if not (run / "config.json").exists():
                 fail(f"{run} is not an attribution run directory (no config.json); run 'headflow attribute --out "
                      f"{run}' first.")
             spec = values["model"] or read_json(run / "config.json")["spec"]["model"]
-            result = Validation(_load(spec, values["device"], values["dtype"]), **params).run(run, runner=runner)
+            result = Validation(load_from(values, spec), **params).run(run, runner=runner)
         for name, r in result.data["rankings"].items():
             typer.echo(f"  {name:<22} k80 completeness {str(r['k80_completeness']):>5}  k80 faithfulness "
                        f"{str(r['k80_faithfulness']):>5}  AUC {r['auc_completeness']:.3f} / {r['auc_faithfulness']:.3f}")
@@ -180,7 +176,7 @@ def register(app: typer.Typer) -> None:
             fail(f"{run} is not an attribution run directory (no config.json); run 'headflow attribute --out "
                  f"{run}' first.")
         spec = values["model"] or read_json(run / "config.json")["spec"]["model"]
-        result = HeadSteering(_load(spec, values["device"], values["dtype"]), **params).run(run)
+        result = HeadSteering(load_from(values, spec), **params).run(run)
         data = result.data
         typer.echo(f"{data['n_images']} images, k = {data['k']} heads per ranking, factors "
                    f"{', '.join(f'{f:g}' for f in data['factors'])}")
@@ -206,8 +202,8 @@ def register(app: typer.Typer) -> None:
         params = params_from(FlowParams, values, "flow", skip=("heads",))
         TokenFlow(None, **params).check()
         out = values["out"]
-        with _ray_runner(values["ray"], values["workers"]) as runner:
-            lm = _load(values["model"], values["device"], values["dtype"])
+        with _ray_runner(values["ray"], values["workers"], values["gpus_per_worker"]) as runner:
+            lm = load_from(values)
             dataset = _data(values)
             params["heads"] = resolve_heads(values["heads"], values["from_run"], lm.n_layers, lm.n_heads)
             result = TokenFlow(lm, **params).run(dataset, out=out, runner=runner)
@@ -238,6 +234,42 @@ def register(app: typer.Typer) -> None:
         else:
             typer.echo(result.summary())
             typer.echo(f"wrote {values['run_dir'] / 'semantics.json'} and figures to {values['run_dir'] / 'figures'}")
+
+    ask = inspect.Parameter("ask", inspect.Parameter.KEYWORD_ONLY, annotation=list[str], default=typer.Option(
+        ..., "--ask", help="A question type and its question, TYPE=QUESTION (repeat: at least 2). Answers: the "
+        "labels for 'class', else the dataset's factor of that name."))
+    route_sem = method_options(SemanticParams, skip=("factors", "seed"))
+
+    @command(app, "route", [*_shared(*DATA_OPTIONS, "out", "device", "dtype"), ask,
+                            *method_options(AttributionParams, skip=("question",)), *route_sem])
+    def route(**values: Any) -> None:
+        """Does a different question route the same image through different heads? One attribution per question
+        type on the same images, then type vs image (the semantics analysis); writes OUT/routing.json."""
+        from ..semantics import QuestionRouting
+        from ..semantics.routing import answers_for
+
+        questions = {}
+        for item in values["ask"]:
+            qtype, sep, question = item.partition("=")
+            if not sep or not qtype.strip() or not question.strip():
+                fail(f"--ask takes TYPE=QUESTION, e.g. --ask 'size=What size is the main object?'. Got {item!r}.")
+            questions[qtype.strip()] = question.strip()
+        params = {"questions": questions,
+                  "attribution": params_from(AttributionParams, values, "route", skip=("question",)),
+                  "semantics": params_from(SemanticParams, values, "route", skip=("factors", "seed"))}
+        QuestionRouting(None, **params).check()  # bad parameters and questions without answers: one line, before
+        data = _data(values)                     # the model loads
+        for qtype in questions:
+            answers_for(data, qtype, None)
+        result = QuestionRouting(load_from(values), **params).run(data, out=values["out"])
+        result.plot()
+        d = result.to_dict()
+        typer.echo(f"{result.n_images} images kept under every question type ({', '.join(result.question_types)}): "
+                   f"verdict {result.verdict} (similarity within a question {d['within_question_similarity']:.3f}, "
+                   f"within an image {d['within_image_similarity']:.3f}, p = {d['p_question_vs_image']:.3g}; "
+                   f"question type read from a map {d['probe_question_type']:.2f}, chance "
+                   f"{d['probe_question_type_chance']:.2f})")
+        typer.echo(f"wrote {values['out'] / 'routing.json'}, by_question/ and figures/routing/")
 
     compare_runs = inspect.Parameter("run_dirs", inspect.Parameter.KEYWORD_ONLY, annotation=list[Path],
                                      default=typer.Argument(..., help="Two or more attribution or study run directories."))
@@ -296,7 +328,7 @@ def register(app: typer.Typer) -> None:
         batch_size = from_cli("batch_size", AttributionParams.model_fields["batch_size"], values["batch_size"], "study")
         path = run_study(values["model"], values["data"], values["out"], plan=plan, seed=values["seed"],
                          data_seed=values["data_seed"], batch_size=batch_size, device=values["device"],
-                         dtype=values["dtype"], keep_wrong=values["keep_wrong"], log=typer.echo)
+                         placement=values["placement"], dtype=values["dtype"], keep_wrong=values["keep_wrong"], log=typer.echo)
         _study_problems(values["out"])
         typer.echo(f"report: {path}")
 
@@ -311,7 +343,7 @@ def register(app: typer.Typer) -> None:
         from ..study import FULL, QUICK, run_study
 
         path = run_study("default", "default", values["out"], plan=QUICK if values["quick"] else FULL,
-                         device=values["device"], log=typer.echo)
+                         device=values["device"], placement=values["placement"], log=typer.echo)
         typer.echo(f"report: {path}")
 
 
@@ -346,12 +378,12 @@ def _attribute_patching(values: dict[str, Any]) -> None:
     _only_with("patching", "regression", values, AttributionParams, skip=tuple(PatchingParams.model_fields))
     _only_with("patching", "hybrid", values, HybridParams, skip=(*AttributionParams.model_fields,
                                                                  *PatchingParams.model_fields))
-    if values["ray"] is not None or values["workers"] is not None:
+    if any(values[k] is not None for k in ("ray", "workers", "gpus_per_worker")):
         fail("--method patching runs in this process (one forward and backward pass per image); drop --ray/--workers.")
     params = params_from(PatchingParams, values, "attribute")
     HeadAttributionPatching(None, **params).check()
     out = values["out"]
-    lm = _load(values["model"], values["device"], values["dtype"])
+    lm = load_from(values)
     dataset = _data(values)
     result = HeadAttributionPatching(lm, **params).run(dataset, out=out)
     result.plot()
@@ -369,7 +401,7 @@ def _attribute_hybrid(values: dict[str, Any]) -> None:
     from ..attribution import HeadAttributionHybrid
 
     _only_with("hybrid", "patching", values, PatchingParams, skip=tuple(HybridParams.model_fields))
-    if values["ray"] is not None or values["workers"] is not None:
+    if any(values[k] is not None for k in ("ray", "workers", "gpus_per_worker")):
         fail("--method hybrid runs in this process; drop --ray/--workers.")
     raw = values["ablation_prob"]
     try:
@@ -379,7 +411,7 @@ def _attribute_hybrid(values: dict[str, Any]) -> None:
     params = params_from(HybridParams, values, "attribute", skip=("ablation_prob",))
     HeadAttributionHybrid(None, ablation_prob=value, **params).check()
     out = values["out"]
-    lm = _load(values["model"], values["device"], values["dtype"])
+    lm = load_from(values)
     dataset = _data(values)
     result = HeadAttributionHybrid(lm, ablation_prob=value, **params).run(dataset, out=out)
     result.plot()

@@ -33,6 +33,9 @@ DATA_HELP = "default | folder:PATH | coco:INSTANCES_JSON:IMAGES_DIR | hf:NAME_OR
 MODEL_HELP = "default | tiny:<family> | local path | hub id"
 ADAPTER_HELP = ("A Python file defining a @register_adapter FamilyAdapter subclass (a family headflow does not "
                 "ship); imported before the model loads. Repeat for several files.")
+DEVICE_MAP_HELP = ("One model over several devices (needs accelerate): auto | balanced | balanced_low_0 | sequential, or "
+                   "a JSON file {module name: device} (device: cuda:1, 1, cpu or disk). Replaces --device.")
+MAX_MEMORY_HELP = "With --device-map: memory cap per device, e.g. 0=70GiB,1=70GiB,cpu=200GiB."
 RAY_HELP = ("Shard the per-image work over Ray workers: 'auto' (this machine's cluster), HOST:PORT (a head node) "
             "or 'local' (start one here). Off by default.")
 
@@ -53,10 +56,15 @@ SHARED: dict[str, inspect.Parameter] = {p.name: p for p in [
     _option(0, "--data-seed", "Seed of the dataset (generator or subsample).", int),
     _option(..., "--out", "Run directory (created; re-running resumes).", Path),
     _option("cpu", "--device", "Device: cpu, cuda, cuda:1, mps, ...", str),
+    _option(None, "--device-map", DEVICE_MAP_HELP, Optional[str]),
+    _option(None, "--max-memory", MAX_MEMORY_HELP, Optional[str]),
+    _option(None, "--offload-folder", "With --device-map: where weights mapped to 'disk' are kept.", Optional[Path]),
     _option(None, "--dtype", "Model dtype: float32, bfloat16, float16 (default: the model's).", Optional[str]),
     _option(None, "--ray", RAY_HELP, Optional[str]),
-    _option(None, "--workers", "Ray workers (default: one per GPU of the cluster, else one per CPU).",
+    _option(None, "--workers", "Ray workers (default: one per GPU group of the cluster, else one per CPU).",
             Optional[int]),
+    _option(None, "--gpus-per-worker", "Ray: GPUs per worker; a worker with several splits its model replica over "
+            "them (device map auto). Default 1 on a GPU cluster.", Optional[float]),
     _option(None, "--image-column", "hf: image column (default image).", Optional[str]),
     _option(None, "--label-column", "hf: label column (default label).", Optional[str]),
     _option(None, "--mask-column", "hf: optional object-mask column.", Optional[str]),
@@ -158,11 +166,17 @@ def command(app: typer.Typer, name: str, parameters: list[inspect.Parameter],
     Every library error (:class:`HeadflowError`, and the ``OSError`` of a file the user named) becomes one
     line on stderr and exit code 2; ``headflow --debug`` shows the traceback instead. A command that takes
     :data:`SHARED` ``["adapter"]`` gets its files loaded first (:func:`user_adapters`); ``fn`` never sees it.
+    A command that takes ``--device`` also takes ``--device-map``, ``--max-memory`` and ``--offload-folder``;
+    ``fn`` sees them as one value, ``values["placement"]`` (:func:`placement`), which :func:`load_from` reads.
     """
+    if SHARED["device"] in parameters:
+        parameters = [*parameters, *(SHARED[n] for n in PLACEMENT_OPTIONS)]
 
     def register(fn: Callable[..., None]) -> Callable[..., None]:
         def wrapper(**values: Any) -> None:
             with one_line_errors(), user_adapters(values.pop("adapter", None)):
+                if "device" in values:
+                    values["placement"] = placement(*(values.pop(n) for n in PLACEMENT_OPTIONS))
                 fn(**values)
 
         wrapper.__name__, wrapper.__doc__ = fn.__name__, fn.__doc__
@@ -175,6 +189,52 @@ def command(app: typer.Typer, name: str, parameters: list[inspect.Parameter],
         return fn
 
     return register
+
+
+PLACEMENT_OPTIONS = ("device_map", "max_memory", "offload_folder")
+
+
+def placement(device_map: str | None, max_memory: str | None, offload_folder: Path | None) -> dict[str, Any]:
+    """The ``--device-map``/``--max-memory``/``--offload-folder`` options as :func:`~headflow.models.load_model`
+    keyword arguments (a JSON file for the map is read here). Bad values are one line."""
+    import json
+
+    if device_map is None:
+        if max_memory is not None or offload_folder is not None:
+            raise HeadflowError("--max-memory and --offload-folder place a model over devices; they need --device-map "
+                                "(e.g. --device-map auto).")
+        return {}
+    mapping: Any = device_map
+    if device_map.endswith(".json") or Path(device_map).expanduser().is_file():
+        path = Path(device_map).expanduser()
+        try:
+            mapping = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise HeadflowError(f"Device map file {device_map!r} does not exist. Give a JSON file or one of auto, "
+                                "balanced, balanced_low_0, sequential.") from None
+        except json.JSONDecodeError as exc:
+            raise HeadflowError(f"Device map file {device_map!r} is not valid JSON ({exc.msg} at line {exc.lineno}). "
+                                'Write it as {"model.language_model.layers.0": "cuda:0", ...}.') from None
+    memory = None
+    if max_memory is not None:
+        memory = {}
+        for part in filter(None, (x.strip() for x in max_memory.split(","))):
+            where, _, amount = part.partition("=")
+            if not amount:
+                raise HeadflowError(f"--max-memory must be DEVICE=AMOUNT pairs such as 0=70GiB,cpu=200GiB. Got "
+                                    f"{max_memory!r} instead.")
+            memory[int(where) if where.strip().isdigit() else where.strip()] = amount.strip()
+    return {"device_map": mapping, "max_memory": memory,
+            "offload_folder": str(offload_folder) if offload_folder is not None else None}
+
+
+def load_from(values: dict[str, Any], spec: Any = None) -> Any:
+    """Load the model a command's options name: ``--model`` (or ``spec``), ``--device`` or ``--device-map``,
+    ``--dtype``."""
+    from ..models import load_model
+
+    return load_model(values["model"] if spec is None else spec, device=values["device"], dtype=values.get("dtype"),
+                      **values.get("placement", {}))
 
 
 @contextlib.contextmanager

@@ -11,7 +11,7 @@ from typing import Any, Optional
 import typer
 
 from ..method import DEFAULT_BATCH_SIZE
-from .options import SHARED, command, fail
+from .options import SHARED, command, fail, load_from
 
 _UNITS = {"": 1, "b": 1, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "kb": 10**3, "mb": 10**6,
           "gb": 10**9, "tb": 10**12}
@@ -40,9 +40,8 @@ def register(app: typer.Typer) -> None:
         """Run the exactness invariants (a)-(d) on MODEL; each is reported even if another fails or raises; exits 1
         if any fails."""
         from ..intervene.check import run_checks
-        from ..models import load_model
 
-        lm = load_model(values["model"], device=values["device"], dtype=values["dtype"])
+        lm = load_from(values)
         results = run_checks(lm, seed=values["seed"])
         ok = all(r.passed for r in results)
         path = next((r.paths for r in results if "auto" in r.paths and r.name.startswith("c_")),
@@ -69,9 +68,8 @@ def register(app: typer.Typer) -> None:
     def inspect_(**values: Any) -> None:
         """Print the model's family, head counts and the token groups of a sample prompt (positions and tokens)."""
         from ..intervene.check import CHECK_QUESTION, check_image
-        from ..models import load_model
 
-        lm = load_model(values["model"], device=values["device"], dtype=values["dtype"])
+        lm = load_from(values)
         inputs, groups = lm.encode(check_image(), CHECK_QUESTION)
         ids = inputs["input_ids"][0].tolist()
         pieces = lm.adapter.tokenizer().convert_ids_to_tokens
@@ -98,11 +96,10 @@ def register(app: typer.Typer) -> None:
     def plan(**values: Any) -> None:
         """What a head attribution of MODEL will cost before it runs: memory per batch row and the batch size that
         fits, the fit's memory, the run directory's disk, and (probe) the time per image."""
-        from ..models import load_model
         from ..plan import format_plan, plan_attribution
 
         memory = parse_bytes(values["memory"]) if values["memory"] is not None else None
-        lm = load_model(values["model"], device=values["device"], dtype=values["dtype"])
+        lm = load_from(values)
         result = plan_attribution(lm, n_images=values["images"], n_masks=values["masks"], n_val=values["val_masks"],
                                   batch_size=values["batch_size"], memory=memory, probe=values["probe"])
         typer.echo(json.dumps(result, indent=2) if values["as_json"] else format_plan(result))
@@ -128,10 +125,9 @@ def register(app: typer.Typer) -> None:
     @command(app, "model-card", [card_model, SHARED["adapter"], images, world, as_json, SHARED["device"]])
     def model_card(**values: Any) -> None:
         """Recompute the default model's card targets: accuracy per question type, question and image knockouts, single-head share."""
-        from ..models import load_model
         from ..zoo.phenomena import PhenomenaWorld1, measure_phenomena
 
-        result = measure_phenomena(load_model(values["model"], device=values["device"]), n_images=values["images"],
+        result = measure_phenomena(load_from(values), n_images=values["images"],
                                    world=values["world"])
         if values["as_json"]:
             typer.echo(json.dumps(result.to_dict(), indent=2))

@@ -166,6 +166,11 @@ class InterventionEngine:
         Rows per forward pass. ``"auto"``: on a GPU, start large and halve on out-of-memory (the
         failed chunk is retried, nothing is lost); on CPU, time the first chunks at a few sizes
         (their results are kept) and use the fastest from then on.
+    kernel : "auto" or "written"
+        How the prefix path computes its attention blocks: ``"auto"``, each block's fused kernel
+        (:func:`~headflow.intervene.attention.block_kernel`: SDPA's flash kernel on CPU, FlashAttention-2 or the
+        memory-efficient kernel on CUDA); ``"written"``, the reference written out with matmuls and float32 scores
+        (what the GPU benchmark checks the fused kernels against).
 
     Examples
     --------
@@ -179,11 +184,15 @@ class InterventionEngine:
     True
     """
 
-    def __init__(self, model: LoadedModel, *, batch_size: int | str = DEFAULT_BATCH_SIZE) -> None:
+    def __init__(self, model: LoadedModel, *, batch_size: int | str = DEFAULT_BATCH_SIZE, kernel: str = "auto") -> None:
         if batch_size != "auto" and (not isinstance(batch_size, int) or batch_size < 1):
             raise HeadflowError(f"The 'batch_size' parameter of InterventionEngine must be an int in [1, inf) or "
                                 f"'auto'. Got {batch_size!r} instead.")
+        if kernel not in ("auto", "written"):
+            raise HeadflowError(f"The 'kernel' parameter of InterventionEngine must be one of auto, written. Got "
+                                f"{kernel!r} instead.")
         self.lm = model
+        self.kernel = kernel
         self.batch_size = batch_size
         self.auto = batch_size == "auto"
         self._calibrate = self.auto and model.device.type == "cpu"
@@ -216,7 +225,7 @@ class InterventionEngine:
             raise HeadflowError(f"headflow's attention saw {len(state.record)} of {n_layers} language-model layers; "
                                 "the model does not dispatch attention through AttentionInterface.")
         recorded = recorded_inputs(captured, state.mask_record, n_layers, type(self.lm.model).__name__)
-        attention = torch.stack([state.image_attention[layer][0] for layer in range(n_layers)])
+        attention = torch.stack([state.image_attention[layer][0].to(out.logits.device) for layer in range(n_layers)])
         return PreparedPrompt(
             groups=groups, inputs=inputs, clean_logits=out.logits[0, -1].float(),
             keys=[state.record[layer][0] for layer in range(n_layers)],
@@ -349,13 +358,13 @@ class InterventionEngine:
                capture: bool) -> ForwardState:
         device = self.lm.device
         layers = baseline.for_prompt(prompt) if baseline is not None else None
-        if layers is not None:
-            layers = [LayerBaseline(b.keys.to(device), b.values.to(device)) for b in layers]
+        if layers is not None:  # each layer's baseline on the device of that layer (where its keys were recorded)
+            layers = [LayerBaseline(b.keys.to(k.device), b.values.to(k.device)) for b, k in zip(layers, prompt.keys)]
         state = ForwardState(
             mode=mode, prefix_length=prompt.prefix_length if mode == "prefix" else 0, length=prompt.groups.length,
             image_positions=torch.tensor(prompt.groups.image, device=device), text_start=prompt.groups.text_start,
             batch=chunk.to(device), baseline_kind=baseline.kind if baseline is not None else "none",
-            baseline=layers, capture_attention=capture)
+            baseline=layers, capture_attention=capture, kernel=self.kernel)
         if mode == "prefix":
             prefix_length = prompt.prefix_length
             state.prefix = [(k[:, :, :prefix_length], v[:, :, :prefix_length]) for k, v in zip(prompt.keys, prompt.values)]
@@ -415,7 +424,8 @@ class InterventionEngine:
             logits = self.lm.adapter.output_logits(out.last_hidden_state[:, -(1 + n_appended):])
         attention = None
         if state.capture_attention:
-            attention = torch.stack([state.image_attention[layer] for layer in range(self.lm.n_layers)], dim=1)
+            attention = torch.stack([state.image_attention[layer].to(logits.device) for layer in range(self.lm.n_layers)],
+                                    dim=1)
         return (logits if mix is not None else logits.float()), attention  # mixed: the model's dtype
 
 

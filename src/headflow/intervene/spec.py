@@ -12,7 +12,7 @@ from typing import Iterable, Sequence, Union
 import torch
 
 from ..errors import HeadflowError
-from ..models.groups import GROUP_NAMES, TokenGroups
+from ..models.groups import TokenGroups
 
 #: a token group name (``"image"``) or explicit positions
 TokenSelection = Union[str, Sequence[int]]
@@ -31,8 +31,9 @@ class Knockout:
     """Queries at ``target`` may not attend keys at ``source`` (score −∞).
 
     ``layers``/``heads`` restrict it to some layers and query heads (``None`` = all). Sources and
-    targets are group names (``"image"``, ``"question"``, ``"role"``, ``"final"``, ``"system"``) or
-    explicit token positions, e.g. the object tokens of an image.
+    targets are group names (``"image"``, ``"question"``, ``"role"``, ``"final"``, ``"system"``; ``"image_1"``,
+    ``"image_2"``, ... on a prompt with several images) or explicit token positions, e.g. the object tokens of
+    an image.
     """
 
     source: TokenSelection
@@ -120,8 +121,7 @@ def _check_head(layer: int, head: int, n_layers: int, n_heads: int) -> None:
 def selection_mask(selection: TokenSelection, groups: TokenGroups) -> torch.Tensor:
     """Bool ``(length,)`` mask of a group name or a list of positions."""
     if isinstance(selection, str):
-        if selection not in GROUP_NAMES:
-            raise HeadflowError(f"Unknown token group {selection!r}. Use one of: {', '.join(GROUP_NAMES)}.")
+        groups.positions(selection)  # an unknown name is one line
         if selection in groups.empty():  # a knockout of nothing would be a silent no-op
             raise groups.empty_group_error(selection, f"A knockout with the group {selection!r}")
         return groups.mask(selection)
@@ -158,6 +158,11 @@ class CompiledBatch:
     knock_key: torch.Tensor | None
     first_query: int
     scale: torch.Tensor | None = None
+
+    @property
+    def device(self) -> torch.device | None:
+        """Where the batch's tensors live (``None`` for a batch with no intervention tensors)."""
+        return next((t.device for t in (self.ablate, self.knock_heads, self.scale) if t is not None), None)
 
     def to(self, device: torch.device) -> "CompiledBatch":
         move = lambda t: None if t is None else t.to(device)  # noqa: E731

@@ -298,8 +298,17 @@ class FamilyAdapter:
         if n_header and ids[-n_header:] != plain[-n_header:]:
             raise HeadflowError(f"The processor tokenizes the template's answer header {header!r} differently from its "
                                 "tokenizer; headflow cannot place the 'role' and 'final' tokens.")
-        groups = derive_groups(ids, self.image_token_id(), n_header, header)
+        counts = [self.image_token_count(image, question) for image in images] if len(images) > 1 else ()
+        groups = derive_groups(ids, self.image_token_id(), n_header, header, counts)
         return dict(inputs), groups
+
+    def image_token_count(self, image: Image.Image, question: str) -> int:
+        """How many image tokens the processor writes for ``image`` alone (tiles and rows of a split image
+        included): how a prompt with several images is split into per-image groups."""
+        extra = {"add_special_tokens": False} if self.prompt_has_special_tokens else {}
+        ids = self.processor(text=[self.processor_text(question, n_images=1)], images=[image], return_tensors="pt",
+                             **extra)["input_ids"][0]
+        return int((ids == self.image_token_id()).sum())
 
     # -- patch geometry --------------------------------------------------------------------
     def token_rects(self, image_size: tuple[int, int], inputs: dict) -> np.ndarray:

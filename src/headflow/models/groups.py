@@ -35,6 +35,11 @@ class TokenGroups:
     predicted. A group can be empty on some templates (``role`` when the header is one token):
     :meth:`empty` lists them, and knockouts that touch one are refused.
 
+    A prompt with several images has one group per image besides their union ``image``: ``image_1``,
+    ``image_2``, ... (numbered from 1 in the order the images were given; :attr:`images` holds their positions,
+    ``images[0]`` is ``image_1``), each image's tokens as its own processor writes them for that image alone
+    (``image_counts``), tiles and rows of a split image included.
+
     Separators are in no group of :data:`GROUP_NAMES`: they carry no pixels, so ``image`` (what ablations
     replace and what a knockout with source ``"image"`` hides) is the image tokens alone, and they are not the
     user's text, so ``question`` never holds them. They lie before :attr:`text_start`, in the shared prefix,
@@ -46,10 +51,31 @@ class TokenGroups:
     role_start: int
     header: str = ""
     separators: tuple[int, ...] = ()
+    #: image tokens of each image, in order (empty: one image, all of ``image``)
+    image_counts: tuple[int, ...] = ()
 
     @property
     def image(self) -> tuple[int, ...]:
         return tuple(p for run in self.image_runs for p in run)
+
+    @property
+    def images(self) -> tuple[tuple[int, ...], ...]:
+        """The image positions of each image of the prompt (one entry per image)."""
+        image = self.image
+        if len(self.image_counts) < 2:
+            return (image,)
+        out, start = [], 0
+        for n in self.image_counts:
+            out.append(image[start:start + n])
+            start += n
+        return tuple(out)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The group names this prompt has: :data:`GROUP_NAMES`, then ``image_1``, ``image_2``, ... when it has
+        several images."""
+        n = len(self.images)
+        return GROUP_NAMES + (tuple(f"image_{k}" for k in range(1, n + 1)) if n > 1 else ())
 
     @property
     def first_image(self) -> int:
@@ -77,10 +103,14 @@ class TokenGroups:
         return (self.length - 1,)
 
     def positions(self, name: str) -> tuple[int, ...]:
-        """Positions of a group by name (``"image"``, ``"question"``, ...)."""
-        if name not in GROUP_NAMES:
-            raise HeadflowError(f"Unknown token group {name!r}. Use one of: {', '.join(GROUP_NAMES)}.")
-        return getattr(self, name)
+        """Positions of a group by name (``"image"``, ``"question"``, ``"image_2"``, ...)."""
+        if name in GROUP_NAMES:
+            return getattr(self, name)
+        if name in self.names:
+            return self.images[int(name.split("_")[1]) - 1]
+        fix = (f" This prompt has {len(self.images)} images: image_1 .. image_{len(self.images)}."
+               if len(self.images) > 1 else " Per-image groups (image_1, ...) exist on prompts with several images.")
+        raise HeadflowError(f"Unknown token group {name!r}. Use one of: {', '.join(GROUP_NAMES)}.{fix}")
 
     def mask(self, name: str, device: torch.device | str = "cpu") -> torch.Tensor:
         """Bool ``(length,)`` mask of a group."""
@@ -89,8 +119,9 @@ class TokenGroups:
         return out
 
     def describe(self) -> dict[str, list[int]]:
-        """Positions of every group (:data:`GROUP_NAMES`), then ``separators`` (possibly empty)."""
-        return {**{name: list(self.positions(name)) for name in GROUP_NAMES}, "separators": list(self.separators)}
+        """Positions of every group (:attr:`names`: per-image groups on a prompt with several images), then
+        ``separators`` (possibly empty)."""
+        return {**{name: list(self.positions(name)) for name in self.names}, "separators": list(self.separators)}
 
     def empty(self) -> list[str]:
         """Names of the groups with no token on this prompt (e.g. ``role`` on a one-token header)."""
@@ -141,12 +172,14 @@ def header_token_count(tokenizer: Any, text: str, header: str) -> int:
     return sum(1 for lo, hi in offsets if lo >= start and hi > lo) if header else 0
 
 
-def derive_groups(input_ids: Sequence[int], image_token_id: int, header_tokens: int, header: str = "") -> TokenGroups:
+def derive_groups(input_ids: Sequence[int], image_token_id: int, header_tokens: int, header: str = "",
+                  image_counts: Sequence[int] = ()) -> TokenGroups:
     """Token groups from the prompt ids and the number of tokens of the template's answer header at its end.
 
     The header (``role`` + ``final``) is the last ``header_tokens`` tokens; a header of no token leaves the
     answer to be predicted right after the question, which no group layout can describe (an error). The
-    non-image tokens between the first and the last image token are the ``separators``.
+    non-image tokens between the first and the last image token are the ``separators``. ``image_counts``: the
+    image tokens of each image, in order, for a prompt with several images (they must add up to the prompt's).
     """
     ids = list(input_ids)
     image_positions = [i for i, t in enumerate(ids) if t == image_token_id]
@@ -169,4 +202,10 @@ def derive_groups(input_ids: Sequence[int], image_token_id: int, header_tokens: 
                             "question after the image.")
     image = set(image_positions)
     separators = tuple(p for p in range(runs[0][0], last_image) if p not in image)
-    return TokenGroups(length=len(ids), image_runs=runs, role_start=role_start, header=header, separators=separators)
+    counts = tuple(int(n) for n in image_counts) if len(image_counts) > 1 else ()
+    if counts and sum(counts) != len(image_positions):
+        raise HeadflowError(f"The prompt has {len(image_positions)} image tokens but its {len(counts)} images have "
+                            f"{' + '.join(map(str, counts))} = {sum(counts)} on their own; headflow cannot tell which "
+                            "tokens belong to which image. Pass the images one per prompt.")
+    return TokenGroups(length=len(ids), image_runs=runs, role_start=role_start, header=header, separators=separators,
+                       image_counts=counts)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import struct
 from dataclasses import dataclass
@@ -59,11 +60,19 @@ class LoadedModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where the model's inputs go: the device its input embeddings run on (with a device map, layers may
+        run elsewhere; see :attr:`device_map`)."""
+        return module_device(self.model.get_input_embeddings())
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
+        return next(p.dtype for p in self.model.parameters() if p.is_floating_point())
+
+    @property
+    def device_map(self) -> dict[str, str] | None:
+        """Which module runs on which device, when the model was loaded with a device map (else ``None``)."""
+        placed = getattr(self.model, "hf_device_map", None)
+        return {name: str(where) for name, where in placed.items()} if placed else None
 
     def encode(self, image: Image.Image | Sequence[Image.Image], question: str) -> tuple[dict[str, torch.Tensor], TokenGroups]:
         """Processor inputs (on the model's device) and token groups for ``image`` + ``question``."""
@@ -89,7 +98,21 @@ class LoadedModel:
             "n_kv_heads": self.n_kv_heads,
             "dtype": str(self.dtype).replace("torch.", ""),
             "device": str(self.device),
+            "device_map": self.device_map,
         }
+
+
+def module_device(module: torch.nn.Module) -> torch.device:
+    """The device ``module`` computes on: its accelerate hook's execution device when it has one (weights
+    offloaded to the CPU or disk wait on ``meta`` until the hook brings them in), else its first parameter's."""
+    hook = getattr(module, "_hf_hook", None)
+    execution = getattr(hook, "execution_device", None)
+    if execution is not None:
+        return torch.device(execution) if not isinstance(execution, int) else torch.device("cuda", execution)
+    for p in module.parameters():
+        if p.device.type != "meta":
+            return p.device
+    return torch.device("cpu")
 
 
 def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
@@ -106,6 +129,9 @@ def load_model(
     device: str | torch.device = "cpu",
     dtype: str | torch.dtype | None = None,
     seed: int = 0,
+    device_map: str | dict[str, Any] | None = None,
+    max_memory: dict[Any, str | int] | None = None,
+    offload_folder: str | Path | None = None,
 ) -> LoadedModel:
     """Load an LVLM for analysis.
 
@@ -117,9 +143,19 @@ def load_model(
         (loaded with ``AutoModelForImageTextToText`` and ``AutoProcessor``), or a loaded pair.
     device, dtype
         Where and in which precision to run. ``dtype=None`` keeps the checkpoint's dtype
-        (float32 for tiny models). The device is checked first (:func:`resolve_device`).
+        (float32 for tiny models). The device is checked first (:func:`resolve_device`). A hub id or local
+        directory loaded onto an accelerator goes straight there when accelerate is installed (no CPU copy of the
+        weights first).
     seed : int
         Weight seed for ``tiny:`` models.
+    device_map, max_memory, offload_folder
+        One model over several devices, placed by accelerate as transformers places it (instead of
+        ``device``): a strategy (``"auto"``, ``"balanced"``, ``"balanced_low_0"``, ``"sequential"``) or a dict
+        ``{module name: device}`` where a device is ``"cuda:1"``, ``1``, ``"cpu"`` or ``"disk"`` (weights kept on
+        the disk under ``offload_folder`` and brought in layer by layer). ``max_memory`` caps each device
+        (``{0: "70GiB", "cpu": "200GiB"}``). A hub id or local directory is loaded straight onto its devices,
+        never materialised on the CPU first. Needs ``accelerate`` (``pip install 'headflow[big]'``). The engine
+        keeps every recorded tensor on the device of the layer that uses it.
 
     Raises
     ------
@@ -144,6 +180,10 @@ def load_model(
         return spec
     torch_dtype = _resolve_dtype(dtype)
     device = resolve_device(device)
+    placement, placed = None, False
+    if device_map is not None:
+        placement = {"device_map": check_device_map(device_map), "max_memory": max_memory,
+                     "offload_folder": str(offload_folder) if offload_folder is not None else None}
     if isinstance(spec, tuple):
         if len(spec) != 2:
             raise HeadflowError("A loaded model must be passed as a (model, processor) pair.")
@@ -166,9 +206,15 @@ def load_model(
         if local:
             check_model_dir(path)
             path = path.resolve()
-        model, processor = _from_pretrained(str(path), torch_dtype, local=local)
+        if placement is None and device.type != "cpu" and importlib.util.find_spec("accelerate") is not None:
+            placement = {"device_map": str(device)}  # straight onto the accelerator: no CPU copy of the weights first
+        model, processor = _from_pretrained(str(path), torch_dtype, local=local, placement=placement)
         name = "default" if str(spec) == "default" else str(path) if local else str(spec)
-    model = model.to(device=device, dtype=torch_dtype) if torch_dtype else model.to(device=device)
+        placed = placement is not None
+    if placement is not None and not placed:
+        dispatch(model.to(dtype=torch_dtype) if torch_dtype else model, **placement)
+    elif getattr(model, "hf_device_map", None) is None:
+        model = model.to(device=device, dtype=torch_dtype) if torch_dtype else model.to(device=device)
     model.eval()
     return LoadedModel(model=model, processor=processor, adapter=adapter_for(model, processor), name=name)
 
@@ -217,6 +263,55 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if backend is None or not hasattr(backend, "is_available") or not backend.is_available():
         raise HeadflowError(f"Device {str(device)!r} is not available on this machine. {listing}")
     return dev
+
+
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def check_device_map(device_map: str | dict[str, Any]) -> str | dict[str, Any]:
+    """``device_map`` checked: a strategy, or a dict whose devices exist here (``"disk"`` allowed).
+
+    Raises
+    ------
+    HeadflowError
+        One line for an unknown strategy, a device this machine lacks, or a missing ``accelerate``.
+    """
+    if importlib.util.find_spec("accelerate") is None:
+        raise HeadflowError("A device map needs the accelerate package, which is not installed. Install it: "
+                            "pip install 'headflow[big]' (or pip install accelerate).")
+    if isinstance(device_map, str):
+        if device_map not in DEVICE_MAP_STRATEGIES:
+            raise HeadflowError(f"Unknown device map {device_map!r}. Use one of {', '.join(DEVICE_MAP_STRATEGIES)}, "
+                                "or a dict (a JSON file on the command line) of module name -> device.")
+        return device_map
+    if not isinstance(device_map, dict) or not device_map:
+        raise HeadflowError(f"A device map must be a strategy or a non-empty dict of module name -> device. Got "
+                            f"{device_map!r} instead.")
+    for name, where in device_map.items():
+        if where == "disk":
+            continue
+        resolve_device(f"cuda:{where}" if isinstance(where, int) else where)
+    return device_map
+
+
+def dispatch(model: torch.nn.Module, device_map: str | dict[str, Any], max_memory: dict | None = None,
+             offload_folder: str | None = None) -> None:
+    """Place a model built in memory (``tiny:``, a loaded pair) over devices with accelerate, as transformers'
+    ``from_pretrained(device_map=...)`` places a checkpoint: a strategy is resolved with ``infer_auto_device_map``
+    over the model's no-split blocks, then ``dispatch_model`` moves weights and adds its device hooks."""
+    from accelerate import dispatch_model, infer_auto_device_map
+    from accelerate.utils import get_balanced_memory, get_max_memory
+
+    if isinstance(device_map, str):
+        no_split = getattr(model, "_no_split_modules", None) or []
+        memory = (get_max_memory(max_memory) if device_map == "sequential" else
+                  get_balanced_memory(model, max_memory=max_memory, no_split_module_classes=no_split,
+                                      low_zero=device_map == "balanced_low_0"))
+        device_map = infer_auto_device_map(model, max_memory=memory, no_split_module_classes=no_split)
+    if "disk" in device_map.values() and offload_folder is None:
+        raise HeadflowError("The device map offloads weights to 'disk' but no offload folder was given. Pass "
+                            "offload_folder (--offload-folder DIR).")
+    dispatch_model(model, device_map=device_map, offload_dir=offload_folder)
 
 
 def _looks_like_path(spec: str) -> bool:
@@ -303,14 +398,21 @@ def _safetensors_problem(path: Path) -> str | None:
     return None
 
 
-def _from_pretrained(path: str, dtype: torch.dtype | None, *, local: bool = False) -> tuple[torch.nn.Module, Any]:
+def _from_pretrained(path: str, dtype: torch.dtype | None, *, local: bool = False,
+                     placement: dict[str, Any] | None = None) -> tuple[torch.nn.Module, Any]:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     what = f"model directory {path!r}" if local else f"model {path!r}"
     try:
         processor = AutoProcessor.from_pretrained(path)
-        model, info = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype or "auto", attn_implementation="sdpa",
-                                                                  output_loading_info=True)
+        load = lambda **kw: AutoModelForImageTextToText.from_pretrained(  # noqa: E731
+            path, dtype=dtype or "auto", output_loading_info=True, **(placement or {}), **kw)
+        try:
+            model, info = load(attn_implementation="sdpa")
+        except ValueError as exc:  # a part without SDPA (Gemma 2's softcapped attention): transformers' own choice
+            if "scaled_dot_product_attention" not in str(exc):
+                raise
+            model, info = load()
     except OSError as exc:
         fix = ("Check that the directory is a complete save_pretrained output (config, weights, processor "
                "and tokenizer files)." if local else

@@ -8,6 +8,10 @@ runs permutation tests and linear probes, and returns a frozen :class:`SemanticR
 >>> SemanticAnalysis(similarity="jaccard:10")
 SemanticAnalysis(similarity='jaccard:10', factors=None, n_permutations=1000, top_k=20, seed=0, cv_folds=5, significance_level=0.05)
 
+:class:`QuestionRouting` asks the same images several types of question and runs the same analysis with the
+question type in the role of the class and the image in the role of the factor: does a different question route the
+same image through different heads?
+
 The command line (``headflow semantics RUN_DIR``) lives in :mod:`headflow.semantics.cli`.
 """
 
@@ -20,7 +24,8 @@ from .._lazy import lazy_exports
 # lazy, as the top-level package: `headflow.semantics.cli` (imported by `headflow --help`) needs no scipy/sklearn
 _EXPORTS = {"SemanticAnalysis": "analysis", "SemanticParams": "params", "read_run_dir": "analysis", "FactorSummary": "result",
             "SemanticResult": "result", "SimilaritySpec": "similarity", "parse_similarity": "similarity",
-            "similarity_matrix": "similarity", "PermutationTest": "stats", "ProbeScore": "stats"}
+            "similarity_matrix": "similarity", "PermutationTest": "stats", "ProbeScore": "stats",
+            "QuestionRouting": "routing", "RoutingResult": "routing", "RoutingParams": "params"}
 __all__ = sorted(_EXPORTS)
 
 
@@ -29,7 +34,8 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
     from .analysis import SemanticAnalysis, read_run_dir
-    from .params import SemanticParams
+    from .params import RoutingParams, SemanticParams
+    from .routing import QuestionRouting, RoutingResult
     from .result import FactorSummary, SemanticResult
     from .similarity import SimilaritySpec, parse_similarity, similarity_matrix
     from .stats import PermutationTest, ProbeScore

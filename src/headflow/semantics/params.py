@@ -6,7 +6,8 @@ from typing import Any
 
 from pydantic import field_validator
 
-from ..method import Params, field
+from ..errors import HeadflowError
+from ..method import Params, check_params, field
 
 SIMILARITY_CHOICES = "cosine, spearman, jaccard:K"
 
@@ -39,3 +40,46 @@ class SemanticParams(Params):
         if value is not None and (not value or not all(value) or len(set(value)) != len(value)):
             raise ValueError("factors must be distinct, non-empty names")
         return value
+
+
+class RoutingParams(Params):
+    """What defines a question-routing run (:class:`~headflow.semantics.routing.QuestionRouting`)."""
+
+    questions: dict[str, str] = field(..., "Question types and the question of each, e.g. {'class': 'What is the "
+                                      "main object in the image?', 'colour': 'What colour is the main object?'}.",
+                                      expected="a dict of at least 2 question types to non-empty questions")
+    attribution: dict[str, Any] = field({}, "HeadAttribution parameters for every question type (its defaults "
+                                        "otherwise; each type's question is set from 'questions').")
+    semantics: dict[str, Any] = field({}, "SemanticAnalysis parameters (its defaults otherwise; the factor is "
+                                      "always the image).")
+
+    @field_validator("questions")
+    @classmethod
+    def _questions(cls, value: Any) -> Any:
+        if len(value) < 2 or not all(str(k).strip() and str(q).strip() for k, q in value.items()):
+            raise HeadflowError(f"The 'questions' parameter of QuestionRouting must map at least 2 question types to "
+                                f"non-empty questions. Got {value!r} instead.")
+        return value
+
+    @field_validator("attribution")
+    @classmethod
+    def _attribution(cls, value: Any) -> Any:
+        from ..attribution.params import AttributionParams
+
+        return _passed_on(value, "attribution", "HeadAttribution", AttributionParams, "question", "set per type")
+
+    @field_validator("semantics")
+    @classmethod
+    def _semantics(cls, value: Any) -> Any:
+        return _passed_on(value, "semantics", "SemanticAnalysis", SemanticParams, "factors", "always the image")
+
+
+def _passed_on(value: dict[str, Any], name: str, method: str, params: type[Params], fixed: str, why: str) -> dict:
+    """``value`` if it holds only ``method``'s parameters other than ``fixed`` (else one line naming the strays)."""
+    unknown = sorted((set(value) - set(params.model_fields)) | ({fixed} & set(value)))
+    if unknown:
+        raise HeadflowError(f"The {name!r} parameter of QuestionRouting takes {method}'s parameters except {fixed} "
+                            f"({why}); {', '.join(map(repr, unknown))} is not one. Use: "
+                            f"{', '.join(f for f in params.model_fields if f != fixed)}.")
+    check_params(params, method, dict(value))  # and their values: one line naming the method's parameter
+    return value

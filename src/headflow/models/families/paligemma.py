@@ -1,4 +1,5 @@
-"""PaliGemma (``paligemma``): SigLIP tower, linear projector, Gemma LM; a prefix-LM without a chat template.
+"""PaliGemma (``paligemma``): SigLIP tower, linear projector, Gemma LM (Gemma 2 in PaliGemma 2: attention scores
+softcapped, which headflow's attention applies in every path); a prefix-LM without a chat template.
 
 The processor builds the prompt itself: ``<image>`` x N, ``<bos>``, the prompt, ``\\n``. The image and that
 text form one bidirectional prefix (``token_type_ids`` 0): image tokens attend the question after them, so the
@@ -48,9 +49,10 @@ class PaliGemmaAdapter(FamilyAdapter):
 
     @classmethod
     def tiny(cls, seed=0):
-        """SigLIP (2 layers, 32 px, patch 8: 16 image tokens) + a 2-layer Gemma LM (4 heads, 1 KV head, as Gemma
-        2B's multi-query attention) with a Gemma-style SentencePiece tokenizer."""
-        from transformers import GemmaConfig, PaliGemmaConfig, PaliGemmaForConditionalGeneration, PaliGemmaProcessor
+        """SigLIP (2 layers, 32 px, patch 8: 16 image tokens) + a 2-layer Gemma 2 LM as PaliGemma 2's (4 heads, 1 KV
+        head; attention scores softcapped at 50 and output logits at 30, a sliding-window layer then a global one)
+        with a Gemma-style SentencePiece tokenizer."""
+        from transformers import Gemma2Config, PaliGemmaConfig, PaliGemmaForConditionalGeneration, PaliGemmaProcessor
         from transformers import SiglipImageProcessorPil
         from transformers.models.siglip.configuration_siglip import SiglipVisionConfig
 
@@ -60,7 +62,9 @@ class PaliGemmaAdapter(FamilyAdapter):
         processor = PaliGemmaProcessor(image_processor=image_processor, tokenizer=tok)  # adds <loc>/<seg> tokens
         vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                                     image_size=TINY_IMAGE, patch_size=TINY_PATCH)
-        text = GemmaConfig(**tiny_lm_config(tok, num_key_value_heads=1, head_dim=16, max_position_embeddings=1024))
+        text = Gemma2Config(**tiny_lm_config(tok, num_key_value_heads=1, head_dim=16, max_position_embeddings=1024),
+                            attn_logit_softcapping=50.0, final_logit_softcapping=30.0, sliding_window=512,
+                            layer_types=["sliding_attention", "full_attention"])
         config = PaliGemmaConfig(vision_config=vision, text_config=text, projection_dim=64, hidden_size=64,
                                  image_token_index=tok.image_token_id, vocab_size=len(tok))
         return seeded_model(PaliGemmaForConditionalGeneration, config, seed), processor
