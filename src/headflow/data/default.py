@@ -21,7 +21,7 @@ Two worlds
 
 **World 2** (:func:`render_scene`, ``DefaultDataset(world=2)``) is a scene: a **main object**, the largest
 (drawing radius 15-27 px; as COCO's main object is chosen by area), plus zero to two **distractors** of
-other, distinct classes (radius 8-10.5 px, random colour and style), placed so that no two bounding circles
+other, distinct classes (radius 6-8.5 px, random colour and style), placed so that no two bounding circles
 overlap, over the same background, contrast and clutter factors. Every object has its own pixel mask
 (:class:`SceneObject`); ``Example.mask`` is the main object's (what the object/background token-flow
 analysis uses). The main object's factors are *answerable*: ``colour`` (red, yellow, green, blue, purple:
@@ -407,7 +407,7 @@ _COLOUR_HUES: dict[str, tuple[float, float]] = {  # degrees; narrow enough that 
     "purple": (272.0, 300.0),
 }
 _SCENE_RADIUS: dict[str, tuple[float, float]] = {"small": (15.0, 18.0), "medium": (19.5, 22.5), "large": (24.0, 27.0)}
-_DISTRACTOR_RADIUS = (8.0, 10.5)  # always smaller than any main object: the main object is the largest
+_DISTRACTOR_RADIUS = (6.0, 8.5)  # at most 0.57 x any main object: the main object is clearly the largest
 _BOUND = 1.17  # radius of a shape's bounding circle (any rotation) in units of its drawing radius
 _N_DISTRACTORS = {"none": 0, "one": 1, "two": 2}
 

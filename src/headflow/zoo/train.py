@@ -297,6 +297,21 @@ def _lr_lambda(warmup: int, total: int):
 
 
 @torch.no_grad()
+def _sincos_position_init(model) -> None:
+    """2-D sine-cosine position embeddings (as MAE's) for the ViT's patch positions, zero for CLS: every patch
+    token then carries where it is from the first step (CLIP's random init is ~50x smaller than the patch
+    content, and a position head on pooled tokens stayed at chance for 1,500 steps without this: issue 16)."""
+    emb = model.model.vision_tower.embeddings.position_embedding.weight
+    n = int(round((emb.shape[0] - 1) ** 0.5))
+    dim = emb.shape[1] // 4
+    freq = 1.0 / (100.0 ** (torch.arange(dim, dtype=torch.float32) / dim))
+    y, x = torch.meshgrid(torch.arange(n, dtype=torch.float32), torch.arange(n, dtype=torch.float32), indexing="ij")
+    parts = [f(c.reshape(-1, 1) * freq) for c in (y, x) for f in (torch.sin, torch.cos)]
+    emb.zero_()
+    emb[1:, : 4 * dim] = torch.cat(parts, 1)
+
+
+@torch.no_grad()
 def _pca_patch_init(model, pixels: torch.Tensor, patch: int) -> None:
     """Whitened PCA components of image patches as the ViT patch-embedding weights."""
     conv = model.model.vision_tower.embeddings.patch_embedding
@@ -327,15 +342,34 @@ _HEADS = (("class", len(CLASSES)), ("colour", len(COLOURS)), ("size", len(SIZES)
           ("count", len(COUNTS)))
 
 
+class _AttentionPool(torch.nn.Module):
+    """One learned query per output group attends over the (normalised) patch tokens; a linear head reads each
+    pooled vector. ``forward(tokens (B, T, D)) -> list of (B, width)``."""
+
+    def __init__(self, hidden: int, widths: list[int]) -> None:
+        super().__init__()
+        self.norm = torch.nn.LayerNorm(hidden)
+        self.queries = torch.nn.Parameter(torch.randn(len(widths), hidden) * hidden ** -0.5)
+        self.keys = torch.nn.Linear(hidden, hidden)
+        self.heads = torch.nn.ModuleList(torch.nn.Linear(hidden, w) for w in widths)
+
+    def forward(self, tokens: torch.Tensor) -> list[torch.Tensor]:
+        x = self.norm(tokens)
+        weights = torch.einsum("qd,btd->bqt", self.queries, self.keys(x)).mul(x.shape[-1] ** -0.5).softmax(-1)
+        pooled = torch.einsum("bqt,btd->bqd", weights, x)
+        return [h(pooled[:, i]) for i, h in enumerate(self.heads)]
+
+
 def _stage_vision(model, sc: Scenes, pix, cfg: TrainConfig, gen: torch.Generator) -> dict[str, float]:
     """Vision pretraining: ViT + heads reading all patch tokens (attributes and presence). Returns last-200-step accuracies."""
     vt = model.model.vision_tower
     hidden = model.config.vision_config.hidden_size
-    n_tok = model.config.image_seq_length
-    n_out = sum(k for _, k in _HEADS) + len(CLASSES)
-    reduce = torch.nn.Sequential(torch.nn.LayerNorm(hidden), torch.nn.Linear(hidden, 32))
-    head = torch.nn.Sequential(torch.nn.GELU(), torch.nn.Linear(32 * n_tok, 256), torch.nn.GELU(), torch.nn.Linear(256, n_out))
-    params = list(vt.parameters()) + list(reduce.parameters()) + list(head.parameters())
+    # attention pooling, one learned query per fact, then a linear head: every fact must be readable from an
+    # attention-weighted average of patch tokens, which is what an LM head computes. (Heads on the flattened
+    # token grid had learned a position-dependent code that the LM never read: class at chance after
+    # instruction tuning; heads on the plain mean learned class slowly with distractors around: issue 16.)
+    head = _AttentionPool(hidden, [k for _, k in _HEADS] + [len(CLASSES)])
+    params = list(vt.parameters()) + list(head.parameters())
     opt, sched = _optimizer([(params, cfg.vision_lr)], cfg, cfg.vision_steps)
     vt.train()
     hits: dict[str, list[float]] = {name: [] for name, _ in _HEADS}
@@ -343,7 +377,7 @@ def _stage_vision(model, sc: Scenes, pix, cfg: TrainConfig, gen: torch.Generator
     for _ in bar:
         idx = torch.randint(len(sc.images), (cfg.vision_batch,), generator=gen).numpy()
         tokens = vt(pix(sc.images[idx])).last_hidden_state[:, 1:]
-        out = head(reduce(tokens).flatten(1))
+        out = torch.cat(head(tokens), -1)
         y = torch.from_numpy(sc.attrs[idx])
         loss, start = 0.0, 0
         for k, (name, width) in enumerate(_HEADS):
@@ -353,7 +387,8 @@ def _stage_vision(model, sc: Scenes, pix, cfg: TrainConfig, gen: torch.Generator
             start += width
         loss = loss + F.binary_cross_entropy_with_logits(out[:, start:], torch.from_numpy(sc.present[idx]).float()) * len(CLASSES) / 4
         _step(opt, sched, loss, params)
-        bar.set_postfix(loss=f"{loss.item():.3f}", cls=f"{np.mean(hits['class'][-200:]):.3f}")
+        if len(hits["class"]) % 50 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}", **{n[:4]: f"{np.mean(h[-200:]):.2f}" for n, h in hits.items()})
     return {name: float(np.mean(h[-200:])) for name, h in hits.items()}
 
 
@@ -802,6 +837,7 @@ def train(out: str | Path, cfg: TrainConfig = TrainConfig(), measure_after: bool
         else:
             t = time.perf_counter()
             _pca_patch_init(model, pix(sc.images[:2000]), cfg.size.patch_size)
+            _sincos_position_init(model)
             acc_vision = _stage_vision(model, sc, pix, cfg, gen)
             seconds["vision"] = time.perf_counter() - t
             if vision_cache is not None:
