@@ -46,12 +46,13 @@ class StudyPlan:
 #: ≥ 8 images per (class, style) cell of the default data (16 classes × 3 styles × 8).
 #: Question routing runs one attribution per question type (3 on the default data's world 1: class, position,
 #: size), i.e. types × images × (masks + held-out masks) forward passes. The main attribution is 384 × (512 + 256)
-#: ≈ 295k; routing at 96 × (256 + 64) × 3 ≈ 92k adds about a third of that (about a minute and a half on 2 CPU
-#: cores, measured 48 images × 256 masks in 11 s), so the full demo stays well under 10 minutes. 96 images keep
-#: 6 per class for the image-vs-question comparison; 256 masks are enough for the top heads of a 6-layer model
-#: (the held-out masks only feed each type's LDS, which the routing report does not show).
+#: ≈ 295k; routing at 3 × 96 × (256 + 32) ≈ 83k adds under a third of that (measured 48 images × 256 masks in
+#: 11 s on one CPU thread: about 75 s), so the full demo (6.4 minutes before) stays well under 10 minutes. 96 images
+#: give 6 per class for the image-vs-question comparison; 256 masks fit the top heads of the 48-head default model
+#: well enough to compare maps; the 32 held-out masks (the minimum is 8) only feed each type's LDS, which the
+#: routing report does not show.
 FULL = StudyPlan(images=384, masks=None, val_masks=256, validate_images=96, flow_images=96, flow_maps=4,
-                 permutations=1000, bootstrap=1000, routing_images=96, routing_masks=256, routing_val_masks=64)
+                 permutations=1000, bootstrap=1000, routing_images=96, routing_masks=256, routing_val_masks=32)
 #: Routing on QUICK: 12 images × (48 + 8) masks per type, seconds on CPU.
 QUICK = StudyPlan(images=48, masks=96, val_masks=48, validate_images=12, flow_images=12, flow_maps=2,
                   permutations=200, bootstrap=200, routing_images=12, routing_masks=48, routing_val_masks=8)
