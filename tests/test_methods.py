@@ -84,8 +84,10 @@ def test_study_resumes_by_configuration(tmp_path, monkeypatch):
     from headflow.study import StudyPlan, run_study
 
     plan = StudyPlan(images=4, masks=16, val_masks=8, validate_images=2, flow_images=2, flow_maps=0, permutations=10,
-                     bootstrap=10)
+                     bootstrap=10, routing_images=4, routing_masks=16, routing_val_masks=8)
     out = tmp_path / "study"
+    import sklearn  # noqa: F401  provenance lists the libraries this process has loaded, and the routing step (the
+    # study's last) loads scikit-learn: load it before the first study too, as a fresh process resuming would see
     run_study("tiny:llava", "default", out, plan=plan, keep_wrong=True, log=lambda m: None)
     summary = (out / "summary.json").read_bytes()
     with monkeypatch.context() as patch:
@@ -97,6 +99,34 @@ def test_study_resumes_by_configuration(tmp_path, monkeypatch):
     assert (out / "validation.json").exists()
     with pytest.raises(HeadflowError, match=r"different configuration \(differs in: seed\)"):
         run_study("tiny:llava", "default", out, plan=plan, seed=1, keep_wrong=True, log=lambda m: None)
+
+
+def test_a_study_on_data_with_fewer_than_two_question_types_skips_routing(tmp_path):
+    """A folder dataset without factors answers only "class": the routing step is skipped with one log line, the
+    reason is in study.json and the report's question-routing section says it."""
+    import json
+
+    from headflow.data import ListDataset, load_dataset
+    from headflow.data.base import Example
+    from headflow.data.folder import export_folder
+    from headflow.study import StudyPlan, run_study
+
+    plain = ListDataset("plain", [Example(ex.id, ex.image, ex.label) for ex in load_dataset("default", n=4)])
+    root = export_folder(plain, tmp_path / "data")
+    plan = StudyPlan(images=4, masks=16, val_masks=8, validate_images=2, flow_images=2, flow_maps=0, permutations=10,
+                     bootstrap=10, routing_images=4, routing_masks=16, routing_val_masks=8)
+    out, lines = tmp_path / "study", []
+    run_study("tiny:llava", f"folder:{root}", out, plan=plan, keep_wrong=True, log=lines.append)
+    why = ("the data answers fewer than 2 question types with one question for every image (answerable: class); "
+           "question routing needs the labels plus at least one factor")
+    skips = [line for line in lines if line.startswith("routing skipped:")]
+    assert len(skips) == 1 and skips[0].startswith(f"routing skipped: {why}") and "\n" not in skips[0]
+    assert json.loads((out / "study.json").read_text())["skipped"]["routing"].startswith(why)
+    assert not (out / "routing").exists()
+    html = (out / "report.html").read_text()
+    part = html[html.index('<section id="routing"'):]
+    part = part[:part.index("</section>")]
+    assert 'data-status="missing"' in part and "The study skipped this step: " + why in part
 
 
 def test_validate_reloads_hf_data_with_its_column_options(tmp_path):
@@ -174,7 +204,7 @@ def test_an_interrupted_study_resumes_to_the_uninterrupted_result(tmp_path, monk
     from headflow.study import StudyPlan, run_study
 
     plan = StudyPlan(images=4, masks=16, val_masks=8, validate_images=2, flow_images=3, flow_maps=0, permutations=10,
-                     bootstrap=10)
+                     bootstrap=10, routing_images=4, routing_masks=16, routing_val_masks=8)
     plain, killed = tmp_path / "plain", tmp_path / "killed"
     run_study("tiny:llava", "default", plain, plan=plan, keep_wrong=True, log=lambda m: None)
     original, calls = knockout._flow_image, {"n": 0}
@@ -191,7 +221,7 @@ def test_an_interrupted_study_resumes_to_the_uninterrupted_result(tmp_path, monk
             run_study("tiny:llava", "default", killed, plan=plan, keep_wrong=True, log=lambda m: None)
     assert (killed / "validation.json").exists() and not (killed / "flow" / "flow.json").exists()
     run_study("tiny:llava", "default", killed, plan=plan, keep_wrong=True, log=lambda m: None)
-    for name in ("summary.json", "validation.json", "flow/flow.json"):
+    for name in ("summary.json", "validation.json", "flow/flow.json", "routing/routing.json"):
         a, b = json.loads((plain / name).read_text()), json.loads((killed / name).read_text())
         assert {k: v for k, v in a.items() if k != "provenance"} == {k: v for k, v in b.items() if k != "provenance"}
     assert (plain / "report.html").exists() and (killed / "report.html").exists()

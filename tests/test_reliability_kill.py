@@ -336,6 +336,6 @@ def test_study_killed_between_steps_resumes_to_the_uninterrupted_result(referenc
     stale_lock_of(out, pid)
     finish(zygote, args, log)
     ref = reference()
-    same_json(out, ref, ["summary.json", "validation.json", "flow/flow.json"])
+    same_json(out, ref, ["summary.json", "validation.json", "flow/flow.json", "routing/routing.json"])
     same_bytes(out, ref, ["attributions.npy", "targets.npy", "single_head.npy"])
     assert (out / "report.html").exists() and not (out / LOCK_NAME).exists()

@@ -27,7 +27,7 @@ from headflow.report.markup import esc
 
 pytestmark = pytest.mark.slow
 
-ANALYSIS_SECTIONS = ("validation", "attention", "flow", "objects", "semantics", "steering")
+ANALYSIS_SECTIONS = ("validation", "attention", "flow", "objects", "semantics", "routing", "steering")
 
 
 class Page(HTMLParser):
@@ -71,8 +71,9 @@ class Page(HTMLParser):
 
 
 def figure_files(run_dir: Path) -> dict[str, Path]:
-    return {str(p.relative_to(run_dir)): p for sub in ("figures", "flow/figures", "steering/figures")
-            for p in sorted((run_dir / sub).glob("*.png"))}
+    from headflow.report.run import FIGURE_DIRS
+
+    return {str(p.relative_to(run_dir)): p for sub in FIGURE_DIRS for p in sorted((run_dir / sub).glob("*.png"))}
 
 
 @pytest.fixture(scope="module")
@@ -125,12 +126,13 @@ def test_every_section_is_present_and_every_figure_is_embedded(study, page):
         assert page.sections[sid]["data-status"] == "present", sid
     files = figure_files(study)
     assert {"figures/attribution_heatmap.png", "figures/validation_curves.png", "flow/figures/flow_curves.png",
-            "figures/similarity_matrix.png"} <= set(files)
+            "figures/similarity_matrix.png", "routing/figures/routing/similarity_matrix.png"} <= set(files)
     shown = {img["data-path"]: img for img in page.images}
     assert set(shown) == set(files)
+    names = {f.path: f.name for entry in SECTIONS for f in entry.figures}
     for rel, path in files.items():
         img = shown[rel]
-        assert "figure" in img["class"].split() and img["data-name"] == path.stem
+        assert "figure" in img["class"].split() and img["data-name"] == names.get(rel, path.stem)
         prefix = "data:image/png;base64,"
         assert img["src"].startswith(prefix)
         assert base64.b64decode(img["src"][len(prefix):]) == path.read_bytes()
@@ -159,6 +161,37 @@ def test_numbers_come_from_the_json(study, page):
     c3 = flow["c3"]
     assert fmt_ci(c3["mean"], c3["lo"], c3["hi"]) in html and f"p = {fmt_p(c3['p_wilcoxon'])}" in html
     assert f"permutation p = {fmt_p(sem['p_class_vs_appearance'])}" in html
+
+
+def test_question_routing_step_and_section(study, page):
+    """The study's routing step (tiny model, QUICK routing sizes): routing.json and its section's numbers."""
+    from headflow.study import QUICK
+
+    routing, timings = read(study, "routing/routing.json"), read(study, "study.json")["started_at_seconds"]
+    assert list(timings) == ["attribution", "validation", "flow", "semantics", "routing", "report"]
+    assert routing["verdict"] in ("question", "image", "neither")
+    assert routing["question_types"] == ["class", "position", "size"]  # world 1: labels + two answerable factors
+    assert routing["n_images"] == QUICK.routing_images
+    for qtype, row in routing["per_type"].items():
+        assert isinstance(row["clean_accuracy"], float) and 0.0 <= row["clean_accuracy"] <= 1.0, qtype
+    assert page.sections["routing"]["data-status"] == "present"
+    html = section_slice((study / "report.html").read_text(), "routing")
+    assert f'data-routing-verdict="{routing["verdict"]}"' in html
+    assert page.keys["routing_accuracy"] == [fmt(routing["per_type"][t]["clean_accuracy"])
+                                             for t in routing["question_types"]]
+    assert page.keys["routing_p"] == [fmt_p(routing["p_question_vs_image"])]
+    assert page.keys["routing_probe"] == [fmt(routing["probe_question_type"])]
+
+
+def test_a_skipped_routing_step_shows_why_and_outranks_an_old_result(study, tmp_path):
+    run = copy_run(study, tmp_path / "run")
+    edit_json(run, "study.json", lambda doc: doc["skipped"].update(routing="only 1 image <kept>"))
+    part = section_slice(write_report(run).read_text(), "routing")
+    assert 'data-status="missing"' in part and "The study skipped this step: only 1 image &lt;kept&gt;" in part
+    (run / "routing" / "routing.json").unlink()
+    edit_json(run, "study.json", lambda doc: doc.pop("skipped"))  # a study from before the routing step
+    part = section_slice(write_report(run).read_text(), "routing")
+    assert 'data-status="missing"' in part and "<code>routing/routing.json</code> is missing" in part
 
 
 def test_report_is_deterministic(study):
@@ -284,6 +317,8 @@ def pop_path(doc: dict, dotted: str, rename: bool) -> None:
     ("study.json", "seconds", False),
     ("steering/steering.json", "curves.clean.random.mean_logit", True),
     ("steering/steering.json", "identity_max_abs_diff", False),
+    ("routing/routing.json", "p_question_vs_image", True),
+    ("routing/routing.json", "per_type", False),
 ])
 def test_a_renamed_or_deleted_key_fails_the_report_naming_file_and_key(study, tmp_path, rel, key, rename):
     run = copy_run(study, tmp_path / "run")

@@ -68,6 +68,20 @@ def test_answers_come_from_the_caller_the_dataset_the_labels_or_a_factor():
         answers_for(data, "colour", None)
 
 
+def test_the_answerable_questions_of_a_dataset():
+    from headflow.data import ListDataset
+    from headflow.data.base import Example
+    from headflow.data.default import PHRASINGS, DefaultDataset
+    from headflow.semantics.routing import answerable_questions
+
+    canonical = {t: PHRASINGS[t][0] for t in PHRASINGS}
+    world1, world2 = load_dataset("default", n=4, seed=0), DefaultDataset(n=4, world=2)
+    assert answerable_questions(world1) == {t: canonical[t] for t in ("class", "position", "size")}
+    assert answerable_questions(world2) == {t: canonical[t] for t in ("class", "colour", "position", "size")}
+    plain = ListDataset("plain", [Example(ex.id, ex.image, ex.label) for ex in world1])  # no factors
+    assert answerable_questions(plain) == {"class": canonical["class"]}
+
+
 def test_bad_parameters_are_one_line():
     with pytest.raises(HeadflowError, match="must map at least 2 question types"):
         QuestionRouting(None, questions={"class": "What?"}).check()

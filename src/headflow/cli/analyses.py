@@ -314,7 +314,7 @@ def register(app: typer.Typer) -> None:
     @command(app, "study", [*_shared("model", "adapter", "data", "images", "data_seed", "out", "device", "dtype"),
                             quick, masks, seed, keep_wrong, *batch])
     def study(**values: Any) -> None:
-        """The whole study: attribution, validation, token flow, semantics, HTML report."""
+        """The whole study: attribution, validation, token flow, semantics, question routing, HTML report."""
         from dataclasses import replace
 
         from ..study import FULL, QUICK, run_study

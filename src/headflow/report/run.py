@@ -2,8 +2,9 @@
 
 Nothing here computes a result. :data:`SOURCES` lists the result files the report can read (one entry per
 file: name, path, whether the report needs it, which command writes it); :func:`read_run` reads every one
-that exists into a :class:`~headflow.report.doc.Doc` and finds the PNG figures under ``figures/``,
-``flow/figures/`` and ``steering/figures/``. A file that is absent, or whose JSON cannot be read, is recorded in
+that exists into a :class:`~headflow.report.doc.Doc` and finds the PNG figures under :data:`FIGURE_DIRS`
+(``figures/``, ``flow/figures/``, ``steering/figures/``, ``routing/figures/routing/``). A file that is absent, or
+whose JSON cannot be read, is recorded in
 :attr:`RunView.missing` / :attr:`RunView.errors` so the report can say so; only ``summary.json`` is required.
 """
 
@@ -51,11 +52,12 @@ SOURCES: tuple[Source, ...] = (
     Source("flow", "flow/flow.json", "headflow flow --out DIR/flow"),
     Source("semantics", "semantics.json", "headflow semantics DIR"),
     Source("steering", "steering/steering.json", "headflow steer DIR"),
+    Source("routing", "routing/routing.json", "headflow route --ask TYPE=QUESTION --ask ... --out DIR/routing"),
     Source("study", "study.json", "headflow study --out DIR"),
 )
 SOURCE_BY_NAME: dict[str, Source] = {s.name: s for s in SOURCES}
 
-FIGURE_DIRS = ("figures", "flow/figures", "steering/figures")
+FIGURE_DIRS = ("figures", "flow/figures", "steering/figures", "routing/figures/routing")
 
 
 @dataclass(frozen=True)

@@ -348,6 +348,60 @@ def semantics_section(inp: Inputs) -> Built:
         "class_heatmaps": "Mean attribution per class (layer \u00d7 head)."})
 
 
+def routing_section(inp: Inputs) -> Built:
+    r, study = inp.optional("routing"), inp.optional("study")
+    skipped = study.optional("skipped") if study is not None else None  # absent in studies before routing
+    why = skipped.optional("routing") if skipped is not None else None  # only where the step was skipped
+    if why is not None:  # a skip outranks a routing.json left by an earlier configuration
+        return Built(missing=f"{missing_note('routing')} The study skipped this step: {esc(why)}")
+    if r is None:
+        return Built(missing=missing_note("routing"))
+    per_type = r["per_type"]
+    body = (f"<p class=\"note\">The same images asked {len(r['question_types'])} types of question, one head "
+            "attribution per type; the maps of the images kept under every type are compared across question types "
+            "(same question, different images) and across images (same image, different questions).</p>")
+    body += table(("Question type", "Question", "Clean accuracy", "Images kept", "Top heads"),
+                  [(t, text(per_type[t]["question"]), fmt(per_type[t]["clean_accuracy"]),
+                    fmt(per_type[t]["n_images"]),
+                    ", ".join(fmt_head(layer, head) for layer, head, _ in per_type[t]["top_heads"][:5]))
+                   for t in r["question_types"]], id="routing-types",
+                  keys=(None, None, "routing_accuracy", "routing_images", None))
+    body += kv_table([("Images kept under every type", fmt(r["n_images"]), "routing_n_images"),
+                      ("Similarity, same question (different images)", fmt(r["within_question_similarity"]),
+                       "routing_within_question"),
+                      ("Similarity, same image (different questions)", fmt(r["within_image_similarity"]),
+                       "routing_within_image"),
+                      ("Similarity, different both", fmt(r["between_similarity"]), None),
+                      ("p (permutation), question vs image", fmt_p(r["p_question_vs_image"]), "routing_p"),
+                      ("Probe reading the question type from a map", fmt(r["probe_question_type"]),
+                       "routing_probe"),
+                      ("Probe chance", fmt(r["probe_question_type_chance"]), None)], "routing-table")
+    poor = [t for t in r["question_types"] if isinstance(per_type[t]["clean_accuracy"], (int, float))
+            and per_type[t]["clean_accuracy"] < 0.5]
+    if poor:
+        body += callout(f"The clean model answers fewer than half of the images correctly under "
+                        f"{esc(', '.join(poor))}: every image is kept under every type, so the maps of "
+                        f"{'that type' if len(poor) == 1 else 'those types'} attribute the logit of an answer the "
+                        "model mostly does not give.", "warn")
+    meaning = {"question": "maps of one question type are more alike than maps of one image: the question routes "
+                           "the image through its own heads",
+               "image": "maps of one image are more alike than maps of one question type: the image, not the "
+                        "question, decides the heads",
+               "neither": "neither kind of pair is reliably more alike"}
+    verdict = r["verdict"]
+    body += callout(f"<strong>Verdict</strong> <span data-routing-verdict=\"{esc(verdict)}\">{esc(verdict)}</span>: "
+                    f"{esc(meaning.get(verdict, 'see the numbers above'))} (same question "
+                    f"{esc(fmt(r['within_question_similarity']))} vs same image "
+                    f"{esc(fmt(r['within_image_similarity']))}, permutation p = "
+                    f"{esc(fmt_p(r['p_question_vs_image']))}; the question type is read from a map with accuracy "
+                    f"{esc(fmt(r['probe_question_type']))}, chance {esc(fmt(r['probe_question_type_chance']))}).")
+    return Built(body, captions={
+        "routing_similarity_matrix": "Map \u00d7 map similarity of head attributions (one map per image and question "
+                                     "type), ordered by question type and by image.",
+        "routing_embedding": "2-D embedding of the maps, coloured by question type and by image.",
+        "routing_heatmaps": "Mean attribution per question type (layer \u00d7 head)."})
+
+
 def steering_verdicts(st: Doc) -> list[tuple[str, float | None, bool | None]]:
     """Per corruption (``clean`` where the sweep has none): the largest amplifying factor (> 1) of the sweep and
     whether amplifying the top attribution heads beats amplifying random heads there (higher accuracy, or the same
@@ -442,6 +496,11 @@ SECTIONS: tuple[Section, ...] = (
             figures=(Figure("similarity_matrix", "figures/similarity_matrix.png"),
                      Figure("embedding", "figures/embedding.png"),
                      Figure("class_heatmaps", "figures/class_heatmaps.png"))),
+    Section("routing", "Question routing", routing_section,
+            reads_if_present=("routing", "study"),
+            figures=(Figure("routing_similarity_matrix", "routing/figures/routing/similarity_matrix.png"),
+                     Figure("routing_embedding", "routing/figures/routing/embedding.png"),
+                     Figure("routing_heatmaps", "routing/figures/routing/class_heatmaps.png"))),
     Section("steering", "Head steering", steering_section,
             reads=("steering",),
             figures=(Figure("steering_accuracy", "steering/figures/steering_accuracy.png"),

@@ -29,7 +29,7 @@ from ..method import Method, Result, provenance
 from ..store import read_json, write_json
 from .params import RoutingParams
 
-__all__ = ["QuestionRouting", "RoutingResult", "Relabelled"]
+__all__ = ["QuestionRouting", "RoutingResult", "Relabelled", "answerable_questions"]
 
 #: what the semantics verdict means here (class -> question type, appearance -> image)
 VERDICTS = {"class": "question", "appearance": "image", "neither": "neither"}
@@ -73,6 +73,31 @@ def answers_for(dataset: Sequence[Example], question_type: str,
         return [ex.factors[question_type] for ex in dataset]
     raise HeadflowError(f"No answers for question type {question_type!r}: the dataset has no such factor and no "
                         "answers(question_type). Pass answers={type: [one answer per image]}.")
+
+
+def answerable_questions(dataset: Sequence[Example]) -> dict[str, str]:
+    """The question types ``dataset`` can be asked with one question text for every image, type -> question.
+
+    Candidates are the default data's question types (:data:`~headflow.data.default.QUESTION_TYPES`), each with
+    its canonical phrasing (phrasing 0 of :data:`~headflow.data.default.PHRASINGS`); a type whose question names
+    something per image (``exists``: "Is there a key ...?") is left out, and so is every type the dataset has no
+    answers for (:func:`answers_for`: its own ``answers(type)``, the labels for ``class``, else a factor of that
+    name). The embedded data's world 1 answers ``class``, ``position`` and ``size``; world 2 also ``colour``; a
+    folder dataset without factors only ``class``.
+    """
+    from ..data.default import PHRASINGS, QUESTION_TYPES
+
+    questions = {}
+    for qtype in QUESTION_TYPES:
+        text = PHRASINGS[qtype][0]
+        if "{" in text:  # filled in per image
+            continue
+        try:
+            answers_for(dataset, qtype, None)
+        except (HeadflowError, KeyError, ValueError):  # a dataset's own answers() may refuse an unknown type
+            continue
+        questions[qtype] = text
+    return questions
 
 
 @dataclass(frozen=True)
