@@ -77,7 +77,8 @@ def test_the_answerable_questions_of_a_dataset():
     canonical = {t: PHRASINGS[t][0] for t in PHRASINGS}
     world1, world2 = load_dataset("default", n=4, seed=0), DefaultDataset(n=4, world=2)
     assert answerable_questions(world1) == {t: canonical[t] for t in ("class", "position", "size")}
-    assert answerable_questions(world2) == {t: canonical[t] for t in ("class", "colour", "position", "size")}
+    assert answerable_questions(world2) == {t: canonical[t] for t in ("class", "colour", "position", "size", "count")}
+    assert world2.answers("count") == [world2.scene(i).answer("count") for i in range(4)]
     plain = ListDataset("plain", [Example(ex.id, ex.image, ex.label) for ex in world1])  # no factors
     assert answerable_questions(plain) == {"class": canonical["class"]}
 

@@ -693,6 +693,20 @@ class DefaultDataset(Dataset):
             raise ValueError(f"DefaultDataset.scene needs world 2; this dataset renders world {self.world}.")
         return render_scene(self.seed, int(index), self.stream)
 
+    def answers(self, question_type: str) -> list[str]:
+        """Every example's one-word answer to ``question_type``: world 2 answers every :data:`QUESTION_TYPES`
+        (``exists`` names each scene's own probe), world 1 ``class`` and its factors."""
+        if self.world == 1:
+            if question_type == "class":
+                return [self[i].label for i in range(self.n)]
+            if question_type in FACTORS:
+                return [self[i].factors[question_type] for i in range(self.n)]
+            raise ValueError(f"World 1 of the default data answers class and {', '.join(FACTORS)}. "
+                             f"Got question type {question_type!r} instead.")
+        if question_type not in QUESTION_TYPES:
+            raise ValueError(f"Unknown question type {question_type!r}; valid types: {', '.join(QUESTION_TYPES)}.")
+        return [self.scene(i).answer(question_type) for i in range(self.n)]
+
     def _get(self, index: int) -> Example:
         tag = "default" if self.stream == ANALYSIS_STREAM else "train"
         if self.world == 2:

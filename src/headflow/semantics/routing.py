@@ -66,7 +66,10 @@ def answers_for(dataset: Sequence[Example], question_type: str,
         return [str(x) for x in answers[question_type]]
     own: Callable[[str], Sequence[str]] | None = getattr(dataset, "answers", None)
     if callable(own):
-        return [str(x) for x in own(question_type)]
+        try:
+            return [str(x) for x in own(question_type)]
+        except (KeyError, ValueError) as exc:  # the dataset's own answers() refuses the type
+            raise HeadflowError(f"No answers for question type {question_type!r}: {exc}") from None
     if question_type == "class":
         return [ex.label for ex in dataset]
     if all(question_type in ex.factors for ex in dataset):
@@ -82,7 +85,7 @@ def answerable_questions(dataset: Sequence[Example]) -> dict[str, str]:
     its canonical phrasing (phrasing 0 of :data:`~headflow.data.default.PHRASINGS`); a type whose question names
     something per image (``exists``: "Is there a key ...?") is left out, and so is every type the dataset has no
     answers for (:func:`answers_for`: its own ``answers(type)``, the labels for ``class``, else a factor of that
-    name). The embedded data's world 1 answers ``class``, ``position`` and ``size``; world 2 also ``colour``; a
+    name). The embedded data's world 1 answers ``class``, ``position`` and ``size``; world 2 also ``colour`` and ``count``; a
     folder dataset without factors only ``class``.
     """
     from ..data.default import PHRASINGS, QUESTION_TYPES
