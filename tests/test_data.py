@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from headflow.data import CLASSES, FACTORS, Dataset, Example, export_folder, load_dataset
-from headflow.data.default import ANALYSIS_STREAM, TRAIN_STREAM, DefaultDataset, render_example
+from headflow.data.default import ANALYSIS_STREAM, SCENE_FACTORS, TRAIN_STREAM, DefaultDataset, render_example
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def test_default_types_and_shapes(ds48: Dataset) -> None:
     assert len(ds48) == 48
     assert ds48.name == "default"
     assert len(ds48.classes) >= 16 and ds48.classes == CLASSES
-    assert set(ds48.factor_names) >= {"style", "palette", "size", "position", "background", "clutter"}
+    assert set(ds48.factor_names) == set(SCENE_FACTORS)  # world 2, the shipped model's
     ex = ds48[5]
     assert isinstance(ex, Example)
     assert ex.image.mode == "RGB" and ex.image.size == (96, 96)
@@ -30,8 +30,8 @@ def test_default_types_and_shapes(ds48: Dataset) -> None:
     assert 0 < ex.mask.mean() < 0.6
     assert set(ex.factors) == set(ds48.factor_names)
     for name, level in ex.factors.items():
-        assert level in FACTORS[name]
-    assert ex.id == "default-s0-000005"
+        assert level in SCENE_FACTORS[name]
+    assert ex.id == "default-w2-s0-000005"
 
 
 def test_default_is_deterministic_per_seed_and_index() -> None:
@@ -55,8 +55,8 @@ def test_crossed_design_is_balanced(ds48: Dataset) -> None:
     assert len(cells) == 16 * 3 and set(cells.values()) == {1}
     ds = load_dataset("default", n=96)
     assert set(Counter((e.label, e.factors["style"]) for e in ds).values()) == {2}
-    palettes = Counter(e.factors["palette"] for e in ds)
-    assert set(palettes) == set(FACTORS["palette"]) and max(palettes.values()) - min(palettes.values()) <= 8
+    colours = Counter(e.factors["colour"] for e in ds)
+    assert set(colours) == set(SCENE_FACTORS["colour"]) and max(colours.values()) - min(colours.values()) <= 8
 
 
 def test_mask_marks_object_not_background() -> None:

@@ -7,6 +7,7 @@ import pytest
 from headflow import HeadflowError
 from headflow.attribution import AttributionResult
 from headflow.data import load_dataset
+from headflow.data.default import DefaultDataset
 from headflow.semantics import QuestionRouting, RoutingResult
 from headflow.semantics.routing import answers_for
 
@@ -64,18 +65,20 @@ def test_answers_come_from_the_caller_the_dataset_the_labels_or_a_factor():
             return [f"{qtype}{i}" for i in range(len(self))]
 
     assert answers_for(WithAnswers(data), "colour", None) == ["colour0", "colour1", "colour2", "colour3"]
+    assert answers_for(data, "colour", None) == data.answers("colour")  # world 2 answers every question type
+    world1 = DefaultDataset(n=4, world=1)
     with pytest.raises(HeadflowError, match="No answers for question type 'colour'"):
-        answers_for(data, "colour", None)
+        answers_for(world1, "colour", None)
 
 
 def test_the_answerable_questions_of_a_dataset():
     from headflow.data import ListDataset
     from headflow.data.base import Example
-    from headflow.data.default import PHRASINGS, DefaultDataset
+    from headflow.data.default import PHRASINGS
     from headflow.semantics.routing import answerable_questions
 
     canonical = {t: PHRASINGS[t][0] for t in PHRASINGS}
-    world1, world2 = load_dataset("default", n=4, seed=0), DefaultDataset(n=4, world=2)
+    world1, world2 = DefaultDataset(n=4, world=1), load_dataset("default", n=4, seed=0)
     assert answerable_questions(world1) == {t: canonical[t] for t in ("class", "position", "size")}
     assert answerable_questions(world2) == {t: canonical[t] for t in ("class", "colour", "position", "size", "count")}
     assert world2.answers("count") == [world2.scene(i).answer("count") for i in range(4)]

@@ -119,25 +119,14 @@ def register(app: typer.Typer) -> None:
     images = inspect.Parameter("images", inspect.Parameter.KEYWORD_ONLY, annotation=int, default=typer.Option(
         480, "--images", help="Fresh held-out images."))
 
-    world = inspect.Parameter("world", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[int], default=typer.Option(
-        None, "--world", min=1, max=2, help="Data world to measure on (default: the one the shipped model was trained on)."))
-
-    @command(app, "model-card", [card_model, SHARED["adapter"], images, world, as_json, SHARED["device"]])
+    @command(app, "model-card", [card_model, SHARED["adapter"], images, as_json, SHARED["device"]])
     def model_card(**values: Any) -> None:
         """Recompute the default model's card targets: accuracy per question type, question and image knockouts, single-head share."""
-        from ..zoo.phenomena import PhenomenaWorld1, measure_phenomena
+        from ..zoo.phenomena import measure_phenomena
 
-        result = measure_phenomena(load_from(values), n_images=values["images"],
-                                   world=values["world"])
+        result = measure_phenomena(load_from(values), n_images=values["images"])
         if values["as_json"]:
             typer.echo(json.dumps(result.to_dict(), indent=2))
-        elif isinstance(result, PhenomenaWorld1):
-            typer.echo(f"held-out accuracy {result.accuracy:.3f} on {result.n_images} images "
-                       f"(chance {result.chance:.3f})")
-            typer.echo(f"image->text knocked out in all layers: accuracy {result.accuracy_knockout_all_layers:.3f}")
-            typer.echo("... in one layer: " + ", ".join(f"L{i} {a:.3f}" for i, a in
-                                                       enumerate(result.accuracy_knockout_single_layer)))
-            typer.echo(f"largest single-head share of the all-heads logit drop: {result.max_single_head_share:.3f}")
         else:
             typer.echo(f"held-out identification accuracy {result.accuracy:.3f} on {result.n_images} images "
                        f"(chance {result.chance:.3f})")

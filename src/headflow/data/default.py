@@ -381,7 +381,7 @@ def render_example(seed: int, index: int, stream: int = ANALYSIS_STREAM) -> tupl
 
 WORLDS: tuple[int, ...] = (1, 2)
 #: The world ``load_dataset("default")`` renders: the one the shipped default model was trained on.
-DEFAULT_WORLD = 1
+DEFAULT_WORLD = 2
 
 COLOURS: list[str] = ["red", "yellow", "green", "blue", "purple"]
 POSITIONS: list[str] = ["centre", "left", "right", "top", "bottom"]

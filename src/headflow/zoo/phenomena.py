@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..executor import map_images
-from ..method import DEFAULT_BATCH_SIZE, DEFAULT_QUESTION
+from ..method import DEFAULT_BATCH_SIZE
 from ..intervene import Baseline, Intervention, InterventionEngine, Knockout
 from ..models.loading import LoadedModel
 
@@ -91,25 +91,7 @@ def _ceilings(answers: dict[str, list[str]]) -> tuple[float, float]:
 
 
 def measure_phenomena(lm: LoadedModel, n_images: int = 480, seed: int = HELD_OUT_SEED,
-                      batch_size: int | str = DEFAULT_BATCH_SIZE, world: int | None = None) -> Phenomena | PhenomenaWorld1:
-    """Measure the model card's numbers on ``n_images`` fresh images of the default data's ``world``.
-
-    ``world`` defaults to :data:`headflow.data.default.DEFAULT_WORLD`, the world the shipped model was
-    trained on: world 2 gives :class:`Phenomena` (every question type, question and image knockouts), world 1
-    the previous card's four numbers (:class:`PhenomenaWorld1`).
-    """
-    from ..data.default import DEFAULT_WORLD, WORLDS
-
-    world = DEFAULT_WORLD if world is None else world
-    if world not in WORLDS:
-        raise ValueError(f"The default data has worlds {', '.join(map(str, WORLDS))}. Got world {world!r} instead.")
-    if world == 1:
-        return measure_phenomena_world1(lm, n_images=n_images, seed=seed, batch_size=batch_size)
-    return measure_phenomena_world2(lm, n_images=n_images, seed=seed, batch_size=batch_size)
-
-
-def measure_phenomena_world2(lm: LoadedModel, n_images: int = 480, seed: int = HELD_OUT_SEED,
-                             batch_size: int | str = DEFAULT_BATCH_SIZE) -> Phenomena:
+                      batch_size: int | str = DEFAULT_BATCH_SIZE) -> Phenomena:
     """Measure the model card's numbers on ``n_images`` fresh world-2 scenes of the default data."""
     from ..data.default import QUESTION_TYPES, DefaultDataset, question_for
 
@@ -172,80 +154,6 @@ def measure_phenomena_world2(lm: LoadedModel, n_images: int = 480, seed: int = H
         accuracy_mixed_knockout_single_layer=[float(a) for a in correct[:, 3:].mean(0)],
         max_single_head_share=float(share.max()), single_head_share=share.reshape(n_layers, n_heads).tolist(),
         mean_logit_drop_all_heads=float(np.nanmean(drops_all[cls])))
-
-
-@dataclass(frozen=True)
-class PhenomenaWorld1:
-    """World 1 (one object, one task): the previous card's four numbers and targets."""
-
-    n_images: int
-    chance: float
-    accuracy: float
-    accuracy_knockout_all_layers: float
-    accuracy_knockout_single_layer: list[float]
-    min_accuracy_knockout_single_layer: float
-    max_single_head_share: float
-    single_head_share: list[list[float]]
-    mean_logit_drop_all_heads: float
-
-    @property
-    def checks(self) -> dict[str, bool]:
-        return {
-            "accuracy >= 0.95": self.accuracy >= 0.95,
-            "knockout all layers <= chance + 0.05": self.accuracy_knockout_all_layers <= self.chance + 0.05,
-            "knockout any single layer >= 0.50": self.min_accuracy_knockout_single_layer >= 0.50,
-            "any single head <= 25% of all-heads drop": self.max_single_head_share <= 0.25,
-        }
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "checks": self.checks}
-
-
-def measure_phenomena_world1(lm: LoadedModel, n_images: int = 480, seed: int = HELD_OUT_SEED,
-                      question: str = DEFAULT_QUESTION, batch_size: int | str = DEFAULT_BATCH_SIZE) -> PhenomenaWorld1:
-    """Measure the four numbers on ``n_images`` fresh images of the default data."""
-    from ..data.default import DefaultDataset
-
-    data = DefaultDataset(n=n_images, seed=seed, world=1)
-    engine = InterventionEngine(lm, batch_size=batch_size)
-    spell = lm.answers(question)  # the default model's words are single word-level tokens: first token = word
-    prompts, answers = [], []
-    for ex in tqdm(data, desc="model card: clean runs", unit="image"):
-        prompt = engine.prepare(ex.image, question)
-        prompts.append(prompt)
-        answers.append(spell.resolve(ex.label, prompt.clean_logits).token_id)
-    baseline = Baseline.mean(prompts)
-    n_layers, n_heads = lm.n_layers, lm.n_heads
-    rows = [Intervention(knockouts=tuple(Knockout("image", t) for t in IMAGE_TO_TEXT))]
-    rows += [Intervention(knockouts=tuple(Knockout("image", t, layers=[layer]) for t in IMAGE_TO_TEXT))
-             for layer in range(n_layers)]
-    rows += [Intervention(ablate=torch.ones(n_layers, n_heads, dtype=torch.bool))]
-    eye = torch.eye(n_layers * n_heads, dtype=torch.bool).view(-1, n_layers, n_heads)
-    rows += [Intervention(ablate=m) for m in eye]
-    correct = np.zeros((len(prompts), 2 + n_layers))
-    drops_all = np.zeros(len(prompts))
-    drops_single = np.zeros((len(prompts), n_layers * n_heads))
-
-    def record(i: int, logits: torch.Tensor) -> None:
-        prompt, answer = prompts[i], answers[i]
-        predicted = logits.argmax(-1)
-        correct[i, 0] = float(prompt.clean_logits.argmax() == answer)
-        correct[i, 1:] = (predicted[: 1 + n_layers] == answer).float().numpy()
-        clean = float(prompt.clean_logits[answer])
-        drops_all[i] = clean - float(logits[1 + n_layers, answer])
-        drops_single[i] = clean - logits[2 + n_layers:, answer].numpy()
-
-    map_images(_intervened_logits, enumerate((p, rows) for p in prompts), n_items=len(prompts), on_result=record,
-               local_state=(engine, baseline), desc="model card: interventions")
-    share = drops_single.mean(0) / drops_all.mean()
-    per_layer = correct[:, 2:].mean(0)
-    return PhenomenaWorld1(
-        n_images=len(prompts), chance=1.0 / len(data.classes), accuracy=float(correct[:, 0].mean()),
-        accuracy_knockout_all_layers=float(correct[:, 1].mean()),
-        accuracy_knockout_single_layer=[float(a) for a in per_layer],
-        min_accuracy_knockout_single_layer=float(per_layer.min()),
-        max_single_head_share=float(share.max()), single_head_share=share.reshape(n_layers, n_heads).tolist(),
-        mean_logit_drop_all_heads=float(drops_all.mean()))
 
 
 def _intervened_logits(state, job) -> torch.Tensor:

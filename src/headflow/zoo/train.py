@@ -893,28 +893,8 @@ _FLOAT_KNOBS = ("vision_grid_head", "vision_class_weight", "image_attention_l1",
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command line: ``python -m headflow.zoo.train --out DIR [--world W] [--seed S] [--quick] [--no-measure]``.
-
-    ``--world`` (default :data:`headflow.data.default.DEFAULT_WORLD`, the shipped model's) picks the recipe:
-    1 is :mod:`headflow.zoo.train_world1`, which trained the shipped weights; 2 is this module's.
-    """
-    import sys
-
-    from headflow.data.default import DEFAULT_WORLD
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--world", type=int, default=DEFAULT_WORLD)
-    known, rest = pre.parse_known_args(argv)
-    if known.world not in (1, 2):
-        print(f"python -m headflow.zoo.train: error: --world must be 1 or 2. Got {known.world} instead.", file=sys.stderr)
-        raise SystemExit(2)
-    if known.world == 1:
-        from headflow.zoo import train_world1
-
-        return train_world1.main(rest)
-    argv = rest
-    parser = argparse.ArgumentParser(prog="python -m headflow.zoo.train --world 2", description=__doc__.split("\n")[0])
+    """Command line: ``python -m headflow.zoo.train --out DIR [--seed S] [--quick] [--no-measure] [--<knob> V]``."""
+    parser = argparse.ArgumentParser(prog="python -m headflow.zoo.train", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="output directory for the checkpoint")
     parser.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     parser.add_argument("--quick", action="store_true", help="tiny setting that finishes in well under a minute (for tests)")
