@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, replace
@@ -38,6 +37,10 @@ from tqdm.auto import tqdm
 from headflow.data.default import CLASSES, TRAIN_STREAM, render_example
 from headflow.zoo.build import QUESTIONS, ModelSize, build_config, build_processor
 from headflow.zoo.diagnostics import STATE_KWARG, FlowControl, flow_control
+# helpers the two recipes share (identical code; world 2's module is their home)
+from headflow.zoo.train import (  # noqa: F401
+    _final_logits, _image_mass_per_query, _lr_lambda, _pca_patch_init, _pct, _Pixels, _token_groups, prompt_text,
+)
 
 __all__ = ["TrainConfig", "QUICK", "train", "main"]
 
@@ -113,19 +116,6 @@ def render_arrays(n: int, seed: int, stream: int, workers: int = 1) -> tuple[np.
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-class _Pixels:
-    """uint8 HWC images -> normalised float CHW tensors, as the processor computes them."""
-
-    def __init__(self, processor) -> None:
-        ip = processor.image_processor
-        self.mean = torch.tensor(ip.image_mean, dtype=torch.float32).view(1, 3, 1, 1)
-        self.std = torch.tensor(ip.image_std, dtype=torch.float32).view(1, 3, 1, 1)
-
-    def __call__(self, images: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
-        return (x - self.mean) / self.std
-
-
 class _Prompts:
     """Token ids of every question template, taken from the real processor (so they match it exactly)."""
 
@@ -160,47 +150,9 @@ class _Prompts:
         return ids, att, lab
 
 
-def prompt_text(processor, question: str) -> str:
-    """The LLaVA-1.5 prompt string for ``question`` from the processor's chat template."""
-    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-    return processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-
-
-def _token_groups(ids: torch.Tensor, image_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``image_keys`` and ``text_queries`` (positions after the last image token), both ``bool (B, S)``."""
-    img = ids == image_token_id
-    pos = torch.arange(ids.shape[1])[None]
-    last = torch.where(img, pos, torch.full_like(pos, -1)).max(1, keepdim=True).values
-    return img, pos > last
-
-
 # ----------------------------------------------------------------------------------------------
 # training
 # ----------------------------------------------------------------------------------------------
-
-
-def _lr_lambda(warmup: int, total: int):
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        t = (step - warmup) / max(1, total - warmup)
-        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
-
-    return f
-
-
-@torch.no_grad()
-def _pca_patch_init(model, pixels: torch.Tensor, patch: int) -> None:
-    """Whitened PCA components of image patches as the ViT patch-embedding weights."""
-    conv = model.model.vision_tower.embeddings.patch_embedding
-    p = F.unfold(pixels, kernel_size=patch, stride=patch).transpose(1, 2).reshape(-1, 3 * patch * patch)
-    p = p - p.mean(0, keepdim=True)
-    cov = p.T @ p / p.shape[0]
-    evals, evecs = torch.linalg.eigh(cov)
-    out = conv.weight.shape[0]
-    top = evecs[:, -out:].flip(1)
-    scale = (evals[-out:].flip(0).clamp_min(1e-4)).rsqrt()
-    conv.weight.copy_((top * scale).T.reshape(conv.weight.shape) * 0.5)
 
 
 def _stage1(model, images, labels, pix, cfg: TrainConfig, gen: torch.Generator) -> float:
@@ -241,17 +193,6 @@ def _knock_sample(bsz: int, n_layers: int, n_heads: int, cfg: TrainConfig, gen: 
         layers[full.nonzero()[:, 0], keep] = False
     heads = torch.rand(bsz, n_layers, n_heads, generator=gen) < cfg.p_head_knock
     return layers[:, :, None] | heads
-
-
-def _image_mass_per_query(state, queries: torch.Tensor) -> torch.Tensor:
-    """Attention mass on the image summed over all LM heads, averaged over the ``bool (B, S)`` queries.
-
-    The L1 penalty on it makes reading the image cost something, so that, as in real LVLMs, a distinct
-    subset of heads reads it while the others attend elsewhere (the ``<s>`` sink, the text).
-    """
-    mass = torch.stack([state.image_attention[layer] for layer in sorted(state.image_attention)]).sum((0, 2))
-    weights = queries.float()
-    return (mass * weights).sum() / weights.sum()
 
 
 def _stage2(model, images, labels, pix, prompts: _Prompts, cfg: TrainConfig, gen: torch.Generator) -> float:
@@ -305,28 +246,6 @@ def _stage2(model, images, labels, pix, prompts: _Prompts, cfg: TrainConfig, gen
 # ----------------------------------------------------------------------------------------------
 # measurement of the phenomenon criteria
 # ----------------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def _final_logits(model, ids, pixel_values, ctl: FlowControl | None, batch: int = 96) -> torch.Tensor:
-    outs = []
-    for s in range(0, len(ids), batch):
-        sub = None
-        if ctl is not None:
-            sub = FlowControl(
-                image_keys=ctl.image_keys[s : s + batch],
-                text_queries=ctl.text_queries[s : s + batch],
-                knockout=None if ctl.knockout is None else ctl.knockout[s : s + batch],
-                ablate=None if ctl.ablate is None else ctl.ablate[s : s + batch],
-                baseline=ctl.baseline,
-                record=ctl.record,
-            )
-        state = None if sub is None else sub.state()
-        out = model(input_ids=ids[s : s + batch], pixel_values=pixel_values[s : s + batch], **{STATE_KWARG: state})
-        if sub is not None:
-            sub.collect(state)
-        outs.append(out.logits[:, -1].float())
-    return torch.cat(outs)
 
 
 @torch.no_grad()
@@ -412,10 +331,6 @@ def measure(model, processor, n_eval: int = 480, eval_seed: int = 1, baseline_n:
         "single_head_logit_drop": head_drop.round(4).tolist(),
         "max_single_head_fraction": float(head_drop.max() / drop_all) if drop_all > 0 else float("nan"),
     }
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f} %"
 
 
 def _regulariser_lines(cfg: dict) -> list[str]:
