@@ -39,7 +39,7 @@ from headflow.zoo.build import QUESTIONS, ModelSize, build_config, build_process
 from headflow.zoo.diagnostics import STATE_KWARG, FlowControl, flow_control
 # helpers the two recipes share (identical code; world 2's module is their home)
 from headflow.zoo.train import (  # noqa: F401
-    _final_logits, _image_mass_per_query, _lr_lambda, _pca_patch_init, _pct, _Pixels, _token_groups, prompt_text,
+    final_logits, image_mass_per_query, lr_lambda, pca_patch_init, pct, Pixels, token_groups, prompt_text,
 )
 
 __all__ = ["TrainConfig", "QUICK", "train", "main"]
@@ -162,7 +162,7 @@ def _stage1(model, images, labels, pix, cfg: TrainConfig, gen: torch.Generator) 
     head = torch.nn.Sequential(torch.nn.LayerNorm(hidden), torch.nn.Linear(hidden, len(CLASSES)))
     params = list(vt.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.stage1_lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.warmup, cfg.stage1_steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.warmup, cfg.stage1_steps))
     vt.train()
     hits: list[float] = []
     bar = tqdm(range(cfg.stage1_steps), desc="stage1 vision", mininterval=5)
@@ -204,7 +204,7 @@ def _stage2(model, images, labels, pix, prompts: _Prompts, cfg: TrainConfig, gen
         [{"params": rest, "lr": cfg.stage2_lr}, {"params": vision, "lr": cfg.stage2_lr * cfg.vision_lr_scale}],
         weight_decay=cfg.weight_decay,
     )
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.warmup, cfg.stage2_steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.warmup, cfg.stage2_steps))
     tc = model.config.text_config
     model.train()
     hits: list[float] = []
@@ -215,7 +215,7 @@ def _stage2(model, images, labels, pix, prompts: _Prompts, cfg: TrainConfig, gen
             idx = torch.randint(len(images), (cfg.stage2_batch,), generator=gen).numpy()
             templates = torch.randint(len(QUESTIONS), (cfg.stage2_batch,), generator=gen).numpy()
             ids, att, lab = prompts.batch(labels[idx], templates)
-            img, tq = _token_groups(ids, prompts.image_token_id)
+            img, tq = token_groups(ids, prompts.image_token_id)
             knock = _knock_sample(len(idx), tc.num_hidden_layers, tc.num_attention_heads, cfg, gen)
             ctl = FlowControl(image_keys=img, text_queries=tq, knockout=knock, image_attention=cfg.image_attention_l1 > 0)
             state = ctl.state()
@@ -224,7 +224,7 @@ def _stage2(model, images, labels, pix, prompts: _Prompts, cfg: TrainConfig, gen
             target = lab[:, 1:]
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100)
             if cfg.image_attention_l1 > 0:
-                mass = _image_mass_per_query(state, tq & att.bool())
+                mass = image_mass_per_query(state, tq & att.bool())
                 loss = loss + cfg.image_attention_l1 * mass
                 postfix["image_mass"] = f"{mass.item():.2f}"
             opt.zero_grad(set_to_none=True)
@@ -274,7 +274,7 @@ def measure(model, processor, n_eval: int = 480, eval_seed: int = 1, baseline_n:
     model.eval()
     n_layers = model.config.text_config.num_hidden_layers
     n_heads = model.config.text_config.num_attention_heads
-    pix = _Pixels(processor)
+    pix = Pixels(processor)
     prompts = _Prompts(processor, model.config.image_seq_length)
     ids0 = torch.tensor(prompts.ids[0])
     ev_images, ev_labels = render_arrays(n_eval, eval_seed, 0)
@@ -283,9 +283,9 @@ def measure(model, processor, n_eval: int = 480, eval_seed: int = 1, baseline_n:
 
     def run(images, knock=None, ablate=None, baseline=None, record=None):
         ids = ids0[None].expand(len(images), -1)
-        img, tq = _token_groups(ids, prompts.image_token_id)
+        img, tq = token_groups(ids, prompts.image_token_id)
         ctl = FlowControl(img, tq, knockout=knock, ablate=ablate, baseline=baseline, record=record)
-        return _final_logits(model, ids, pix(images), ctl)
+        return final_logits(model, ids, pix(images), ctl)
 
     n = len(ev_images)
     with flow_control(model):
@@ -337,7 +337,7 @@ def _regulariser_lines(cfg: dict) -> list[str]:
     """The model card's description of the stage-2 regularisers that are switched on."""
     lines = []
     if cfg["p_layer_knock_sample"] > 0 and cfg["p_layer_knock"] > 0:
-        lines.append(f"   Layer knockout: in {_pct(cfg['p_layer_knock_sample'])} of samples image->text attention is knocked out "
+        lines.append(f"   Layer knockout: in {pct(cfg['p_layer_knock_sample'])} of samples image->text attention is knocked out "
                      f"in each LM layer with probability {cfg['p_layer_knock']} (never all layers).")
     if cfg["p_head_knock"] > 0:
         lines.append(f"   Head knockout: every (layer, head) is knocked out with probability {cfg['p_head_knock']}.")
@@ -390,8 +390,8 @@ def model_card(summary: dict) -> str:
         f"4. Seed {cfg['seed']}; torch {summary.get('torch', '?')}; 2 CPU threads.",
         "",
         f"Training time: {sec['total_train'] / 60:.1f} min (data {sec['data']:.0f} s, stage 1 {sec['stage1']:.0f} s, stage 2 {sec['stage2']:.0f} s) on 2 CPU cores.",
-        f"Training accuracy: stage 1 {_pct(summary['train_accuracy']['stage1_vision_last200'])} (vision head, last 200 steps), "
-        f"stage 2 {_pct(summary['train_accuracy']['stage2_answer_last100_clean'])} (clean samples, last 100 steps).",
+        f"Training accuracy: stage 1 {pct(summary['train_accuracy']['stage1_vision_last200'])} (vision head, last 200 steps), "
+        f"stage 2 {pct(summary['train_accuracy']['stage2_answer_last100_clean'])} (clean samples, last 100 steps).",
     ]
     if "heldout" in summary:
         h = summary["heldout"]
@@ -401,26 +401,26 @@ def model_card(summary: dict) -> str:
             "## Measured on a fresh held-out set",
             "",
             f"{h['n_eval']} images of the analysis stream with seed {h['eval_seed']} (the analysis set is seed 0), question",
-            f"\"{QUESTIONS[0]}\"; greedy first answer token. Chance = {_pct(h['chance'])}.",
+            f"\"{QUESTIONS[0]}\"; greedy first answer token. Chance = {pct(h['chance'])}.",
             "Measured with the training/diagnostic attention function in `headflow.zoo.diagnostics`",
             "(text queries after the image are intervened on; image positions' own queries untouched).",
             "",
             "| quantity | value |",
             "|---|---|",
-            f"| accuracy | {_pct(h['accuracy'])} |",
-            f"| image->text knockout, all LM layers | {_pct(h['knockout_all_layers_accuracy'])} |",
-            f"| image->text knockout, single layer (min over layers) | {_pct(min(single))} |",
-            "| single-layer knockout per layer | " + ", ".join(_pct(a) for a in single) + " |",
-            f"| mean-ablation of all heads: accuracy | {_pct(h['ablate_all_heads_mean_accuracy'])} |",
+            f"| accuracy | {pct(h['accuracy'])} |",
+            f"| image->text knockout, all LM layers | {pct(h['knockout_all_layers_accuracy'])} |",
+            f"| image->text knockout, single layer (min over layers) | {pct(min(single))} |",
+            "| single-layer knockout per layer | " + ", ".join(pct(a) for a in single) + " |",
+            f"| mean-ablation of all heads: accuracy | {pct(h['ablate_all_heads_mean_accuracy'])} |",
             f"| mean-ablation of all heads: answer-logit drop | {h['ablate_all_heads_logit_drop']:.3f} |",
-            f"| largest single-head answer-logit drop / all-heads drop | {_pct(h['max_single_head_fraction'])} |",
+            f"| largest single-head answer-logit drop / all-heads drop | {pct(h['max_single_head_fraction'])} |",
             "",
             "Single-head ablation: that query head's text queries see the mean (over the first",
             f"{cfg['baseline_n']} analysis images, seed 0) post-RoPE image keys/values per position; other query heads sharing the",
             "KV head keep the real ones. Logit drops are averaged over correctly answered images.",
             "",
             "Targets (issue 3): accuracy >= 95 % -> " + ("met" if h["accuracy"] >= 0.95 else "NOT met"),
-            f"({_pct(h['accuracy'])}); all-layer knockout <= chance + 5 pt -> "
+            f"({pct(h['accuracy'])}); all-layer knockout <= chance + 5 pt -> "
             + ("met" if h["knockout_all_layers_accuracy"] <= h["chance"] + 0.05 else "NOT met")
             + "; every single-layer knockout >= 50 % -> " + ("met" if min(single) >= 0.5 else "NOT met")
             + "; every single head <= 25 % of the all-heads drop -> "
@@ -465,7 +465,7 @@ def train(
     t0 = time.perf_counter()
     processor = build_processor(cfg.size, world=1)
     model = LlavaForConditionalGeneration(build_config(processor.tokenizer, cfg.size))
-    pix = _Pixels(processor)
+    pix = Pixels(processor)
     prompts = _Prompts(processor, cfg.size.n_image_tokens)
 
     data_cache = Path(stage1_cache).with_suffix(".data.npz") if stage1_cache is not None else None
@@ -485,7 +485,7 @@ def train(
         acc1 = saved["acc1"]
         t_data, t_stage1 = saved.get("seconds_data", t_data), saved.get("seconds_stage1", float("nan"))
     else:
-        _pca_patch_init(model, pix(images[:2000]), cfg.size.patch_size)
+        pca_patch_init(model, pix(images[:2000]), cfg.size.patch_size)
         acc1 = _stage1(model, images, labels, pix, cfg, gen)
         t_stage1 = time.perf_counter() - t1
         if stage1_cache is not None:
