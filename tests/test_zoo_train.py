@@ -108,14 +108,14 @@ def test_training_image_attention_equals_eager_attention_weights() -> None:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from headflow.zoo.diagnostics import STATE_KWARG, FlowControl, flow_control
-    from headflow.zoo.train import _image_mass_per_query, _token_groups
+    from headflow.zoo.train import image_mass_per_query, token_groups
 
     processor = AutoProcessor.from_pretrained(DEFAULT_DIR)
     eager = AutoModelForImageTextToText.from_pretrained(DEFAULT_DIR, attn_implementation="eager").eval()
     ours = AutoModelForImageTextToText.from_pretrained(DEFAULT_DIR).eval()
     ds = load_dataset("default", n=3)
     batch = processor(images=[e.image for e in ds], text=[PROMPT] * len(ds), return_tensors="pt")
-    image, text = _token_groups(batch["input_ids"], ours.config.image_token_id)
+    image, text = token_groups(batch["input_ids"], ours.config.image_token_id)
     with torch.no_grad():
         reference = eager(**batch, output_attentions=True).attentions  # LM layers: (B, H, S, S)
     control = FlowControl(image_keys=image, text_queries=text, image_attention=True)
@@ -127,7 +127,7 @@ def test_training_image_attention_equals_eager_attention_weights() -> None:
     for layer in range(n_layers):
         expected = reference[layer][..., image[0]].sum(-1)  # (B, H, S)
         torch.testing.assert_close(state.image_attention[layer].detach(), expected, atol=1e-5, rtol=1e-4)
-    mass = _image_mass_per_query(state, text)
+    mass = image_mass_per_query(state, text)
     mass.backward()
     grad = ours.model.language_model.layers[0].self_attn.q_proj.weight.grad
     assert grad is not None and grad.abs().sum() > 0

@@ -5,8 +5,9 @@ vision tricks):
 
 0. **Vision pretraining** (stand-in for CLIP, which LLaVA takes pretrained): render ``n_train`` world-2
    scenes of the *training* stream (never shared with the analysis stream), initialise the ViT patch
-   embedding with whitened PCA components, and train the tower with small heads that read every patch
-   token: main class, colour, size, position, object count and which classes are present.
+   embedding with whitened PCA components and its position embeddings with 2-D sine-cosine, and train the
+   tower with one attention-pooled linear head per fact (a learned query over the patch tokens, as an LM
+   head reads them): main class, colour, size, position, object count and which classes are present.
 1. **Language-model pretraining** on text alone: the world's captions and its questions followed by
    their answers, as plain next-token prediction over every token (no image).
 2. **Vision-language alignment** with the LM frozen: image -> caption (``Describe the image.``), loss on
@@ -163,7 +164,7 @@ def render_arrays(n: int, seed: int, stream: int, workers: int = 1) -> tuple[np.
     return sc.images, sc.labels
 
 
-class _Pixels:
+class Pixels:
     """uint8 HWC images -> normalised float CHW tensors, as the processor computes them."""
 
     def __init__(self, processor) -> None:
@@ -275,7 +276,7 @@ def _sample_questions(sc: Scenes, idx: np.ndarray, rng: np.random.Generator, hel
     return out
 
 
-def _token_groups(ids: torch.Tensor, image_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def token_groups(ids: torch.Tensor, image_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``image_keys`` and ``text_queries`` (positions after the last image token), both ``bool (B, S)``."""
     img = ids == image_token_id
     pos = torch.arange(ids.shape[1])[None]
@@ -288,7 +289,7 @@ def _token_groups(ids: torch.Tensor, image_token_id: int) -> tuple[torch.Tensor,
 # ----------------------------------------------------------------------------------------------
 
 
-def _lr_lambda(warmup: int, total: int):
+def lr_lambda(warmup: int, total: int):
     def f(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
@@ -314,7 +315,7 @@ def _sincos_position_init(model) -> None:
 
 
 @torch.no_grad()
-def _pca_patch_init(model, pixels: torch.Tensor, patch: int) -> None:
+def pca_patch_init(model, pixels: torch.Tensor, patch: int) -> None:
     """Whitened PCA components of image patches as the ViT patch-embedding weights."""
     conv = model.model.vision_tower.embeddings.patch_embedding
     p = F.unfold(pixels, kernel_size=patch, stride=patch).transpose(1, 2).reshape(-1, 3 * patch * patch)
@@ -329,7 +330,7 @@ def _pca_patch_init(model, pixels: torch.Tensor, patch: int) -> None:
 
 def _optimizer(groups: list[tuple[list, float]], cfg: TrainConfig, steps: int):
     opt = torch.optim.AdamW([{"params": p, "lr": lr} for p, lr in groups if p], weight_decay=cfg.weight_decay)
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.warmup, steps))
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.warmup, steps))
 
 
 def _step(opt, sched, loss, params) -> None:
@@ -363,7 +364,7 @@ class _AttentionPool(torch.nn.Module):
 
 
 def _stage_vision(model, sc: Scenes, pix, cfg: TrainConfig, gen: torch.Generator) -> dict[str, float]:
-    """Vision pretraining: ViT + heads reading all patch tokens (attributes and presence). Returns last-200-step accuracies."""
+    """Vision pretraining: ViT + attention-pooled heads (attributes and presence). Returns last-200-step accuracies."""
     vt = model.model.vision_tower
     hidden = model.config.vision_config.hidden_size
     # attention pooling, one learned query per fact, then a linear head: every fact must be readable from an
@@ -467,7 +468,7 @@ def _stage_align(model, sc: Scenes, pix, prompts: _Prompts, cfg: TrainConfig, ge
     return float(np.mean(hits[-100:]))
 
 
-def _image_mass_per_query(state, queries: torch.Tensor) -> torch.Tensor:
+def image_mass_per_query(state, queries: torch.Tensor) -> torch.Tensor:
     """Attention mass on the image summed over all LM heads, averaged over the ``bool (B, S)`` queries."""
     mass = torch.stack([state.image_attention[layer] for layer in sorted(state.image_attention)]).sum((0, 2))
     weights = queries.float()
@@ -492,14 +493,14 @@ def _stage_instruct(model, sc: Scenes, pix, prompts: _Prompts, cfg: TrainConfig,
             qs = _sample_questions(sc, idx, rng)
             seqs = [prompts.ids[t, p, x] + [prompts.word_id[a], prompts.eos] for t, p, x, a in qs]
             ids, att, lab = _pad(seqs, [2] * len(seqs), prompts.pad)
-            img, tq = _token_groups(ids, prompts.image_token_id)
+            img, tq = token_groups(ids, prompts.image_token_id)
             state = FlowControl(image_keys=img, text_queries=tq, image_attention=cost).state()
             out = model(input_ids=ids, attention_mask=att, pixel_values=pix(sc.images[idx]), **{STATE_KWARG: state})
             logits = out.logits[:, :-1]
             target = lab[:, 1:]
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100)
             if cost:
-                mass = _image_mass_per_query(state, tq & att.bool())
+                mass = image_mass_per_query(state, tq & att.bool())
                 loss = loss + cfg.image_attention_l1 * mass
                 postfix["image_mass"] = f"{mass.item():.2f}"
             _step(opt, sched, loss, list(model.parameters()))
@@ -519,7 +520,7 @@ def _stage_instruct(model, sc: Scenes, pix, prompts: _Prompts, cfg: TrainConfig,
 
 
 @torch.no_grad()
-def _final_logits(model, ids, pixel_values, ctl: FlowControl | None, batch: int = 96) -> torch.Tensor:
+def final_logits(model, ids, pixel_values, ctl: FlowControl | None, batch: int = 96) -> torch.Tensor:
     outs = []
     for s in range(0, len(ids), batch):
         sub = None
@@ -566,7 +567,7 @@ def measure(model, processor, n_eval: int = 480, eval_seed: int = 1, baseline_n:
     model.eval()
     n_layers = model.config.text_config.num_hidden_layers
     n_heads = model.config.text_config.num_attention_heads
-    pix = _Pixels(processor)
+    pix = Pixels(processor)
     prompts = _Prompts(processor, model.config.image_seq_length)
     ids0 = torch.tensor(prompts.ids["class", 0, None])
     ev = render_scenes(n_eval, eval_seed, 0)
@@ -576,9 +577,9 @@ def measure(model, processor, n_eval: int = 480, eval_seed: int = 1, baseline_n:
 
     def run(images, knock=None, ablate=None, baseline=None, record=None):
         ids = ids0[None].expand(len(images), -1)
-        img, tq = _token_groups(ids, prompts.image_token_id)
+        img, tq = token_groups(ids, prompts.image_token_id)
         ctl = FlowControl(img, tq, knockout=knock, ablate=ablate, baseline=baseline, record=record)
-        return _final_logits(model, ids, pix(images), ctl)
+        return final_logits(model, ids, pix(images), ctl)
 
     n = len(ev_images)
     with flow_control(model):
@@ -664,7 +665,7 @@ def _accuracy_per_type(model, ev: Scenes, pix, prompts: _Prompts) -> dict[str, d
         out[qtype] = {}
         for name, p in (("trained_phrasing", 0), ("held_out_phrasing", len(PHRASINGS[qtype]) - 1)):
             ids, answers = _question_ids(prompts, ev, qtype, p)
-            logits = _final_logits(model, ids, pix(ev.images), None)
+            logits = final_logits(model, ids, pix(ev.images), None)
             out[qtype][name] = float((logits.argmax(-1) == answers).float().mean())
     return out
 
@@ -678,7 +679,7 @@ def _image_mass_per_head(model, ev: Scenes, pix, prompts: _Prompts) -> np.ndarra
         ids, _ = _question_ids(prompts, ev, qtype, 0)
         for s in range(0, len(ids), 96):
             sub = ids[s:s + 96]
-            img, tq = _token_groups(sub, prompts.image_token_id)
+            img, tq = token_groups(sub, prompts.image_token_id)
             state = FlowControl(img, tq, image_attention=True).state()
             model(input_ids=sub, pixel_values=pix(ev.images[s:s + 96]), **{STATE_KWARG: state})
             m = torch.stack([state.image_attention[layer][:, :, -1] for layer in sorted(state.image_attention)], 1)
@@ -687,7 +688,7 @@ def _image_mass_per_head(model, ev: Scenes, pix, prompts: _Prompts) -> np.ndarra
     return (total / count).numpy()
 
 
-def _pct(x: float) -> str:
+def pct(x: float) -> str:
     return f"{100 * x:.1f} %"
 
 
@@ -728,9 +729,11 @@ def model_card(summary: dict) -> str:
         "",
         "## Recipe (LLaVA's stages, scaled down)",
         "",
-        f"0. Vision pretraining (stand-in for a pretrained CLIP): PCA-whitened patch embedding, then the ViT with small heads reading all "
-        f"patch tokens (main class, colour, size, position, count, presence of each class); {cfg['vision_steps']} steps x {cfg['vision_batch']}, lr {cfg['vision_lr']}.",
-        f"1. LM pretraining on text alone (captions; questions followed by their answers), every token: {cfg['text_steps']} steps x {cfg['text_batch']}, lr {cfg['text_lr']}.",
+        f"0. Vision pretraining (stand-in for a pretrained CLIP): PCA-whitened patch embedding, 2-D sine-cosine position embeddings, then "
+        f"the ViT with one attention-pooled linear head per fact (main class x {cfg['vision_class_weight']}, colour, size, position, count, "
+        f"presence of each class); {cfg['vision_steps']} steps x {cfg['vision_batch']}, lr {cfg['vision_lr']}.",
+        f"1. LM pretraining on text alone (captions; questions followed by their answers), loss on "
+        f"{'the answer' if cfg['text_answer_only'] else 'every token'}: {cfg['text_steps']} steps x {cfg['text_batch']}, lr {cfg['text_lr']}.",
         f"2. Alignment, LM frozen: `{ALIGN_INSTRUCTION}` -> caption, projector lr {cfg['align_lr']}, vision tower x {cfg['align_vision_lr_scale']}; "
         f"{cfg['align_steps']} steps x {cfg['align_batch']}.",
         f"3. Instruction tuning of the whole model on the six question types (training phrasings), loss on answer + `</s>`: "
@@ -742,8 +745,8 @@ def model_card(summary: dict) -> str:
         "",
         f"Training time: {sec['total_train'] / 60:.1f} min (data {sec['data']:.0f} s, vision {sec['vision']:.0f} s, text {sec['text']:.0f} s, "
         f"alignment {sec['align']:.0f} s, instruction {sec['instruct']:.0f} s) with {summary.get('threads', 2)} CPU threads.",
-        f"Training accuracy (last steps): vision class head {_pct(acc['vision']['class'])}; alignment caption tokens {_pct(acc['align_caption_tokens'])}; "
-        "instruction " + ", ".join(f"{t} {_pct(v)}" for t, v in acc["instruct"].items()) + ".",
+        f"Training accuracy (last steps): vision class head {pct(acc['vision']['class'])}; alignment caption tokens {pct(acc['align_caption_tokens'])}; "
+        "instruction " + ", ".join(f"{t} {pct(v)}" for t, v in acc["instruct"].items()) + ".",
     ]
     if "heldout" in summary:
         h = summary["heldout"]
@@ -759,17 +762,17 @@ def model_card(summary: dict) -> str:
             "",
             "| question type | trained phrasing | held-out phrasing |",
             "|---|---|---|",
-            *[f"| {t} | {_pct(v['trained_phrasing'])} | {_pct(v['held_out_phrasing'])} |" for t, v in h["accuracy_per_type"].items()],
+            *[f"| {t} | {pct(v['trained_phrasing'])} | {pct(v['held_out_phrasing'])} |" for t, v in h["accuracy_per_type"].items()],
             "",
             "Identification question, image->text attention:",
             "",
             "| quantity | value |",
             "|---|---|",
-            f"| accuracy | {_pct(h['accuracy'])} (chance {_pct(h['chance'])}) |",
-            f"| image->text knockout, all LM layers | {_pct(h['knockout_all_layers_accuracy'])} |",
-            "| image->text knockout, one layer | " + ", ".join(f"L{i} {_pct(a)}" for i, a in enumerate(single)) + " |",
-            f"| mean-ablation of all heads: accuracy | {_pct(h['ablate_all_heads_mean_accuracy'])} |",
-            f"| largest single-head answer-logit drop / all-heads drop | {_pct(h['max_single_head_fraction'])} |",
+            f"| accuracy | {pct(h['accuracy'])} (chance {pct(h['chance'])}) |",
+            f"| image->text knockout, all LM layers | {pct(h['knockout_all_layers_accuracy'])} |",
+            "| image->text knockout, one layer | " + ", ".join(f"L{i} {pct(a)}" for i, a in enumerate(single)) + " |",
+            f"| mean-ablation of all heads: accuracy | {pct(h['ablate_all_heads_mean_accuracy'])} |",
+            f"| largest single-head answer-logit drop / all-heads drop | {pct(h['max_single_head_fraction'])} |",
             f"| heads holding 80 % of the final query's image attention (of {len(single) * len(h['single_head_logit_drop'][0])}) | "
             f"{h['heads_for_80pct_image_mass']} |",
             f"| heads whose joint mean-ablation removes 80 % of the all-heads drop: top by image attention / random order | "
@@ -817,7 +820,7 @@ def train(out: str | Path, cfg: TrainConfig = TrainConfig(), measure_after: bool
     t0 = time.perf_counter()
     processor = build_processor(cfg.size, world=2)
     model = LlavaForConditionalGeneration(build_config(processor.tokenizer, cfg.size))
-    pix = _Pixels(processor)
+    pix = Pixels(processor)
     prompts = _Prompts(processor, cfg.size.n_image_tokens)
 
     data_cache = Path(cache).with_suffix(".data.npz") if cache is not None else None
@@ -846,7 +849,7 @@ def train(out: str | Path, cfg: TrainConfig = TrainConfig(), measure_after: bool
             acc_vision, seconds["vision"] = saved["acc_vision"], saved["seconds_vision"]
         else:
             t = time.perf_counter()
-            _pca_patch_init(model, pix(sc.images[:2000]), cfg.size.patch_size)
+            pca_patch_init(model, pix(sc.images[:2000]), cfg.size.patch_size)
             _sincos_position_init(model)
             acc_vision = _stage_vision(model, sc, pix, cfg, gen)
             seconds["vision"] = time.perf_counter() - t
