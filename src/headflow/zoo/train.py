@@ -57,9 +57,9 @@ class TrainConfig:
     vision_steps: int = 7000
     vision_batch: int = 64
     vision_lr: float = 2e-3
-    text_steps: int = 1500
+    text_steps: int = 500
     text_batch: int = 32
-    text_lr: float = 3e-3
+    text_lr: float = 1e-3
     # Text pretraining loss on the answer (+ </s>) only. With the loss on every token the LM had learned to read
     # only the count and the size from the caption in its context after 1,500 steps x 32 (lr 3e-3); with it on
     # the answer only it read colour and position (100 %) and class (86 %) after 1,200 steps (issue 16).
@@ -68,14 +68,14 @@ class TrainConfig:
     align_batch: int = 32
     align_lr: float = 1e-3
     align_vision_lr_scale: float = 0.3
-    instruct_steps: int = 3000
+    instruct_steps: int = 4000
     instruct_batch: int = 32
     instruct_lr: float = 1e-3
     vision_lr_scale: float = 0.3
     warmup: int = 100
     weight_decay: float = 0.05
     vision_grid_head: float = 0.0  # weight of an auxiliary head on the flattened token grid in vision pretraining
-    vision_class_weight: float = 3.0  # weight of the main-class loss in vision pretraining
+    vision_class_weight: float = 1.0  # weight of the main-class loss in vision pretraining
     image_attention_l1: float = 0.0  # weight of the L1 penalty on text queries' attention mass on image tokens
     n_eval: int = 480
     eval_seed: int = 1  # held-out analysis-stream seed for the reported numbers
