@@ -146,8 +146,8 @@ BAD = [
     # semantics
     (["route", "--ask", "size", "--ask", "class=x", "--out", "{tmp}/r"], "--ask takes TYPE=QUESTION"),
     (["route", "--ask", "class=x", "--out", "{tmp}/r"], "at least 2 question types"),
-    (["route", "--ask", "class=x", "--ask", "colour=y", "--images", "4", "--out", "{tmp}/r"],
-     "No answers for question type 'colour'"),
+    (["route", "--ask", "class=x", "--ask", "shape=y", "--images", "4", "--out", "{tmp}/r"],
+     "No answers for question type 'shape'"),
     (["route", "--ask", "class=x", "--ask", "size=y", "--n-permutations", "0", "--out", "{tmp}/r"],
      "'n_permutations' parameter of SemanticAnalysis"),
     (["semantics", "{tmp}/none"], "does not exist"),

@@ -170,7 +170,7 @@ def test_question_routing_step_and_section(study, page):
     routing, timings = read(study, "routing/routing.json"), read(study, "study.json")["started_at_seconds"]
     assert list(timings) == ["attribution", "validation", "flow", "semantics", "routing", "report"]
     assert routing["verdict"] in ("question", "image", "neither")
-    assert routing["question_types"] == ["class", "position", "size"]  # world 1: labels + two answerable factors
+    assert routing["question_types"] == ["class", "colour", "position", "size", "count"]  # every type with one question text
     assert routing["n_images"] == QUICK.routing_images
     for qtype, row in routing["per_type"].items():
         assert isinstance(row["clean_accuracy"], float) and 0.0 <= row["clean_accuracy"] <= 1.0, qtype

@@ -157,8 +157,8 @@ def routing_step(lm, dataset, plan: StudyPlan, seed: int, batch_size: int | str)
                       f"(answerable: {named}); question routing needs the labels plus at least one factor named like "
                       "a question type (colour, position, size, count) or the dataset's own answers(type).")
     # keep_wrong=True whatever the study's: the comparison needs the same images under every type, and a type the
-    # model answers poorly (the world-1 default model answers every question with a class word) would otherwise
-    # keep no image at all. Each type's map then attributes the logit of the dataset's answer; the report shows
+    # model answers poorly (a model only ever asked one kind of question answers every question as that one)
+    # would otherwise keep no image at all. Each type's map then attributes the logit of the dataset's answer; the report shows
     # each type's clean accuracy next to the verdict, and warns where it is low.
     return QuestionRouting(lm, questions=questions,
                            attribution={"n_masks": plan.routing_masks, "n_val": plan.routing_val_masks, "seed": seed,
