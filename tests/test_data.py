@@ -8,7 +8,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from headflow.data import CLASSES, FACTORS, Dataset, Example, export_folder, load_dataset
+from headflow.data import CLASSES, Dataset, Example, export_folder, load_dataset
 from headflow.data.default import ANALYSIS_STREAM, SCENE_FACTORS, TRAIN_STREAM, DefaultDataset, render_example
 
 
