@@ -74,7 +74,6 @@ class TrainConfig:
     vision_lr_scale: float = 0.3
     warmup: int = 100
     weight_decay: float = 0.05
-    vision_grid_head: float = 0.0  # weight of an auxiliary head on the flattened token grid in vision pretraining
     vision_class_weight: float = 1.0  # weight of the main-class loss in vision pretraining
     image_attention_l1: float = 0.0  # weight of the L1 penalty on text queries' attention mass on image tokens
     n_eval: int = 480
@@ -373,12 +372,6 @@ def _stage_vision(model, sc: Scenes, pix, cfg: TrainConfig, gen: torch.Generator
     # instruction tuning; heads on the plain mean learned class slowly with distractors around: issue 16.)
     head = _AttentionPool(hidden, [k for _, k in _HEADS] + [len(CLASSES)])
     params = list(vt.parameters()) + list(head.parameters())
-    grid = None
-    if cfg.vision_grid_head > 0:
-        n_tok = model.config.image_seq_length
-        grid = torch.nn.Sequential(torch.nn.LayerNorm(hidden), torch.nn.Linear(hidden, 16), torch.nn.Flatten(1),
-                                   torch.nn.GELU(), torch.nn.Linear(16 * n_tok, 256), torch.nn.GELU(), torch.nn.Linear(256, len(CLASSES)))
-        params += list(grid.parameters())
     opt, sched = _optimizer([(params, cfg.vision_lr)], cfg, cfg.vision_steps)
     vt.train()
     hits: dict[str, list[float]] = {name: [] for name, _ in _HEADS}
@@ -395,8 +388,6 @@ def _stage_vision(model, sc: Scenes, pix, cfg: TrainConfig, gen: torch.Generator
             hits[name].append(float((logits.argmax(-1) == y[:, k]).float().mean()))
             start += width
         loss = loss + F.binary_cross_entropy_with_logits(out[:, start:], torch.from_numpy(sc.present[idx]).float()) * len(CLASSES) / 4
-        if grid is not None:
-            loss = loss + cfg.vision_grid_head * F.cross_entropy(grid(tokens), y[:, 0])
         _step(opt, sched, loss, params)
         if len(hits["class"]) % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}", **{n[:4]: f"{np.mean(h[-200:]):.2f}" for n, h in hits.items()})
@@ -892,7 +883,7 @@ def train(out: str | Path, cfg: TrainConfig = TrainConfig(), measure_after: bool
 
 
 _STEP_KNOBS = ("vision_steps", "text_steps", "align_steps", "instruct_steps", "n_train")
-_FLOAT_KNOBS = ("vision_grid_head", "vision_class_weight", "image_attention_l1", "instruct_lr", "align_lr", "text_lr", "vision_lr")
+_FLOAT_KNOBS = ("vision_class_weight", "image_attention_l1", "instruct_lr", "align_lr", "text_lr", "vision_lr")
 
 
 def main(argv: list[str] | None = None) -> None:
