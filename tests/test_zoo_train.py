@@ -58,7 +58,7 @@ def test_quick_training_runs_every_stage_saves_a_loadable_model_and_measures_eve
     src = str(Path(__file__).resolve().parents[1] / "src")
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
     res = subprocess.run(
-        [sys.executable, "-m", "headflow.zoo.train", "--out", str(out), "--quick"],
+        [sys.executable, "-m", "headflow.zoo.train", "--out", str(out), "--quick", "--question-weights", "size=1,count=1,exists=4"],
         capture_output=True, text=True, timeout=170, env=env,
     )
     assert res.returncode == 0, res.stderr[-3000:]
@@ -68,7 +68,9 @@ def test_quick_training_runs_every_stage_saves_a_loadable_model_and_measures_eve
     held = summary["heldout"]
     assert set(held["accuracy_per_type"]) == set(QUESTION_TYPES) and held["n_eval"] == 48
     assert set(held["k80_completeness"]) == {"by_image_mass", "random"}
-    assert "Instruction tuning" in (out / "MODEL_CARD.md").read_text()
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "Instruction tuning" in card and "question types drawn class 20%, colour 10%" in card and "exists 40%" in card
+    assert summary["config"]["question_weights"] == [2.0, 1.0, 1.0, 1.0, 1.0, 4.0]  # class keeps its default 2
     model, processor = _check_loadable(out)
     assert model.config.text_config.num_key_value_heads < model.config.text_config.num_attention_heads
     vocab = processor.tokenizer.get_vocab()
@@ -82,6 +84,17 @@ def test_train_cli_rejects_negative_seed(capsys) -> None:
     with pytest.raises(SystemExit):
         main(["--out", "unused", "--seed", "-1"])
     assert "--seed must be a non-negative int" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("weights", ["kind=2", "class=0", "class=two", "class", "exists=inf"])
+def test_train_cli_rejects_bad_question_weights(capsys, weights) -> None:
+    from headflow.zoo.train import main
+
+    with pytest.raises(SystemExit) as err:
+        main(["--out", "unused", "--question-weights", weights])
+    assert err.value.code == 2
+    msg = capsys.readouterr().err
+    assert "--question-weights takes TYPE=W pairs" in msg and repr(weights) in msg
 
 
 @pytest.mark.skipif(not (DEFAULT_DIR / "model.safetensors").is_file(), reason="default checkpoint not built")

@@ -119,7 +119,10 @@ def register(app: typer.Typer) -> None:
     images = inspect.Parameter("images", inspect.Parameter.KEYWORD_ONLY, annotation=int, default=typer.Option(
         480, "--images", help="Fresh held-out images."))
 
-    @command(app, "model-card", [card_model, SHARED["adapter"], images, as_json, SHARED["device"]])
+    markdown = inspect.Parameter("markdown", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=typer.Option(
+        False, "--markdown", help="Print the model card's targets section (Markdown) instead of a table."))
+
+    @command(app, "model-card", [card_model, SHARED["adapter"], images, as_json, markdown, SHARED["device"]])
     def model_card(**values: Any) -> None:
         """Recompute the default model's card targets: accuracy per question type, question and image knockouts, single-head share."""
         from ..zoo.phenomena import measure_phenomena
@@ -127,6 +130,8 @@ def register(app: typer.Typer) -> None:
         result = measure_phenomena(load_from(values), n_images=values["images"])
         if values["as_json"]:
             typer.echo(json.dumps(result.to_dict(), indent=2))
+        elif values["markdown"]:
+            typer.echo(result.markdown())
         else:
             typer.echo(f"held-out identification accuracy {result.accuracy:.3f} on {result.n_images} images "
                        f"(chance {result.chance:.3f})")
@@ -141,7 +146,7 @@ def register(app: typer.Typer) -> None:
             typer.echo("... in one layer, mixed: " + ", ".join(
                 f"L{i} {a:.3f}" for i, a in enumerate(result.accuracy_mixed_knockout_single_layer)))
             typer.echo(f"largest single-head share of the all-heads logit drop: {result.max_single_head_share:.3f}")
-        if not values["as_json"]:
+        if not (values["as_json"] or values["markdown"]):
             for name, ok in result.checks.items():
                 typer.echo(f"  {'PASS' if ok else 'FAIL'}  {name}")
         raise typer.Exit(code=0 if all(result.checks.values()) else 1)

@@ -60,6 +60,7 @@ class Phenomena:
     max_single_head_share: float
     single_head_share: list[list[float]]
     mean_logit_drop_all_heads: float
+    seed: int = HELD_OUT_SEED
 
     @property
     def checks(self) -> dict[str, bool]:
@@ -79,6 +80,51 @@ class Phenomena:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "checks": self.checks}
+
+    def markdown(self) -> str:
+        """The model card's section "targets, recomputed by ``headflow model-card``" (a Markdown table)."""
+        from .train import pct
+
+        def layers(values: list[float]) -> str:
+            return ", ".join(f"L{i} {pct(a)}" for i, a in enumerate(values))
+
+        def mark(ok: bool) -> str:
+            return "" if ok else " — **not met**"
+
+        acc = self.accuracy_per_type
+        checks = self.checks
+        _, _, question_ok, image_mixed_ok, image_ident_ok, _, head_ok = checks.values()  # in the order above
+        rows = [("identification (class) accuracy", pct(self.accuracy), "≥ 95 %" + mark(self.accuracy >= 0.95))]
+        rows += [(f"{t} accuracy", pct(a), "≥ 90 %" + mark(a >= 0.90)) for t, a in acc.items() if t != "class"]
+        rows += [
+            ("question->{role, final} knocked out in all layers: mixed accuracy",
+             f"{pct(self.accuracy_mixed_question_knockout)} (clean {pct(self.accuracy_mixed)})",
+             f"≤ type-guessing ceiling {pct(self.type_guessing_ceiling)} + 5" + mark(question_ok)),
+            ("image->text knocked out in all layers: mixed accuracy", pct(self.accuracy_mixed_image_knockout),
+             f"≤ no-image ceiling {pct(self.no_image_ceiling)} + 5" + mark(image_mixed_ok)),
+            ("image->text knocked out in all layers: identification", pct(self.accuracy_knockout_all_layers),
+             f"≤ chance {pct(self.chance)} + 5" + mark(image_ident_ok)),
+            ("image->text knocked out in one layer: identification", layers(self.accuracy_knockout_single_layer),
+             "≥ 50 %" + mark(self.min_accuracy_knockout_single_layer >= 0.5)),
+            ("image->text knocked out in one layer: mixed", layers(self.accuracy_mixed_knockout_single_layer),
+             "≥ 50 %" + mark(min(self.accuracy_mixed_knockout_single_layer) >= 0.5)),
+            ("largest single-head share of the all-heads answer-logit drop", pct(self.max_single_head_share),
+             "≤ 25 %" + mark(head_ok)),
+        ]
+        met = sum(checks.values())
+        return "\n".join([
+            "## The card's targets, recomputed by `headflow model-card` (intervention engine)",
+            "",
+            f"{self.n_images} fresh scenes (data seed {self.seed}, never used in training or analysis); every scene "
+            "asked every question type (phrasing 0) = the mixed set.",
+            "",
+            "| quantity | measured | target |",
+            "|---|---|---|",
+            *[f"| {q} | {m} | {t} |" for q, m, t in rows],
+            "",
+            f"{met} of the {len(checks)} checks pass.",
+            "",
+        ])
 
 
 def _ceilings(answers: dict[str, list[str]]) -> tuple[float, float]:
@@ -153,7 +199,7 @@ def measure_phenomena(lm: LoadedModel, n_images: int = 480, seed: int = HELD_OUT
         min_accuracy_knockout_single_layer=float(ident_layer.min()),
         accuracy_mixed_knockout_single_layer=[float(a) for a in correct[:, 3:].mean(0)],
         max_single_head_share=float(share.max()), single_head_share=share.reshape(n_layers, n_heads).tolist(),
-        mean_logit_drop_all_heads=float(np.nanmean(drops_all[cls])))
+        mean_logit_drop_all_heads=float(np.nanmean(drops_all[cls])), seed=seed)
 
 
 def _intervened_logits(state, job) -> torch.Tensor:

@@ -9,12 +9,13 @@ vision tricks):
    tower with one attention-pooled linear head per fact (a learned query over the patch tokens, as an LM
    head reads them): main class, colour, size, position, object count and which classes are present.
 1. **Language-model pretraining** on text alone: the world's captions and its questions followed by
-   their answers, as plain next-token prediction over every token (no image).
+   their answers (no image), loss on the answer (``text_answer_only``).
 2. **Vision-language alignment** with the LM frozen: image -> caption (``Describe the image.``), loss on
    the caption; the projector and (at a lower rate) the vision tower learn.
 3. **Instruction tuning** of the whole model on the six question types (training phrasings only; one
-   phrasing per type is held out), loss on the answer word and ``</s>``. Optional regulariser: an L1 cost
-   on the attention mass text queries put on image tokens (``image_attention_l1``).
+   phrasing per type is held out; types drawn with ``question_weights``), loss on the answer word and
+   ``</s>``. Optional regulariser: an L1 cost on the attention mass text queries put on image tokens
+   (``image_attention_l1``).
 
 The run saves model + processor with ``save_pretrained`` and measures the card's numbers on a fresh set.
 """
@@ -57,7 +58,9 @@ class TrainConfig:
     vision_steps: int = 7000
     vision_batch: int = 64
     vision_lr: float = 2e-3
-    text_steps: int = 500
+    # 2,000 steps: the LM then answers every type but `exists` from a caption in its context (the class from
+    # about 1,250 steps on; at 500 steps it answered class at chance, as the first shipped LM did: issue 16)
+    text_steps: int = 2000
     text_batch: int = 32
     text_lr: float = 1e-3
     # Text pretraining loss on the answer (+ </s>) only. With the loss on every token the LM had learned to read
@@ -75,6 +78,9 @@ class TrainConfig:
     warmup: int = 100
     weight_decay: float = 0.05
     vision_class_weight: float = 1.0  # weight of the main-class loss in vision pretraining
+    # sampling weight of each question type in instruction tuning, in ``QUESTION_TYPES`` order (equal = uniform):
+    # class and count twice, size 1.5 times as often as colour, position and exists
+    question_weights: tuple[float, ...] = (2.0, 1.0, 1.0, 1.5, 2.0, 1.0)
     image_attention_l1: float = 0.0  # weight of the L1 penalty on text queries' attention mass on image tokens
     n_eval: int = 480
     eval_seed: int = 1  # held-out analysis-stream seed for the reported numbers
@@ -257,13 +263,16 @@ def _answer(sc: Scenes, i: int, qtype: str, probe: str | None) -> str:
     return "yes" if sc.present[i, CLASSES.index(probe)] else "no"
 
 
-def _sample_questions(sc: Scenes, idx: np.ndarray, rng: np.random.Generator, held_out: bool = False
-                      ) -> list[tuple[str, int, str | None, str]]:
-    """For each scene index: a question type (uniform), a training phrasing (or the held-out one), a probe
-    (present or absent, half and half) and the answer word."""
+def _sample_questions(sc: Scenes, idx: np.ndarray, rng: np.random.Generator, held_out: bool = False,
+                      weights: tuple[float, ...] | None = None) -> list[tuple[str, int, str | None, str]]:
+    """For each scene index: a question type (uniform, or in proportion to ``weights``, one per
+    ``QUESTION_TYPES``), a training phrasing (or the held-out one), a probe (present or absent, half and half)
+    and the answer word."""
+    p_type = None if weights is None or len(set(weights)) == 1 else np.asarray(weights, float) / sum(weights)
     out = []
     for i in idx.tolist():
-        qtype = QUESTION_TYPES[int(rng.integers(len(QUESTION_TYPES)))]
+        k = int(rng.integers(len(QUESTION_TYPES))) if p_type is None else int(rng.choice(len(QUESTION_TYPES), p=p_type))
+        qtype = QUESTION_TYPES[k]
         n = len(PHRASINGS[qtype])
         p = n - 1 if held_out else int(rng.integers(n - 1))
         probe = None
@@ -374,7 +383,7 @@ def _stage_vision(model, sc: Scenes, pix, cfg: TrainConfig, gen: torch.Generator
     params = list(vt.parameters()) + list(head.parameters())
     opt, sched = _optimizer([(params, cfg.vision_lr)], cfg, cfg.vision_steps)
     vt.train()
-    hits: dict[str, list[float]] = {name: [] for name, _ in _HEADS}
+    hits: dict[str, list[float]] = {name: [] for name, _ in _HEADS + (("present", 0),)}
     bar = tqdm(range(cfg.vision_steps), desc="0 vision", mininterval=10)
     for _ in bar:
         idx = torch.randint(len(sc.images), (cfg.vision_batch,), generator=gen).numpy()
@@ -387,7 +396,9 @@ def _stage_vision(model, sc: Scenes, pix, cfg: TrainConfig, gen: torch.Generator
             loss = loss + F.cross_entropy(logits, y[:, k]) * (cfg.vision_class_weight if name == "class" else 1.0)
             hits[name].append(float((logits.argmax(-1) == y[:, k]).float().mean()))
             start += width
-        loss = loss + F.binary_cross_entropy_with_logits(out[:, start:], torch.from_numpy(sc.present[idx]).float()) * len(CLASSES) / 4
+        present = torch.from_numpy(sc.present[idx])
+        loss = loss + F.binary_cross_entropy_with_logits(out[:, start:], present.float()) * len(CLASSES) / 4
+        hits["present"].append(float(((out[:, start:] > 0) == present).all(-1).float().mean()))  # every class right
         _step(opt, sched, loss, params)
         if len(hits["class"]) % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}", **{n[:4]: f"{np.mean(h[-200:]):.2f}" for n, h in hits.items()})
@@ -481,7 +492,7 @@ def _stage_instruct(model, sc: Scenes, pix, prompts: _Prompts, cfg: TrainConfig,
     with flow_control(model):  # headflow's attention (what the cost reads); numerically the same as sdpa without it
         for _ in bar:
             idx = torch.randint(len(sc.images), (cfg.instruct_batch,), generator=gen).numpy()
-            qs = _sample_questions(sc, idx, rng)
+            qs = _sample_questions(sc, idx, rng, weights=cfg.question_weights)
             seqs = [prompts.ids[t, p, x] + [prompts.word_id[a], prompts.eos] for t, p, x, a in qs]
             ids, att, lab = _pad(seqs, [2] * len(seqs), prompts.pad)
             img, tq = token_groups(ids, prompts.image_token_id)
@@ -683,6 +694,14 @@ def pct(x: float) -> str:
     return f"{100 * x:.1f} %"
 
 
+def _type_mix(weights) -> str:
+    """How instruction tuning drew question types, in words."""
+    if not weights or len(set(weights)) == 1:
+        return "question types drawn uniformly"
+    total = sum(weights)
+    return "question types drawn " + ", ".join(f"{t} {w / total:.0%}" for t, w in zip(QUESTION_TYPES, weights))
+
+
 def model_card(summary: dict) -> str:
     """MODEL_CARD.md text from a run summary (as written to ``training.json``)."""
     cfg = summary["config"]
@@ -728,7 +747,8 @@ def model_card(summary: dict) -> str:
         f"2. Alignment, LM frozen: `{ALIGN_INSTRUCTION}` -> caption, projector lr {cfg['align_lr']}, vision tower x {cfg['align_vision_lr_scale']}; "
         f"{cfg['align_steps']} steps x {cfg['align_batch']}.",
         f"3. Instruction tuning of the whole model on the six question types (training phrasings), loss on answer + `</s>`: "
-        f"{cfg['instruct_steps']} steps x {cfg['instruct_batch']}, lr {cfg['instruct_lr']} (vision x {cfg['vision_lr_scale']}).",
+        f"{cfg['instruct_steps']} steps x {cfg['instruct_batch']}, lr {cfg['instruct_lr']} (vision x {cfg['vision_lr_scale']}); "
+        + _type_mix(cfg.get("question_weights")) + ".",
         ("   Image-attention cost: " + str(cfg["image_attention_l1"]) + " x the attention mass text queries after the image put on image "
          "tokens, summed over LM heads (L1), is added to the loss." if cfg["image_attention_l1"] > 0 else
          "   No image-attention cost (no regulariser of any kind beyond weight decay)."),
@@ -736,7 +756,9 @@ def model_card(summary: dict) -> str:
         "",
         f"Training time: {sec['total_train'] / 60:.1f} min (data {sec['data']:.0f} s, vision {sec['vision']:.0f} s, text {sec['text']:.0f} s, "
         f"alignment {sec['align']:.0f} s, instruction {sec['instruct']:.0f} s) with {summary.get('threads', 2)} CPU threads.",
-        f"Training accuracy (last steps): vision class head {pct(acc['vision']['class'])}; alignment caption tokens {pct(acc['align_caption_tokens'])}; "
+        f"Training accuracy (last steps): vision class head {pct(acc['vision']['class'])}"
+        + (f", presence of all {len(CLASSES)} classes right {pct(acc['vision']['present'])}" if "present" in acc["vision"] else "")
+        + f"; alignment caption tokens {pct(acc['align_caption_tokens'])}; "
         "instruction " + ", ".join(f"{t} {pct(v)}" for t, v in acc["instruct"].items()) + ".",
     ]
     if "heldout" in summary:
@@ -886,6 +908,22 @@ _STEP_KNOBS = ("vision_steps", "text_steps", "align_steps", "instruct_steps", "n
 _FLOAT_KNOBS = ("vision_class_weight", "image_attention_l1", "instruct_lr", "align_lr", "text_lr", "vision_lr")
 
 
+def _parse_weights(parser: argparse.ArgumentParser, text: str, default: tuple[float, ...]) -> tuple[float, ...]:
+    """``"class=2,exists=2"`` -> weights in ``QUESTION_TYPES`` order (unnamed types keep ``default``)."""
+    weights = dict(zip(QUESTION_TYPES, default))
+    for part in text.split(","):
+        name, _, value = part.partition("=")
+        try:
+            w = float(value)
+        except ValueError:
+            w = -1.0
+        if name.strip() not in weights or not (w > 0 and math.isfinite(w)):
+            parser.error(f"--question-weights takes TYPE=W pairs with TYPE in {', '.join(QUESTION_TYPES)} and finite W > 0. "
+                         f"Got {part!r} instead.")
+        weights[name.strip()] = w
+    return tuple(weights.values())
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command line: ``python -m headflow.zoo.train --out DIR [--seed S] [--quick] [--no-measure] [--<knob> V]``."""
     parser = argparse.ArgumentParser(prog="python -m headflow.zoo.train", description=__doc__.split("\n")[0])
@@ -899,6 +937,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.add_argument("--" + knob.replace("_", "-"), type=int, default=None, help=f"override {knob}")
     for knob in _FLOAT_KNOBS:
         parser.add_argument("--" + knob.replace("_", "-"), type=float, default=None, help=f"override {knob}")
+    parser.add_argument("--question-weights", default=None, metavar="TYPE=W,...",
+                        help="instruction-tuning sampling weight per question type, e.g. class=2,exists=2 (others keep the default)")
     args = parser.parse_args(argv)
     if args.seed < 0:
         parser.error(f"--seed must be a non-negative int. Got {args.seed} instead.")
@@ -907,6 +947,8 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"--{knob.replace('_', '-')} must be a positive int. Got {getattr(args, knob)} instead.")
     cfg = QUICK if args.quick else TrainConfig()
     cfg = replace(cfg, seed=args.seed)
+    if args.question_weights is not None:
+        cfg = replace(cfg, question_weights=_parse_weights(parser, args.question_weights, cfg.question_weights))
     for name in _STEP_KNOBS + _FLOAT_KNOBS:
         if getattr(args, name) is not None:
             cfg = replace(cfg, **{name: getattr(args, name)})
