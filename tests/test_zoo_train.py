@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -58,7 +59,8 @@ def test_quick_training_runs_every_stage_saves_a_loadable_model_and_measures_eve
     src = str(Path(__file__).resolve().parents[1] / "src")
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
     res = subprocess.run(
-        [sys.executable, "-m", "headflow.zoo.train", "--out", str(out), "--quick", "--question-weights", "size=1,count=1,exists=4"],
+        [sys.executable, "-m", "headflow.zoo.train", "--out", str(out), "--quick", "--question-weights", "size=1,count=1,exists=4",
+         "--instruct-exists-steps", "2"],
         capture_output=True, text=True, timeout=170, env=env,
     )
     assert res.returncode == 0, res.stderr[-3000:]
@@ -69,8 +71,10 @@ def test_quick_training_runs_every_stage_saves_a_loadable_model_and_measures_eve
     assert set(held["accuracy_per_type"]) == set(QUESTION_TYPES) and held["n_eval"] == 48
     assert set(held["k80_completeness"]) == {"by_image_mass", "random"}
     card = (out / "MODEL_CARD.md").read_text()
-    assert "Instruction tuning" in card and "question types drawn class 20%, colour 10%" in card and "exists 40%" in card
-    assert summary["config"]["question_weights"] == [2.0, 1.0, 1.0, 1.0, 1.0, 4.0]  # class keeps its default 2
+    assert "Instruction tuning" in card and "question types drawn class 27%, colour 9%" in card and "exists 36%" in card
+    assert summary["config"]["question_weights"] == [3.0, 1.0, 1.0, 1.0, 1.0, 4.0]  # class keeps its default 3
+    assert summary["config"]["text_exists_steps"] == 3 and "the first 3 on `exists` questions alone" in card
+    assert summary["config"]["instruct_exists_steps"] == 2
     model, processor = _check_loadable(out)
     assert model.config.text_config.num_key_value_heads < model.config.text_config.num_attention_heads
     vocab = processor.tokenizer.get_vocab()
@@ -84,6 +88,31 @@ def test_train_cli_rejects_negative_seed(capsys) -> None:
     with pytest.raises(SystemExit):
         main(["--out", "unused", "--seed", "-1"])
     assert "--seed must be a non-negative int" in capsys.readouterr().err
+
+
+def test_exists_first_steps_draw_only_exists_questions_half_yes() -> None:
+    from headflow.data.default import CLASSES
+    from headflow.zoo.train import _ONLY_EXISTS, Scenes, _sample_questions
+
+    rng = np.random.default_rng(0)
+    n = 4000
+    present = np.zeros((n, len(CLASSES)), bool)
+    present[np.arange(n), rng.integers(len(CLASSES), size=n)] = True
+    sc = Scenes(np.zeros((n, 1, 1, 3), np.uint8), np.zeros((n, 5), np.int64), present, [""] * n, [""] * n)
+    qs = _sample_questions(sc, np.arange(n), np.random.default_rng(1), weights=_ONLY_EXISTS)
+    assert {q[0] for q in qs} == {"exists"}
+    answers = np.array([q[3] == "yes" for q in qs])
+    truth = np.array([present[i, CLASSES.index(q[2])] for i, q in enumerate(qs)])
+    assert (answers == truth).all() and 0.47 < answers.mean() < 0.53
+
+
+def test_train_cli_rejects_negative_exists_steps(capsys) -> None:
+    from headflow.zoo.train import main
+
+    with pytest.raises(SystemExit) as err:
+        main(["--out", "unused", "--text-exists-steps", "-1"])
+    assert err.value.code == 2
+    assert "--text-exists-steps must be an int >= 0. Got -1 instead." in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("weights", ["kind=2", "class=0", "class=two", "class", "exists=inf"])
