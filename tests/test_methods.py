@@ -299,3 +299,26 @@ def test_the_memory_estimate_grows_with_the_prompt_the_batch_and_the_rows(tiny_m
     assert engine_memory(lm, 38, 1, 100) < base < engine_memory(lm, 38, "auto", 200)
     vocab = lm.text_config.vocab_size
     assert engine_memory(lm, 38, 64, 1000) - engine_memory(lm, 38, 64, 100) == 2 * 900 * vocab * 4  # the logits
+
+
+def test_runs_record_the_weights_and_refuse_other_weights_under_the_same_name(attribution_run, tiny_models, tmp_path):
+    """A retrained checkpoint keeps its name: resuming or extending a run with it must be refused, not mixed."""
+    from headflow import load_model
+    from headflow.models.loading import weights_fingerprint
+
+    out, data = attribution_run
+    lm = tiny_models("llava")
+    other = load_model("tiny:llava", seed=1)  # same name, other weights
+    assert other.name == lm.name and other.weights_id != lm.weights_id
+    assert load_model("tiny:llava").weights_id == lm.weights_id  # the same weights, loaded again
+    assert weights_fingerprint(lm.model) == lm.weights_id
+    spec = json.loads((out / "config.json").read_text())["spec"]
+    assert spec["weights"] == lm.weights_id
+    before = (out / "summary.json").read_bytes()
+    with pytest.raises(HeadflowError, match=r"different configuration \(differs in: weights\)"):
+        HeadAttribution(other, n_masks=16, n_val=8, keep_wrong=True).run(data, out=out)
+    assert (out / "summary.json").read_bytes() == before
+    flow_out = tmp_path / "flow"
+    TokenFlow(lm, keep_wrong=True, n_bootstrap=10, n_maps=0, progress=False).run(load_dataset("default", n=1), out=flow_out)
+    with pytest.raises(HeadflowError, match=r"differs in: weights"):
+        TokenFlow(other, keep_wrong=True, n_bootstrap=10, n_maps=0, progress=False).run(load_dataset("default", n=1), out=flow_out)

@@ -105,7 +105,7 @@ class HeadAttribution(Method):
         hint = rebuild_hint(out)
         n_heads = lm.n_layers * lm.n_heads
         n_masks = params.n_masks or max(512, 4 * n_heads)
-        spec = {"method": "HeadAttribution", "model": lm.name, "model_class": type(lm.model).__name__,
+        spec = {"method": "HeadAttribution", "model": lm.name, "weights": lm.weights_id, "model_class": type(lm.model).__name__,
                 "data": data_record(data), "n_images": len(data),
                 "image_ids": [ex.id for ex in _iter(data)] if len(data) <= 4096 else None,
                 **params.spec(), "n_masks": n_masks}

@@ -76,7 +76,7 @@ def begin_run(lm: LoadedModel, params, data, out: Path, method: str, hint: str) 
     """What :class:`HeadAttributionPatching` and the hybrid do first: the run's ``config.json`` (a different
     configuration refused), the labels reported, the clean pass (shared with the regression), the used images."""
     n_heads = lm.n_layers * lm.n_heads
-    spec = {"method": method, "model": lm.name, "model_class": type(lm.model).__name__,
+    spec = {"method": method, "model": lm.name, "weights": lm.weights_id, "model_class": type(lm.model).__name__,
             "data": data_record(data), "n_images": len(data),
             "image_ids": [data[i].id for i in range(len(data))] if len(data) <= 4096 else None, **params.spec()}
     engine = InterventionEngine(lm, batch_size=params.batch_size)

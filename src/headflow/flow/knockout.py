@@ -174,7 +174,7 @@ class TokenFlow(Method):
                     "object_layers_": list(range(n_layers)) if params.object_layers is None else
                     list(params.object_layers),
                     "n_heads_knocked_": int(heads.sum()) if heads is not None else n_layers * lm.n_heads}
-        spec = {"method": "TokenFlow", "model": lm.name, **params.spec(), "data": data_record(data),
+        spec = {"method": "TokenFlow", "model": lm.name, "weights": lm.weights_id, **params.spec(), "data": data_record(data),
                 "n_images": len(data), "image_ids": _image_ids(data)}
         if out is None:
             return self._run(lm, params, data, window=window, heads=heads, resolved=resolved, runner=runner,

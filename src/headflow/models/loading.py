@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import struct
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -40,6 +42,13 @@ class LoadedModel:
     processor: Any
     adapter: FamilyAdapter
     name: str
+
+    @cached_property
+    def weights_id(self) -> str | None:
+        """A fingerprint of the weights (:func:`weights_fingerprint`), computed once. Every run records it in
+        its configuration, so a run resumed under the same model name with other weights (a retrained
+        checkpoint, another seed) is refused instead of mixing two models' results."""
+        return weights_fingerprint(self.model)
 
     @property
     def text_config(self) -> Any:
@@ -99,7 +108,25 @@ class LoadedModel:
             "dtype": str(self.dtype).replace("torch.", ""),
             "device": str(self.device),
             "device_map": self.device_map,
+            "weights": self.weights_id,
         }
+
+
+def weights_fingerprint(model: torch.nn.Module, per_tensor: int = 64) -> str | None:
+    """16 hex digits of SHA-256 over every parameter's name, shape, dtype and ``per_tensor`` evenly spaced
+    values (their bytes). Retraining or reseeding changes it; moving the model between devices does not.
+    ``None`` when no parameter is materialised (all offloaded to ``meta``)."""
+    digest = hashlib.sha256()
+    seen = 0
+    for name, param in model.named_parameters():
+        if param.device.type == "meta":
+            continue
+        flat = param.detach().reshape(-1)
+        sample = flat[:: max(1, flat.numel() // per_tensor)][:per_tensor].contiguous().cpu()
+        digest.update(f"{name}{tuple(param.shape)}{param.dtype}".encode())
+        digest.update(sample.view(torch.uint8).numpy().tobytes())
+        seen += 1
+    return digest.hexdigest()[:16] if seen else None
 
 
 def module_device(module: torch.nn.Module) -> torch.device:
