@@ -303,6 +303,10 @@ def test_the_memory_estimate_grows_with_the_prompt_the_batch_and_the_rows(tiny_m
 
 def test_runs_record_the_weights_and_refuse_other_weights_under_the_same_name(attribution_run, tiny_models, tmp_path):
     """A retrained checkpoint keeps its name: resuming or extending a run with it must be refused, not mixed."""
+    import copy as copy_module
+
+    import torch
+
     from headflow import load_model
     from headflow.models.loading import weights_fingerprint
 
@@ -311,7 +315,11 @@ def test_runs_record_the_weights_and_refuse_other_weights_under_the_same_name(at
     other = load_model("tiny:llava", seed=1)  # same name, other weights
     assert other.name == lm.name and other.weights_id != lm.weights_id
     assert load_model("tiny:llava").weights_id == lm.weights_id  # the same weights, loaded again
-    assert weights_fingerprint(lm.model) == lm.weights_id
+    copy = copy_module.deepcopy(lm.model)
+    assert weights_fingerprint(copy) == lm.weights_id  # the same values
+    with torch.no_grad():
+        next(copy.parameters()).add_(1e-3)
+    assert weights_fingerprint(copy) != lm.weights_id  # one tensor changed
     spec = json.loads((out / "config.json").read_text())["spec"]
     assert spec["weights"] == lm.weights_id
     before = (out / "summary.json").read_bytes()

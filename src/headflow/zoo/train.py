@@ -919,8 +919,9 @@ def train(out: str | Path, cfg: TrainConfig = TrainConfig(), measure_after: bool
     return summary
 
 
-_STEP_KNOBS = ("vision_steps", "text_steps", "align_steps", "instruct_steps", "n_train")
-_COUNT_KNOBS = ("text_exists_steps", "instruct_exists_steps")  # may be 0
+#: integer knobs and their smallest value
+_INT_KNOBS = {"vision_steps": 1, "text_steps": 1, "align_steps": 1, "instruct_steps": 1, "n_train": 1,
+              "text_exists_steps": 0, "instruct_exists_steps": 0}
 _FLOAT_KNOBS = ("vision_class_weight", "image_attention_l1", "instruct_lr", "align_lr", "text_lr", "vision_lr")
 
 
@@ -949,10 +950,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-measure", action="store_true", help="skip the held-out measurement")
     parser.add_argument("--cache", default=None, help="file to reuse/save the state after alignment (stage 2)")
     parser.add_argument("--vision-cache", default=None, help="file to reuse/save the state after vision pretraining (stage 0)")
-    for knob in _STEP_KNOBS:
-        parser.add_argument("--" + knob.replace("_", "-"), type=int, default=None, help=f"override {knob}")
-    for knob in _COUNT_KNOBS:
-        parser.add_argument("--" + knob.replace("_", "-"), type=int, default=None, help=f"override {knob} (0 or more)")
+    for knob, least in _INT_KNOBS.items():
+        parser.add_argument("--" + knob.replace("_", "-"), type=int, default=None, help=f"override {knob} ({least} or more)")
     for knob in _FLOAT_KNOBS:
         parser.add_argument("--" + knob.replace("_", "-"), type=float, default=None, help=f"override {knob}")
     parser.add_argument("--question-weights", default=None, metavar="TYPE=W,...",
@@ -960,17 +959,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.seed < 0:
         parser.error(f"--seed must be a non-negative int. Got {args.seed} instead.")
-    for knob in _STEP_KNOBS:
-        if getattr(args, knob) is not None and getattr(args, knob) < 1:
-            parser.error(f"--{knob.replace('_', '-')} must be a positive int. Got {getattr(args, knob)} instead.")
-    for knob in _COUNT_KNOBS:
-        if getattr(args, knob) is not None and getattr(args, knob) < 0:
-            parser.error(f"--{knob.replace('_', '-')} must be an int >= 0. Got {getattr(args, knob)} instead.")
+    for knob, least in _INT_KNOBS.items():
+        if getattr(args, knob) is not None and getattr(args, knob) < least:
+            kind = "a positive int" if least == 1 else f"an int >= {least}"
+            parser.error(f"--{knob.replace('_', '-')} must be {kind}. Got {getattr(args, knob)} instead.")
     cfg = QUICK if args.quick else TrainConfig()
     cfg = replace(cfg, seed=args.seed)
     if args.question_weights is not None:
         cfg = replace(cfg, question_weights=_parse_weights(parser, args.question_weights, cfg.question_weights))
-    for name in _STEP_KNOBS + _COUNT_KNOBS + _FLOAT_KNOBS:
+    for name in (*_INT_KNOBS, *_FLOAT_KNOBS):
         if getattr(args, name) is not None:
             cfg = replace(cfg, **{name: getattr(args, name)})
     summary = train(args.out, cfg, measure_after=not args.no_measure, cache=args.cache, vision_cache=args.vision_cache)
