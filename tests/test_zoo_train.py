@@ -60,7 +60,7 @@ def test_quick_training_runs_every_stage_saves_a_loadable_model_and_measures_eve
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
     res = subprocess.run(
         [sys.executable, "-m", "headflow.zoo.train", "--out", str(out), "--quick", "--question-weights", "size=1,count=1,exists=4",
-         "--instruct-exists-steps", "2"],
+         "--instruct-exists-steps", "2", "--vision-patch-weight", "1"],
         capture_output=True, text=True, timeout=170, env=env,
     )
     assert res.returncode == 0, res.stderr[-3000:]
@@ -74,7 +74,10 @@ def test_quick_training_runs_every_stage_saves_a_loadable_model_and_measures_eve
     assert "Instruction tuning" in card and "question types drawn class 27%, colour 9%" in card and "exists 36%" in card
     assert summary["config"]["question_weights"] == [3.0, 1.0, 1.0, 1.0, 1.0, 4.0]  # class keeps its default 3
     assert summary["config"]["text_exists_steps"] == 3 and "the first 3 on `exists` questions alone" in card
-    assert summary["config"]["instruct_exists_steps"] == 2
+    assert summary["config"]["instruct_exists_steps"] == 2 and summary["config"]["vision_patch_weight"] == 1.0
+    vision = summary["train_accuracy"]["vision"]
+    assert 0.0 <= vision["patch"] <= 1.0 and 0.0 <= vision["small"] <= 1.0  # the per-patch head ran
+    assert "a linear head on every patch token" in card and "on distractors'" in card
     model, processor = _check_loadable(out)
     assert model.config.text_config.num_key_value_heads < model.config.text_config.num_attention_heads
     vocab = processor.tokenizer.get_vocab()
@@ -98,12 +101,31 @@ def test_exists_first_steps_draw_only_exists_questions_half_yes() -> None:
     n = 4000
     present = np.zeros((n, len(CLASSES)), bool)
     present[np.arange(n), rng.integers(len(CLASSES), size=n)] = True
-    sc = Scenes(np.zeros((n, 1, 1, 3), np.uint8), np.zeros((n, 5), np.int64), present, [""] * n, [""] * n)
+    sc = Scenes(np.zeros((n, 1, 1, 3), np.uint8), np.zeros((n, 5), np.int64), present, [""] * n, [""] * n,
+                np.zeros((n, 36), np.int64))
     qs = _sample_questions(sc, np.arange(n), np.random.default_rng(1), weights=_ONLY_EXISTS)
     assert {q[0] for q in qs} == {"exists"}
     answers = np.array([q[3] == "yes" for q in qs])
     truth = np.array([present[i, CLASSES.index(q[2])] for i, q in enumerate(qs)])
     assert (answers == truth).all() and 0.47 < answers.mean() < 0.53
+
+
+def test_patch_labels_name_the_object_covering_most_of_each_patch() -> None:
+    from headflow.data.default import CLASSES, render_scene
+    from headflow.zoo.train import patch_labels
+
+    seen = set()
+    for i in range(12):
+        scene = render_scene(3, i, stream=1)
+        labels = patch_labels(scene)
+        for p in range(36):  # the slow way: count each object's pixels in the patch
+            r, c = divmod(p, 6)
+            counts = [int(o.mask[16 * r:16 * r + 16, 16 * c:16 * c + 16].sum()) for o in scene.objects]
+            best = int(np.argmax(counts))
+            want = CLASSES.index(scene.objects[best].label) if counts[best] >= 16 else len(CLASSES)
+            assert labels[p] == want
+        seen |= set(labels.tolist())
+    assert len(CLASSES) in seen and len(seen) > 3  # background and several classes occur
 
 
 def test_train_cli_rejects_negative_exists_steps(capsys) -> None:
