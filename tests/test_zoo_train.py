@@ -76,7 +76,7 @@ def test_quick_training_runs_every_stage_saves_a_loadable_model_and_measures_eve
     assert summary["config"]["text_exists_steps"] == 3 and "the first 3 on `exists` questions alone" in card
     assert summary["config"]["instruct_exists_steps"] == 2 and summary["config"]["vision_patch_weight"] == 1.0
     vision = summary["train_accuracy"]["vision"]
-    assert 0.0 <= vision["patch"] <= 1.0 and 0.0 <= vision["small"] <= 1.0  # the per-patch head ran
+    assert 0.0 <= vision["patch"] <= 1.0 and 0.0 <= vision["distractor"] <= 1.0  # the per-patch head ran
     assert "a linear head on every patch token" in card and "on distractors'" in card
     model, processor = _check_loadable(out)
     assert model.config.text_config.num_key_value_heads < model.config.text_config.num_attention_heads

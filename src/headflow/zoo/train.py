@@ -424,7 +424,7 @@ def _stage_vision(model, sc: Scenes, pix, cfg: TrainConfig, gen: torch.Generator
     params = list(vt.parameters()) + list(head.parameters()) + list(dense.parameters())
     opt, sched = _optimizer([(params, cfg.vision_lr)], cfg, cfg.vision_steps)
     vt.train()
-    hits: dict[str, list[float]] = {name: [] for name, _ in _HEADS + (("present", 0), ("patch", 0), ("small", 0))}
+    hits: dict[str, list[float]] = {name: [] for name, _ in _HEADS + (("present", 0), ("patch", 0), ("distractor", 0))}
     bar = tqdm(range(cfg.vision_steps), desc="0 vision", mininterval=10)
     for _ in bar:
         idx = torch.randint(len(sc.images), (cfg.vision_batch,), generator=gen).numpy()
@@ -448,7 +448,8 @@ def _stage_vision(model, sc: Scenes, pix, cfg: TrainConfig, gen: torch.Generator
             on_object = target < len(CLASSES)
             on_distractor = on_object & (target != y[:, :1])
             hits["patch"].append(float(right[on_object].float().mean()))  # patches on any object
-            hits["small"].append(float(right[on_distractor].float().mean()))  # patches on a distractor
+            if on_distractor.any():
+                hits["distractor"].append(float(right[on_distractor].float().mean()))  # patches on a distractor
         _step(opt, sched, loss, params)
         if len(hits["class"]) % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}", **{n[:4]: f"{np.mean(h[-200:]):.2f}" for n, h in hits.items()})
@@ -814,8 +815,8 @@ def model_card(summary: dict) -> str:
         f"alignment {sec['align']:.0f} s, instruction {sec['instruct']:.0f} s) with {summary.get('threads', 2)} CPU threads.",
         f"Training accuracy (last steps): vision class head {pct(acc['vision']['class'])}"
         + (f", presence of all {len(CLASSES)} classes right {pct(acc['vision']['present'])}" if "present" in acc["vision"] else "")
-        + (f", patch head on object patches {pct(acc['vision']['patch'])} (on distractors' {pct(acc['vision']['small'])})"
-           if "patch" in acc["vision"] else "")
+        + (f", patch head on object patches {pct(acc['vision']['patch'])}" if "patch" in acc["vision"] else "")
+        + (f" (on distractors' {pct(acc['vision']['distractor'])})" if "distractor" in acc["vision"] else "")
         + f"; alignment caption tokens {pct(acc['align_caption_tokens'])}; "
         "instruction " + ", ".join(f"{t} {pct(v)}" for t, v in acc["instruct"].items()) + ".",
     ]
