@@ -452,7 +452,7 @@ def _stage_vision(model, sc: Scenes, pix, cfg: TrainConfig, gen: torch.Generator
                 hits["distractor"].append(float(right[on_distractor].float().mean()))  # patches on a distractor
         _step(opt, sched, loss, params)
         if len(hits["class"]) % 50 == 0:
-            bar.set_postfix(loss=f"{loss.item():.3f}", **{n[:4]: f"{np.mean(h[-200:]):.2f}" for n, h in hits.items()})
+            bar.set_postfix(loss=f"{loss.item():.3f}", **{n[:4]: f"{np.mean(h[-200:]):.2f}" for n, h in hits.items() if h})
     return {name: float(np.mean(h[-200:])) for name, h in hits.items() if h}
 
 
