@@ -262,9 +262,16 @@ class _Prompts:
             raise RuntimeError("An answer word is missing from the vocabulary.")
         self.class_ids = [self.word_id[c] for c in CLASSES]
         self.classic = [encode(q) for q in QUESTIONS]
+        self.user = tok("USER :", add_special_tokens=False)["input_ids"]
 
     def caption_ids(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def text_document(self, question: list[int], caption: list[int], answer: list[int]) -> list[int]:
+        """``<s> USER : {caption} {question} ASSISTANT : {answer} </s>``: the text-only ``question`` prompt
+        (``text_ids``) with the caption inserted after ``USER :``, as text pretraining reads it."""
+        head = 1 + len(self.user)
+        return question[:head] + caption + question[head:] + answer + [self.eos]
 
 
 def _pad(seqs: list[list[int]], n_loss: list[int], pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -470,7 +477,6 @@ def _stage_text(model, sc: Scenes, prompts: _Prompts, cfg: TrainConfig, gen: tor
     model.train()
     losses: list[float] = []
     bar = tqdm(range(cfg.text_steps), desc="1 text LM", mininterval=10)
-    user = prompts.tok("USER :", add_special_tokens=False)["input_ids"]
     for step in bar:
         idx = torch.randint(len(sc.images), (cfg.text_batch,), generator=gen).numpy()
         seqs, n_loss = [], []
@@ -482,9 +488,7 @@ def _stage_text(model, sc: Scenes, prompts: _Prompts, cfg: TrainConfig, gen: tor
             else:
                 qtype, p, probe, ans = q
                 question, answer = prompts.text_ids[qtype, p, probe], [prompts.word_id[ans]]
-            # question = "<s> USER : {question} ASSISTANT :" -> insert the caption after "USER :"
-            head = 1 + len(user)
-            seqs.append(question[:head] + cap + question[head:] + answer + [prompts.eos])
+            seqs.append(prompts.text_document(question, cap, answer))
             n_loss.append(len(answer) + 1 if cfg.text_answer_only else len(seqs[-1]) - 1)
         ids, att, lab = _pad(seqs, n_loss, prompts.pad)
         logits = model(input_ids=ids, attention_mask=att).logits[:, :-1]
