@@ -6,7 +6,9 @@ split by what the probe names (the main object, a distractor, an absent class; y
 two logits), and the identification accuracy (``QUESTIONS[0]``).
 
 ``--on text``: the language model alone, the caption in its context instead of the image (as in text
-pretraining); ``--on image``: the whole model on images (as in instruction tuning), where ``--text-share``
+pretraining); it also reports ``word_tokens``: the image prompt with each image token replaced by the LM's
+input embedding of the class word of the object covering its patch ('.' where none does), i.e. what the LM
+would answer if the image tokens were words; ``--on image``: the whole model on images (as in instruction tuning), where ``--text-share``
 of each batch is text-only ``exists`` documents (LLaVA-1.5 mixes text-only instructions in) and
 ``--other-share`` the other five question types with the recipe's weights.
 
@@ -71,8 +73,15 @@ def main() -> None:
             cases.append((i, distractors[int(er.integers(len(distractors)))], "distractor"))
     kinds = np.array([k for *_, k in cases])
 
+    filler = prompts.tok.convert_tokens_to_ids(".")
+
+    def split(logits: torch.Tensor) -> dict[str, float]:
+        """Accuracy per probe kind, yes/no by the larger of the two logits."""
+        said_yes = (logits[:, yes] > logits[:, no]).numpy()
+        return {k: round(float((said_yes[kinds == k] == (k != "absent")).mean()), 3) for k in ("main", "distractor", "absent")}
+
     @torch.no_grad()
-    def evaluate() -> dict[str, float]:
+    def evaluate() -> dict:
         model.eval()
         if args.on == "text":
             rows = []
@@ -84,8 +93,16 @@ def main() -> None:
         else:
             ids = torch.tensor([prompts.ids["exists", 0, x] for _, x, _ in cases])
             logits = T.final_logits(model, ids, pix(held.images[[i for i, *_ in cases]]), None)
-        said_yes = (logits[:, yes] > logits[:, no]).numpy()
-        out = {k: round(float((said_yes[kinds == k] == (k != "absent")).mean()), 3) for k in ("main", "distractor", "absent")}
+        out = split(logits)
+        if args.on == "text":
+            # the image tokens replaced by the LM's input embedding of the class word of the object covering each
+            # patch ('.' where none does): does what the LM learned from captions answer from word-like image tokens?
+            ids = torch.tensor([prompts.ids["exists", 0, x] for _, x, _ in cases])
+            tokens = torch.cat([model.get_input_embeddings().weight[prompts.class_ids], model.get_input_embeddings().weight[[filler]]])
+            patches = torch.from_numpy(held.patches[[i for i, *_ in cases]])
+            embeds = T.merged_input(model, ids, tokens[patches])
+            rows = [model(inputs_embeds=embeds[s:s + 128]).logits[:, -1] for s in range(0, len(embeds), 128)]
+            out["word_tokens"] = split(torch.cat(rows))
         ids = torch.tensor([prompts.classic[0]] * len(held.images))
         cls = T.final_logits(model, ids, pix(held.images), None).argmax(-1).numpy()
         out["identification"] = round(float((cls == np.array(prompts.class_ids)[held.attrs[:, 0]]).mean()), 3)

@@ -60,7 +60,7 @@ def test_quick_training_runs_every_stage_saves_a_loadable_model_and_measures_eve
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
     res = subprocess.run(
         [sys.executable, "-m", "headflow.zoo.train", "--out", str(out), "--quick", "--question-weights", "size=1,count=1,exists=4",
-         "--instruct-exists-steps", "2", "--vision-patch-weight", "1"],
+         "--instruct-exists-steps", "2", "--vision-patch-weight", "1", "--align-word-weight", "0.5"],
         capture_output=True, text=True, timeout=170, env=env,
     )
     assert res.returncode == 0, res.stderr[-3000:]
@@ -78,6 +78,7 @@ def test_quick_training_runs_every_stage_saves_a_loadable_model_and_measures_eve
     vision = summary["train_accuracy"]["vision"]
     assert 0.0 <= vision["patch"] <= 1.0 and 0.0 <= vision["distractor"] <= 1.0  # the per-patch head ran
     assert "a linear head on every patch token" in card and "on distractors'" in card
+    assert summary["config"]["align_word_weight"] == 0.5 and "x 0.5 a word-likeness loss" in card
     model, processor = _check_loadable(out)
     assert model.config.text_config.num_key_value_heads < model.config.text_config.num_attention_heads
     vocab = processor.tokenizer.get_vocab()
@@ -195,3 +196,54 @@ def test_training_image_attention_equals_eager_attention_weights() -> None:
     mass.backward()
     grad = ours.model.language_model.layers[0].self_attn.q_proj.weight.grad
     assert grad is not None and grad.abs().sum() > 0
+
+
+@pytest.mark.skipif(not (DEFAULT_DIR / "model.safetensors").is_file(), reason="default checkpoint not built")
+def test_merged_image_tokens_give_the_models_own_logits() -> None:
+    """Alignment's word-likeness loss reads the projector's tokens and feeds them back merged into the LM input:
+    that path gives the logits of ``model(input_ids, pixel_values)`` on the same inputs."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from headflow.zoo.train import image_tokens, merged_input
+
+    processor = AutoProcessor.from_pretrained(DEFAULT_DIR)
+    model = AutoModelForImageTextToText.from_pretrained(DEFAULT_DIR).eval()
+    ds = load_dataset("default", n=3)
+    batch = processor(images=[e.image for e in ds], text=[PROMPT] * len(ds), return_tensors="pt")
+    with torch.no_grad():
+        own = model(**batch).logits
+        tokens = image_tokens(model, batch["pixel_values"])
+        merged = model(inputs_embeds=merged_input(model, batch["input_ids"], tokens), attention_mask=batch["attention_mask"]).logits
+    assert tokens.shape == (3, model.config.image_seq_length, model.config.text_config.hidden_size)
+    torch.testing.assert_close(merged, own, atol=1e-6, rtol=1e-6)
+    assert not torch.equal(merged, model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"] * 0).logits.detach())
+
+
+def test_word_likeness_loss_is_least_for_the_class_word_and_ignores_background_patches() -> None:
+    from headflow.zoo.train import word_likeness_loss
+
+    words = torch.randn(16, 32, generator=torch.Generator().manual_seed(0))
+    classes = torch.tensor([[3, 16, 5], [16, 0, 16]])  # 16 = no object on the patch
+    named = torch.randn(2, 3, 32)
+    named[classes < 16] = 2.0 * words[classes[classes < 16]]  # each object patch is (a multiple of) its class word
+    wrong = named.clone()
+    wrong[classes < 16] = words[(classes[classes < 16] + 1) % 16]
+    best = word_likeness_loss(named, classes, words)
+    cos = torch.nn.functional.normalize(words, dim=-1) @ torch.nn.functional.normalize(words, dim=-1).T
+    expected = torch.nn.functional.cross_entropy(cos[[3, 5, 0]] / 0.1, torch.tensor([3, 5, 0]))
+    torch.testing.assert_close(best, expected)  # the norm does not matter, only the direction
+    assert word_likeness_loss(wrong, classes, words) > best + 5
+    background = named.clone()
+    background[classes == 16] = torch.randn(3, 32)  # background patches are free
+    torch.testing.assert_close(word_likeness_loss(background, classes, words), best)
+
+
+@pytest.mark.parametrize("value", ["-1", "nan"])
+def test_train_cli_rejects_a_negative_or_nan_weight(capsys, value) -> None:
+    from headflow.zoo.train import main
+
+    with pytest.raises(SystemExit) as err:
+        main(["--out", "/tmp/never", "--align-word-weight", value])
+    assert err.value.code == 2
+    assert f"--align-word-weight must be a finite number >= 0. Got {float(value)} instead." in capsys.readouterr().err
+
