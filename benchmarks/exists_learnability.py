@@ -98,7 +98,7 @@ def main() -> None:
             # the image tokens replaced by the LM's input embedding of the class word of the object covering each
             # patch ('.' where none does): does what the LM learned from captions answer from word-like image tokens?
             ids = torch.tensor([prompts.ids["exists", 0, x] for _, x, _ in cases])
-            tokens = torch.cat([model.get_input_embeddings().weight[prompts.class_ids], model.get_input_embeddings().weight[[filler]]])
+            tokens = model.get_input_embeddings().weight[prompts.class_ids + [filler]]
             patches = torch.from_numpy(held.patches[[i for i, *_ in cases]])
             embeds = T.merged_input(model, ids, tokens[patches])
             rows = [model(inputs_embeds=embeds[s:s + 128]).logits[:, -1] for s in range(0, len(embeds), 128)]

@@ -558,10 +558,10 @@ def _stage_align(model, sc: Scenes, pix, prompts: _Prompts, cfg: TrainConfig, ge
             postfix["word"] = f"{word_loss.item():.3f}"
         else:
             logits = model(input_ids=ids, attention_mask=att, pixel_values=pix(sc.images[idx])).logits[:, :-1]
+            word_loss = 0.0
         target = lab[:, 1:]
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100)
-        if cfg.align_word_weight > 0:
-            loss = loss + cfg.align_word_weight * word_loss
+        loss = loss + cfg.align_word_weight * word_loss
         _step(opt, sched, loss, proj + vision)
         keep = target != -100
         hits.append(float((logits.argmax(-1)[keep] == target[keep]).float().mean()))
