@@ -238,6 +238,33 @@ def test_word_likeness_loss_is_least_for_the_class_word_and_ignores_background_p
     torch.testing.assert_close(word_likeness_loss(background, classes, words), best)
 
 
+def test_a_token_can_name_its_class_and_its_colour_at_once() -> None:
+    """The two terms of the word-likeness loss (class words, colour words) do not compete: a token along the sum
+    of its class word and colour word names both, as the caption "a red key" does; the class word alone names
+    no colour."""
+    from headflow.zoo.train import word_likeness_loss
+
+    g = torch.Generator().manual_seed(1)
+    classes, colours = torch.randn(16, 64, generator=g), torch.randn(5, 64, generator=g)
+    unit = torch.nn.functional.normalize
+    both = (unit(classes[3], dim=0) + unit(colours[2], dim=0)).reshape(1, 1, 64)
+    assert word_likeness_loss(both, torch.tensor([[3]]), classes) < 0.2
+    assert word_likeness_loss(both, torch.tensor([[2]]), colours) < 0.2
+    alone = classes[3].reshape(1, 1, 64)
+    assert word_likeness_loss(alone, torch.tensor([[2]]), colours) > 1.0
+
+
+def test_patch_colours_name_the_main_objects_colour_on_its_patches_only() -> None:
+    from headflow.data.default import COLOURS
+    from headflow.zoo.train import TRAIN_STREAM, render_scenes
+
+    sc = render_scenes(8, 0, TRAIN_STREAM)
+    main = sc.patches == sc.attrs[:, :1]
+    assert main.any(1).all() and (~main & (sc.patches < 16)).any()  # every scene's main object labels patches; distractors too
+    assert (sc.patch_colours[main] == np.repeat(sc.attrs[:, 1], main.sum(1))).all()
+    assert (sc.patch_colours[~main] == len(COLOURS)).all()
+
+
 @pytest.mark.parametrize("value", ["-1", "nan"])
 def test_train_cli_rejects_a_negative_or_nan_weight(capsys, value) -> None:
     from headflow.zoo.train import main

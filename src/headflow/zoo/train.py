@@ -17,8 +17,9 @@ vision tricks):
 2. **Vision-language alignment** with the LM frozen: image -> caption (``Describe the image.``), loss on
    the caption; the projector and (at a lower rate) the vision tower learn. Optionally
    (``align_word_weight`` > 0; 0 in the shipped recipe) a word-likeness loss points each patch token the LM
-   reads, where an object covers the patch, toward the LM's input embedding of that object's class word (a
-   stand-in for CLIP's patch features, which live in a space aligned with words).
+   reads, where an object covers the patch, toward the LM's input embeddings of that object's class word and
+   (main object) colour word, as the caption names it (a stand-in for CLIP's patch features, which live in a
+   space aligned with words).
 3. **Instruction tuning** of the whole model on the six question types (training phrasings only; one
    phrasing per type is held out; types drawn with ``question_weights``, after ``instruct_exists_steps`` on
    ``exists`` alone: 0 in the shipped recipe), loss on the answer word and
@@ -83,10 +84,10 @@ class TrainConfig:
     align_lr: float = 1e-3
     align_vision_lr_scale: float = 0.3
     # weight of the word-likeness loss in alignment: each patch token the projector gives the LM, where an object
-    # covers its patch, must name that object's class among the LM's class-word input embeddings (cross-entropy of
-    # a softmax over cosines / 0.1), i.e. its direction is pulled toward the word. 0 in the shipped recipe: with
-    # it `exists` reached 77.7 % but colour fell to chance, the loss took colour out of the tokens (README
-    # "Retraining", issue 16); 0: caption loss only
+    # covers its patch, must name that object's class among the LM's class-word input embeddings and, on the main
+    # object, its colour among the colour words (two cross-entropies of a softmax over cosines / 0.1), i.e. its
+    # direction is pulled toward both words. 0 in the shipped recipe: with it colour stayed at chance after
+    # instruction tuning, and `exists` was no higher than without it (78 %: README "Retraining", issue 16)
     align_word_weight: float = 0.0
     instruct_steps: int = 4000
     instruct_batch: int = 32
@@ -189,6 +190,11 @@ class Scenes:
     def labels(self) -> np.ndarray:
         return self.attrs[:, 0]
 
+    @property
+    def patch_colours(self) -> np.ndarray:
+        """``(n, 36)``: the main object's colour index on the patches it labels, ``len(COLOURS)`` elsewhere."""
+        return np.where(self.patches == self.attrs[:, :1], self.attrs[:, 1:2], len(COLOURS))
+
 
 def render_scenes(n: int, seed: int, stream: int, workers: int = 1) -> Scenes:
     """Render ``n`` world-2 scenes of ``stream`` with ``seed`` (in ``workers`` processes)."""
@@ -270,6 +276,7 @@ class _Prompts:
         if any(i == tok.unk_token_id for i in self.word_id.values()):
             raise RuntimeError("An answer word is missing from the vocabulary.")
         self.class_ids = [self.word_id[c] for c in CLASSES]
+        self.colour_ids = [self.word_id[c] for c in COLOURS]
         self.classic = [encode(q) for q in QUESTIONS]
         self.user = tok("USER :", add_special_tokens=False)["input_ids"]
 
@@ -520,16 +527,18 @@ def merged_input(model, ids: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor
     return model.get_input_embeddings()(ids).masked_scatter(image, tokens)
 
 
-_WORD_TEMPERATURE = 0.1  # of the word-likeness loss's softmax over cosines to the class words
+_WORD_TEMPERATURE = 0.1  # of the word-likeness loss's softmax over cosines to the words
 
 
-def word_likeness_loss(tokens: torch.Tensor, patch_classes: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
-    """Alignment's word-likeness loss: over the image tokens ``(B, T, D)`` whose patch an object covers
-    (``patch_classes (B, T)`` below ``len(words)``; :func:`patch_labels`), the cross-entropy of naming that
-    class by a softmax over the token's cosines to the class-word embeddings ``words (C, D)`` / 0.1."""
-    on_object = patch_classes < len(words)
-    cosine = F.normalize(tokens[on_object], dim=-1) @ F.normalize(words, dim=-1).T
-    return F.cross_entropy(cosine / _WORD_TEMPERATURE, patch_classes[on_object])
+def word_likeness_loss(tokens: torch.Tensor, patch_words: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
+    """One term of alignment's word-likeness loss: over the image tokens ``(B, T, D)`` whose ``patch_words
+    (B, T)`` index is below ``len(words)`` (the others name no word), the cross-entropy of naming that word by
+    a softmax over the token's cosines to the word embeddings ``words (W, D)`` / 0.1. Alignment uses two:
+    the class words on every object's patches (:func:`patch_labels`) and the colour words on the main
+    object's (:attr:`Scenes.patch_colours`), so a token names its object as the caption does ("a red key")."""
+    named = patch_words < len(words)
+    cosine = F.normalize(tokens[named], dim=-1) @ F.normalize(words, dim=-1).T
+    return F.cross_entropy(cosine / _WORD_TEMPERATURE, patch_words[named])
 
 
 def _stage_align(model, sc: Scenes, pix, prompts: _Prompts, cfg: TrainConfig, gen: torch.Generator) -> float:
@@ -543,7 +552,9 @@ def _stage_align(model, sc: Scenes, pix, prompts: _Prompts, cfg: TrainConfig, ge
     model.train()
     hits: list[float] = []
     bar = tqdm(range(cfg.align_steps), desc="2 align", mininterval=10)
-    words = model.get_input_embeddings().weight.detach()[prompts.class_ids]  # (classes, D): the targets of the word-likeness loss
+    embeddings = model.get_input_embeddings().weight.detach()
+    # the targets of the word-likeness loss: (classes, D) and (colours, D)
+    class_words, colour_words = embeddings[prompts.class_ids], embeddings[prompts.colour_ids]
     postfix: dict[str, str] = {}
     for _ in bar:
         idx = torch.randint(len(sc.images), (cfg.align_batch,), generator=gen).numpy()
@@ -551,10 +562,11 @@ def _stage_align(model, sc: Scenes, pix, prompts: _Prompts, cfg: TrainConfig, ge
         ids, att, lab = _pad([prompts.align_ids + c for c in caps], [len(c) for c in caps], prompts.pad)
         if cfg.align_word_weight > 0:
             # the projector's patch tokens, computed once: the caption loss reads them (merged into the LM input
-            # as LLaVA merges them) and the word-likeness loss pulls object patches toward their class word
+            # as LLaVA merges them) and the word-likeness loss pulls object patches toward their words
             feats = image_tokens(model, pix(sc.images[idx]))
             logits = model(inputs_embeds=merged_input(model, ids, feats), attention_mask=att).logits[:, :-1]
-            word_loss = word_likeness_loss(feats, torch.from_numpy(sc.patches[idx]), words)
+            word_loss = (word_likeness_loss(feats, torch.from_numpy(sc.patches[idx]), class_words)
+                         + word_likeness_loss(feats, torch.from_numpy(sc.patch_colours[idx]), colour_words))
             postfix["word"] = f"{word_loss.item():.3f}"
         else:
             logits = model(input_ids=ids, attention_mask=att, pixel_values=pix(sc.images[idx])).logits[:, :-1]
@@ -853,7 +865,8 @@ def model_card(summary: dict) -> str:
         f"2. Alignment, LM frozen: `{ALIGN_INSTRUCTION}` -> caption, projector lr {cfg['align_lr']}, vision tower x {cfg['align_vision_lr_scale']}; "
         f"{cfg['align_steps']} steps x {cfg['align_batch']}"
         + (f"; plus x {cfg['align_word_weight']} a word-likeness loss: each patch token given to the LM where an object covers "
-           "its patch must point toward the LM's input embedding of that object's class word (softmax over cosines to the class words)" if cfg.get("align_word_weight") else "") + ".",
+           "its patch must point toward the LM's input embeddings of that object's class word and, on the main object, its colour "
+           "word (softmax over cosines to the class words, and to the colour words)" if cfg.get("align_word_weight") else "") + ".",
         f"3. Instruction tuning of the whole model on the six question types (training phrasings), loss on answer + `</s>`: "
         f"{cfg['instruct_steps']} steps x {cfg['instruct_batch']}, lr {cfg['instruct_lr']} (vision x {cfg['vision_lr_scale']}); "
         + _type_mix(cfg.get("question_weights")) + ".",
