@@ -111,6 +111,39 @@ def test_exists_first_steps_draw_only_exists_questions_half_yes() -> None:
     assert (answers == truth).all() and 0.47 < answers.mean() < 0.53
 
 
+@pytest.mark.parametrize("share", [0.0, 0.6, 1.0])
+def test_distractor_probes_set_how_often_a_present_probe_is_a_distractor(share) -> None:
+    from headflow.data.default import CLASSES
+    from headflow.zoo.train import _ONLY_EXISTS, Scenes, _sample_questions
+
+    rng = np.random.default_rng(0)
+    n = 6000
+    attrs = np.zeros((n, 5), np.int64)
+    attrs[:, 0] = rng.integers(len(CLASSES), size=n)
+    present = np.zeros((n, len(CLASSES)), bool)
+    present[np.arange(n), attrs[:, 0]] = True
+    present[np.arange(n) % 2 == 0, (attrs[np.arange(n) % 2 == 0, 0] + 1) % len(CLASSES)] = True  # even: one distractor
+    sc = Scenes(np.zeros((n, 1, 1, 3), np.uint8), attrs, present, [""] * n, [""] * n, np.zeros((n, 36), np.int64))
+    qs = _sample_questions(sc, np.arange(n), np.random.default_rng(1), weights=_ONLY_EXISTS, distractor_probes=share)
+    yes = np.array([q[3] == "yes" for q in qs])
+    truth = np.array([present[i, CLASSES.index(q[2])] for i, q in enumerate(qs)])
+    assert (yes == truth).all() and 0.47 < yes.mean() < 0.53
+    is_distractor = np.array([CLASSES.index(q[2]) != attrs[i, 0] for i, q in enumerate(qs)])
+    with_one = (np.arange(n) % 2 == 0) & yes
+    # uniform over the two present objects, plus ``share`` of the draws forced onto the distractor
+    assert abs(is_distractor[with_one].mean() - (share + (1 - share) / 2)) < 0.04
+    assert not is_distractor[(np.arange(n) % 2 == 1) & yes].any()  # no distractor: the main object
+
+
+def test_train_cli_rejects_a_distractor_share_above_one(capsys) -> None:
+    from headflow.zoo.train import main
+
+    with pytest.raises(SystemExit) as err:
+        main(["--out", "/tmp/never", "--instruct-distractor-probes", "1.5"])
+    assert err.value.code == 2
+    assert "--instruct-distractor-probes is a probability, from 0 to 1. Got 1.5 instead." in capsys.readouterr().err
+
+
 def test_patch_labels_name_the_object_covering_most_of_each_patch() -> None:
     from headflow.data.default import CLASSES, render_scene
     from headflow.zoo.train import patch_labels
