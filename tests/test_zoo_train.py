@@ -135,6 +135,28 @@ def test_distractor_probes_set_how_often_a_present_probe_is_a_distractor(share) 
     assert not is_distractor[(np.arange(n) % 2 == 1) & yes].any()  # no distractor: the main object
 
 
+def test_instruct_groups_give_the_language_model_its_own_rate_only_when_asked() -> None:
+    from dataclasses import replace
+
+    from transformers import LlavaForConditionalGeneration
+
+    from headflow.zoo.build import build_config, build_processor
+    from headflow.zoo.train import QUICK, _instruct_groups
+
+    processor = build_processor(QUICK.size, world=2)
+    model = LlavaForConditionalGeneration(build_config(processor.tokenizer, QUICK.size))
+    vision = {id(p) for p in model.model.vision_tower.parameters()}
+    projector = {id(p) for p in model.model.multi_modal_projector.parameters()}
+    lr = QUICK.instruct_lr
+    same = _instruct_groups(model, QUICK)  # the shipped recipe: two groups, as before the knob existed
+    assert [len(g) for g, _ in same] == [len(list(model.parameters())) - len(vision), len(vision)]
+    assert [r for _, r in same] == [lr, lr * QUICK.vision_lr_scale]
+    split = _instruct_groups(model, replace(QUICK, instruct_lm_lr_scale=0.1))
+    lm = {id(p) for p in model.parameters()} - vision - projector
+    assert [{id(p) for p in g} for g, _ in split] == [projector, lm, vision] and lm and projector
+    assert [r for _, r in split] == [lr, lr * 0.1, lr * QUICK.vision_lr_scale]
+
+
 def test_train_cli_rejects_a_distractor_share_above_one(capsys) -> None:
     from headflow.zoo.train import main
 
