@@ -234,12 +234,18 @@ class FamilyAdapter:
 
     def output_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits ``[..., vocab]`` of the language model's last hidden states, as the model's own forward computes
-        them after its language model: the output head, then any final logit soft-capping."""
-        logits = self.model.get_output_embeddings()(hidden)
+        them after its language model: the output head, times :meth:`output_logit_scale`, then any final logit
+        soft-capping."""
+        logits = self.model.get_output_embeddings()(hidden) * self.output_logit_scale()
         cap = getattr(self.text_config(), "final_logit_softcapping", None)
         if cap is not None:
             logits = torch.tanh(logits / cap) * cap
         return logits
+
+    def output_logit_scale(self) -> float:
+        """The factor the model's own forward multiplies the output head's logits by (1: none; Cohere's
+        ``logit_scale`` where the installed transformers applies it)."""
+        return 1.0
 
     def image_token_id(self) -> int:
         config = self.model.config

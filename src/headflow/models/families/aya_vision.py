@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import math
 
+import transformers
+from packaging import version
+
 from ...errors import HeadflowError
 from ..adapter import FamilyAdapter, register_adapter
 from ..geometry import tiles_and_thumbnail_rects
@@ -23,6 +26,14 @@ TURN_TOKENS = ("<BOS_TOKEN>", "<EOS_TOKEN>", "<|START_OF_TURN_TOKEN|>", "<|END_O
 class AyaVisionAdapter(FamilyAdapter):
     name = "aya_vision"
     model_types = ("aya_vision",)
+
+    def output_logit_scale(self):
+        """Cohere2's ``logit_scale``, which ``AyaVisionForConditionalGeneration.forward`` applies after its
+        output head from transformers 5.25 on (5.24 and earlier leave the logits unscaled); the identity-row tests
+        hold the engine to whichever the installed version does."""
+        if version.parse(transformers.__version__) < version.parse("5.25"):
+            return 1.0
+        return float(getattr(self.text_config(), "logit_scale", 1.0))
 
     def token_rects(self, image_size, inputs):
         """GOT-OCR2 dynamic tiles (row-major) then the thumbnail, ``(img_size // patch_size)^2`` tokens per tile
