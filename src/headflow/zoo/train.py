@@ -104,7 +104,8 @@ class TrainConfig:
     weight_decay: float = 0.05
     vision_class_weight: float = 1.0  # weight of the main-class loss in vision pretraining
     vision_patch_weight: float = 0.0  # weight of the per-patch class loss in vision pretraining (0: no patch head,
-    # the shipped recipe; 1 trained the tower far better but left C4 without a verdict: README "Retraining", issue 16)
+    # the shipped recipe; 1 trained the tower far better, but C4's verdict then depends on the run: README
+    # "Retraining", issue 16)
     instruct_exists_steps: int = 0  # steps of instruction tuning (counted in instruct_steps) on `exists` alone, first
     # In instruction tuning, the chance that a present `exists` probe is one of the distractors where the scene has
     # any (0, the shipped recipe: uniform over the present objects, as the world draws it, so the main object is
@@ -900,7 +901,8 @@ def model_card(summary: dict) -> str:
            "its patch must point toward the LM's input embeddings of that object's class word and, on the main object, its colour "
            "word (softmax over cosines to the class words, and to the colour words)" if cfg.get("align_word_weight") else "") + ".",
         f"3. Instruction tuning of the whole model on the six question types (training phrasings), loss on answer + `</s>`: "
-        f"{cfg['instruct_steps']} steps x {cfg['instruct_batch']}, lr {cfg['instruct_lr']} (vision x {cfg['vision_lr_scale']}); "
+        f"{cfg['instruct_steps']} steps x {cfg['instruct_batch']}, lr {cfg['instruct_lr']} (vision x {cfg['vision_lr_scale']}"
+        + (f", language model x {cfg['instruct_lm_lr_scale']}" if cfg.get("instruct_lm_lr_scale", 1.0) != 1.0 else "") + "); "
         + _type_mix(cfg.get("question_weights")) + ".",
         ("   Image-attention cost: " + str(cfg["image_attention_l1"]) + " x the attention mass text queries after the image put on image "
          "tokens, summed over LM heads (L1), is added to the loss." if cfg["image_attention_l1"] > 0 else
