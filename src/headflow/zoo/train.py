@@ -104,8 +104,8 @@ class TrainConfig:
     weight_decay: float = 0.05
     vision_class_weight: float = 1.0  # weight of the main-class loss in vision pretraining
     vision_patch_weight: float = 0.0  # weight of the per-patch class loss in vision pretraining (0: no patch head,
-    # the shipped recipe; 1 trained the tower far better, but C4's verdict then depends on the run: README
-    # "Retraining", issue 16)
+    # the shipped recipe; 1 trained the tower far better, but C4's verdict differed between its runs, as it does
+    # between seeds of the shipped recipe: README "Retraining", issue 16)
     instruct_exists_steps: int = 0  # steps of instruction tuning (counted in instruct_steps) on `exists` alone, first
     # In instruction tuning, the chance that a present `exists` probe is one of the distractors where the scene has
     # any (0, the shipped recipe: uniform over the present objects, as the world draws it, so the main object is
