@@ -4,14 +4,18 @@
 #    model (benchmarks/split_check.py);
 # 2. a LLaVA-1.5-7B-shaped language model with random weights in bf16 (1024 heads), 4096 masks on one image: the
 #    fused attention kernels are checked against the written-out blocks first, then seconds per image for the
-#    prefix path (3) and the suffix floor (4), and the naive full-prompt path (1) on a subset of masks (P1/P2).
+#    prefix path (3) and the suffix floor (4), and the naive full-prompt path (1) on a subset of masks (P1/P2);
+# 3. `headflow check` on the embedded default model on cuda.
 # Usage (repo root, on the GPU machine):  bash benchmarks/gpu.sh [OUT_DIR]
+# Offline, `pip install -e .` cannot build (no setuptools to fetch), so src/ goes on PYTHONPATH; headflow's own
+# needs that the machine lacks (pydantic; the transformers tested here, 5.25, with its hub client) travel as wheels installed with
+# `pip install --no-index --no-deps --target /tmp/site` and /tmp/site put first on PYTHONPATH (BENCHMARKS.md, GPU).
 set -euo pipefail
 out="${1:-${OUT:-.}}"
-python3 -m pip install -q -e . --no-deps >/dev/null 2>&1 || true
-python3 -m pip install -q "accelerate>=1.0" >/dev/null 2>&1 || true
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD/src" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 python3 benchmarks/split_check.py | tee "$out/gpu_split_check.json" || echo "split check FAILED (see above)"
-python3 benchmarks/speed.py --shape llava15-7b --device cuda --dtype bfloat16 --masks 4096 --naive-masks 32 \
-    --batch-size 128 --repeats 2 --skip-full --json | tee "$out/gpu_llava15_7b.json"
+python3 benchmarks/speed.py --shape llava15-7b --device cuda --dtype bfloat16 --masks 4096 --naive-masks 16 \
+    --batch-size 256 --repeats 2 --skip-full --json | tee "$out/gpu_llava15_7b.json"
+python3 -c "import sys; sys.argv = ['headflow', 'check', '--model', 'default', '--device', 'cuda']
+from headflow.cli import main; main()"

@@ -200,3 +200,34 @@ def test_a_checkpoint_for_an_accelerator_is_loaded_straight_onto_it(monkeypatch,
     assert seen == ["cuda:0"] and moved == [] and lm.device_map == {"": "cuda:0"}
     load_model(path, device="cpu")
     assert seen[-1] is None and moved  # the CPU: loaded, then .to(cpu) as before
+
+
+def test_a_loaded_pair_stays_on_its_device_and_checkpoints_load_without_hub_kernels(monkeypatch, tmp_path,
+                                                                                  tiny_models):
+    """Found on the GPU machine: ``load_model((model, processor))`` moved a model the user had put on a GPU back to
+    the CPU, and transformers 5.25 swapped layers for Hub kernels it downloads (failing offline). A pair is only
+    moved when ``device=`` says so; every checkpoint load asks transformers for ``use_kernels=False``."""
+    import transformers
+
+    plain = tiny_models("llava")
+    moves = []
+    real_to = torch.nn.Module.to
+    monkeypatch.setattr(torch.nn.Module, "to", lambda self, *a, **k: moves.append(k) or real_to(self, *a, **k))
+    load_model((plain.model, plain.processor))
+    assert moves and all("device" not in k for k in moves)
+    load_model((plain.model, plain.processor), dtype="float32")
+    assert moves[-1] == {"dtype": torch.float32}
+    load_model((plain.model, plain.processor), device="cpu")
+    assert moves[-1] == {"device": torch.device("cpu")}
+    monkeypatch.undo()
+
+    path = tmp_path / "model"
+    plain.model.save_pretrained(path)
+    plain.processor.save_pretrained(path)
+    seen = []
+    real = transformers.AutoModelForImageTextToText.from_pretrained
+    monkeypatch.setattr(transformers.AutoModelForImageTextToText, "from_pretrained",
+                        lambda *a, **k: seen.append(k.get("use_kernels")) or real(*a, **k))
+    load_model(path)
+    load_model("default")
+    assert seen == [False, False]

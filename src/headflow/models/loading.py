@@ -153,7 +153,7 @@ def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
 def load_model(
     spec: str | Path | tuple[torch.nn.Module, Any] | LoadedModel,
     *,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     seed: int = 0,
     device_map: str | dict[str, Any] | None = None,
@@ -169,10 +169,12 @@ def load_model(
         locally: one of :func:`~headflow.models.adapter.family_names`), a local directory or hub id
         (loaded with ``AutoModelForImageTextToText`` and ``AutoProcessor``), or a loaded pair.
     device, dtype
-        Where and in which precision to run. ``dtype=None`` keeps the checkpoint's dtype
+        Where and in which precision to run. ``device=None``: the CPU, except for a loaded pair, which stays
+        where it is (a model you put on a GPU is not moved back). ``dtype=None`` keeps the checkpoint's dtype
         (float32 for tiny models). The device is checked first (:func:`resolve_device`). A hub id or local
         directory loaded onto an accelerator goes straight there when accelerate is installed (no CPU copy of the
-        weights first).
+        weights first), and always without Hub kernels (``use_kernels=False``: transformers' own modules, which
+        the interventions are checked against, and nothing downloaded at load time).
     seed : int
         Weight seed for ``tiny:`` models.
     device_map, max_memory, offload_folder
@@ -206,7 +208,8 @@ def load_model(
     if isinstance(spec, LoadedModel):
         return spec
     torch_dtype = _resolve_dtype(dtype)
-    device = resolve_device(device)
+    keep_device = device is None and isinstance(spec, tuple)
+    device = resolve_device("cpu" if device is None else device)
     placement, placed = None, False
     if device_map is not None:
         placement = {"device_map": check_device_map(device_map), "max_memory": max_memory,
@@ -241,7 +244,7 @@ def load_model(
     if placement is not None and not placed:
         dispatch(model.to(dtype=torch_dtype) if torch_dtype else model, **placement)
     elif getattr(model, "hf_device_map", None) is None:
-        model = model.to(device=device, dtype=torch_dtype) if torch_dtype else model.to(device=device)
+        model = model.to(**({} if keep_device else {"device": device}), **({"dtype": torch_dtype} if torch_dtype else {}))
     model.eval()
     return LoadedModel(model=model, processor=processor, adapter=adapter_for(model, processor), name=name)
 
@@ -433,7 +436,7 @@ def _from_pretrained(path: str, dtype: torch.dtype | None, *, local: bool = Fals
     try:
         processor = AutoProcessor.from_pretrained(path)
         load = lambda **kw: AutoModelForImageTextToText.from_pretrained(  # noqa: E731
-            path, dtype=dtype or "auto", output_loading_info=True, **(placement or {}), **kw)
+            path, dtype=dtype or "auto", output_loading_info=True, use_kernels=False, **(placement or {}), **kw)
         try:
             model, info = load(attn_implementation="sdpa")
         except ValueError as exc:  # a part without SDPA (Gemma 2's softcapped attention): transformers' own choice
