@@ -7,9 +7,9 @@
 #    prefix path (3) and the suffix floor (4), and the naive full-prompt path (1) on a subset of masks (P1/P2);
 # 3. `headflow check` on the embedded default model on cuda.
 # Usage (repo root, on the GPU machine):  bash benchmarks/gpu.sh [OUT_DIR]
-# Offline, `pip install -e .` cannot build (no setuptools to fetch), so src/ goes on PYTHONPATH; headflow's own
-# needs that the machine lacks (pydantic; the transformers tested here, 5.25, with its hub client) travel as wheels installed with
-# `pip install --no-index --no-deps --target /tmp/site` and /tmp/site put first on PYTHONPATH (BENCHMARKS.md, GPU).
+# Offline, `pip install -e .` cannot build (no setuptools to fetch), so src/ goes on PYTHONPATH. What headflow
+# needs and the machine lacks (pydantic; the transformers tested here, 5.25, with its hub client) travels as
+# wheels, installed with `pip install --no-index --no-deps --target /tmp/site`, /tmp/site first on PYTHONPATH.
 set -euo pipefail
 out="${1:-${OUT:-.}}"
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD/src" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
