@@ -1,0 +1,147 @@
+"""Can instruction tuning teach the LM ``exists`` when the image tokens are words, and what stops it when they
+are the real ones? (issue 16)
+
+Instruction-tunes the language model alone (the vision side frozen: tower and projector) from a state after
+alignment written by ``python -m headflow.zoo.train --cache FILE`` (``FILE`` and its ``.data.npz``), with the
+recipe's question sampling, and prints every ``--every`` steps the answer accuracy per question type on the
+training batches (mean of the last 200) and ``exists`` split by what the probe names (main object,
+distractor, absent class; last 300 ``exists`` questions). ``--tokens`` says what the LM reads at the image
+positions:
+
+- ``real``: the projector's tokens; ``real-scaled``: the same, each at the mean norm of the class words' input
+  embeddings (the projector's tokens are 14-43 times longer than word embeddings);
+- ``words``: on every patch an object covers, the input embedding of its class word (as it is now; the LM's
+  embeddings move with training), elsewhere the ``<image>`` token's; ``words-fixed``: the same with the
+  embeddings frozen at their values before tuning;
+- ``words-real-empty``: the fixed class words on object patches, the real tokens (word norm) elsewhere;
+- ``real-null-empty``: the real tokens (word norm) on object patches, ``<image>``'s embedding elsewhere.
+
+``--pull W`` first continues alignment (LM frozen) for ``--pull-steps`` with the caption loss plus
+``W * (1 - cos)`` between every object patch's token and its class word's embedding.
+
+    python benchmarks/exists_backgrounds.py --cache runs/c1.align.pt --tokens words --steps 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from headflow.data.default import CLASSES, QUESTION_TYPES
+from headflow.zoo import train as T
+from headflow.zoo.build import build_config, build_processor
+
+TOKENS = ("real", "real-scaled", "words", "words-fixed", "words-real-empty", "real-null-empty")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cache", required=True, help="state after alignment (train --cache FILE)")
+    ap.add_argument("--tokens", choices=TOKENS, default="real")
+    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--every", type=int, default=250)
+    ap.add_argument("--weights", default="3,1,1,1.5,3,3", help="question weights in QUESTION_TYPES order")
+    ap.add_argument("--distractor-probes", type=float, default=0.5)
+    ap.add_argument("--pull", type=float, default=0.0)
+    ap.add_argument("--pull-steps", type=int, default=600)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    from transformers import LlavaForConditionalGeneration
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    cfg = T.TrainConfig()
+    proc = build_processor(cfg.size, world=2)
+    model = LlavaForConditionalGeneration(build_config(proc.tokenizer, cfg.size))
+    model.load_state_dict(torch.load(args.cache, weights_only=False)["state"])
+    prompts, pix = T._Prompts(proc, cfg.size.n_image_tokens), T.Pixels(proc)
+    with np.load(args.cache.removesuffix(".pt") + ".data.npz") as z:
+        sc = T.Scenes(z["images"], z["attrs"], z["present"], z["captions"].tolist(), z["probes"].tolist(), z["patches"])
+    lm = list(model.model.language_model.parameters()) + list(model.lm_head.parameters())
+    emb = model.get_input_embeddings()
+    fixed = emb.weight.detach().clone()
+    word_of_patch = torch.tensor(prompts.class_ids + [prompts.image_token_id])  # patch label -> token id
+    word_norm = fixed[prompts.class_ids].norm(dim=-1).mean()
+    gen, rng = torch.Generator().manual_seed(0), np.random.default_rng(0)
+    if args.pull > 0:
+        pull(model, sc, pix, prompts, cfg, fixed[prompts.class_ids], args.pull, args.pull_steps, gen)
+
+    def image_positions(idx: np.ndarray) -> torch.Tensor:
+        patches = torch.from_numpy(sc.patches[idx])
+        objects = (patches < len(CLASSES))[..., None]
+        if args.tokens == "words":
+            return emb(word_of_patch[patches])
+        words = fixed[word_of_patch[patches]]
+        if args.tokens == "words-fixed":
+            return words
+        with torch.no_grad():
+            real = T.image_tokens(model, pix(sc.images[idx]))
+        if args.tokens == "real":
+            return real
+        real = real / real.norm(dim=-1, keepdim=True) * word_norm
+        if args.tokens == "real-scaled":
+            return real
+        if args.tokens == "words-real-empty":
+            return torch.where(objects, words, real)
+        return torch.where(objects, real, fixed[prompts.image_token_id])  # real-null-empty
+
+    weights = tuple(float(w) for w in args.weights.split(","))
+    opt, sched = T._optimizer([(lm, cfg.instruct_lr)], cfg, args.steps)
+    model.train()
+    hits: dict[str, list[float]] = {t: [] for t in QUESTION_TYPES}
+    kinds: list[tuple[str, float]] = []
+    t0 = time.time()
+    for step in range(args.steps):
+        idx = torch.randint(len(sc.images), (cfg.instruct_batch,), generator=gen).numpy()
+        qs = T._sample_questions(sc, idx, rng, weights=weights, distractor_probes=args.distractor_probes)
+        ids, att, lab = T._pad([prompts.ids[t, p, x] + [prompts.word_id[a], prompts.eos] for t, p, x, a in qs],
+                               [2] * len(qs), prompts.pad)
+        logits = model(inputs_embeds=T.merged_input(model, ids, image_positions(idx)), attention_mask=att).logits[:, :-1]
+        target = lab[:, 1:]
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100)
+        T._step(opt, sched, loss, lm)
+        first = (target != -100).float().argmax(1)
+        ok = (logits[torch.arange(len(idx)), first].argmax(-1) == target[torch.arange(len(idx)), first]).tolist()
+        for (t, _, probe, answer), o, i in zip(qs, ok, idx):
+            hits[t].append(float(o))
+            if t == "exists":
+                main_ = sc.attrs[i, 0] == CLASSES.index(probe)
+                kinds.append(("absent" if answer == "no" else "main" if main_ else "distractor", float(o)))
+        if (step + 1) % args.every == 0:
+            last = kinds[-300:]
+            split = " ".join(f"{np.mean([o for k, o in last if k == n]):.2f}" for n in ("main", "distractor", "absent"))
+            print(step + 1, f"{time.time() - t0:.0f}s", " ".join(f"{t[:4]} {np.mean(h[-200:]):.2f}" for t, h in hits.items() if h),
+                  "| exists main/distractor/absent", split, flush=True)
+
+
+def pull(model, sc, pix, prompts, cfg, class_words: torch.Tensor, weight: float, steps: int, gen) -> None:
+    """More alignment (LM frozen): caption loss + ``weight * (1 - cos)`` of object patches to their class word."""
+    lm = list(model.model.language_model.parameters()) + list(model.lm_head.parameters())
+    for p in lm:
+        p.requires_grad_(False)
+    proj, vision = list(model.model.multi_modal_projector.parameters()), list(model.model.vision_tower.parameters())
+    opt, sched = T._optimizer([(proj, cfg.align_lr), (vision, cfg.align_lr * cfg.align_vision_lr_scale)], cfg, steps)
+    model.train()
+    for step in range(steps):
+        idx = torch.randint(len(sc.images), (cfg.align_batch,), generator=gen).numpy()
+        caps = [prompts.caption_ids(sc.captions[i]) + [prompts.eos] for i in idx.tolist()]
+        ids, att, lab = T._pad([prompts.align_ids + c for c in caps], [len(c) for c in caps], prompts.pad)
+        feats = T.image_tokens(model, pix(sc.images[idx]))
+        logits = model(inputs_embeds=T.merged_input(model, ids, feats), attention_mask=att).logits[:, :-1]
+        caption = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), lab[:, 1:].reshape(-1), ignore_index=-100)
+        patches = torch.from_numpy(sc.patches[idx])
+        named = patches < len(CLASSES)
+        cos = F.cosine_similarity(feats[named], class_words[patches[named]], dim=-1)
+        T._step(opt, sched, caption + weight * (1 - cos).mean(), proj + vision)
+        if (step + 1) % 100 == 0:
+            print(f"pull {step + 1}: caption loss {caption.item():.3f}, cosine to the class word {cos.mean().item():.3f}", flush=True)
+    for p in lm:
+        p.requires_grad_(True)
+
+
+if __name__ == "__main__":
+    main()
