@@ -17,7 +17,9 @@ positions:
 - ``real-null-empty``: the real tokens (word norm) on object patches, ``<image>``'s embedding elsewhere.
 
 ``--pull W`` first continues alignment (LM frozen) for ``--pull-steps`` with the caption loss plus
-``W * (1 - cos)`` between every object patch's token and its class word's embedding.
+``W * (1 - cos)`` between every object patch's token and its class word's embedding, and, with
+``--pull-background B``, ``B * (1 - cos)`` between every other patch's token and the ``<image>`` token's embedding
+(one shared token for "nothing here").
 
     python benchmarks/exists_backgrounds.py --cache runs/c1.align.pt --tokens words --steps 2000
 """
@@ -48,6 +50,7 @@ def main() -> None:
     ap.add_argument("--distractor-probes", type=float, default=0.5)
     ap.add_argument("--pull", type=float, default=0.0)
     ap.add_argument("--pull-steps", type=int, default=600)
+    ap.add_argument("--pull-background", type=float, default=0.0)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     from transformers import LlavaForConditionalGeneration
@@ -68,7 +71,8 @@ def main() -> None:
     word_norm = fixed[prompts.class_ids].norm(dim=-1).mean()
     gen, rng = torch.Generator().manual_seed(0), np.random.default_rng(0)
     if args.pull > 0:
-        pull(model, sc, pix, prompts, cfg, fixed[prompts.class_ids], args.pull, args.pull_steps, gen)
+        targets = torch.cat([fixed[prompts.class_ids], fixed[prompts.image_token_id][None]])
+        pull(model, sc, pix, prompts, cfg, targets, args.pull, args.pull_background, args.pull_steps, gen)
 
     def image_positions(idx: np.ndarray) -> torch.Tensor:
         patches = torch.from_numpy(sc.patches[idx])
@@ -118,8 +122,9 @@ def main() -> None:
                   "| exists main/distractor/absent", split, flush=True)
 
 
-def pull(model, sc, pix, prompts, cfg, class_words: torch.Tensor, weight: float, steps: int, gen) -> None:
-    """More alignment (LM frozen): caption loss + ``weight * (1 - cos)`` of object patches to their class word."""
+def pull(model, sc, pix, prompts, cfg, targets: torch.Tensor, weight: float, background: float, steps: int, gen) -> None:
+    """More alignment (LM frozen): caption loss + ``weight * (1 - cos)`` of object patches to their class word
+    (``targets[:16]``) + ``background * (1 - cos)`` of the other patches to ``targets[16]``."""
     lm = list(model.model.language_model.parameters()) + list(model.lm_head.parameters())
     for p in lm:
         p.requires_grad_(False)
@@ -135,10 +140,13 @@ def pull(model, sc, pix, prompts, cfg, class_words: torch.Tensor, weight: float,
         caption = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), lab[:, 1:].reshape(-1), ignore_index=-100)
         patches = torch.from_numpy(sc.patches[idx])
         named = patches < len(CLASSES)
-        cos = F.cosine_similarity(feats[named], class_words[patches[named]], dim=-1)
-        T._step(opt, sched, caption + weight * (1 - cos).mean(), proj + vision)
+        cosines = F.cosine_similarity(feats, targets[patches], dim=-1)
+        cos = cosines[named]
+        loss = caption + weight * (1 - cos).mean() + background * (1 - cosines[~named]).mean()
+        T._step(opt, sched, loss, proj + vision)
         if (step + 1) % 100 == 0:
-            print(f"pull {step + 1}: caption loss {caption.item():.3f}, cosine to the class word {cos.mean().item():.3f}", flush=True)
+            print(f"pull {step + 1}: caption loss {caption.item():.3f}, cosine to the class word {cos.mean().item():.3f}, "
+                  f"background to <image> {cosines[~named].mean().item():.3f}", flush=True)
     for p in lm:
         p.requires_grad_(True)
 
