@@ -14,12 +14,15 @@ positions:
   embeddings move with training), elsewhere the ``<image>`` token's; ``words-fixed``: the same with the
   embeddings frozen at their values before tuning;
 - ``words-real-empty``: the fixed class words on object patches, the real tokens (word norm) elsewhere;
-- ``real-null-empty``: the real tokens (word norm) on object patches, ``<image>``'s embedding elsewhere.
+- ``real-null-empty``: the real tokens (word norm) on object patches, ``<image>``'s embedding elsewhere;
+  ``real-noise-empty``: the same plus fresh Gaussian noise on the empty patches, at cosine about 0.93 to
+  ``<image>``'s embedding (varied, but carrying nothing).
 
 ``--pull W`` first continues alignment (LM frozen) for ``--pull-steps`` with the caption loss plus
 ``W * (1 - cos)`` between every object patch's token and its class word's embedding, and, with
 ``--pull-background B``, ``B * (1 - cos)`` between every other patch's token and the ``<image>`` token's embedding
-(one shared token for "nothing here").
+(one shared token for "nothing here"); with ``--pull-colour``, the main object's patches are pulled toward the
+sum of its class and colour words' (unit) embeddings instead, so its colour stays on its own patches.
 
     python benchmarks/exists_backgrounds.py --cache runs/c1.align.pt --tokens words --steps 2000
 """
@@ -37,7 +40,7 @@ from headflow.data.default import CLASSES, QUESTION_TYPES
 from headflow.zoo import train as T
 from headflow.zoo.build import build_config, build_processor
 
-TOKENS = ("real", "real-scaled", "words", "words-fixed", "words-real-empty", "real-null-empty")
+TOKENS = ("real", "real-scaled", "words", "words-fixed", "words-real-empty", "real-null-empty", "real-noise-empty")
 
 
 def main() -> None:
@@ -51,6 +54,7 @@ def main() -> None:
     ap.add_argument("--pull", type=float, default=0.0)
     ap.add_argument("--pull-steps", type=int, default=600)
     ap.add_argument("--pull-background", type=float, default=0.0)
+    ap.add_argument("--pull-colour", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     from transformers import LlavaForConditionalGeneration
@@ -69,10 +73,11 @@ def main() -> None:
     fixed = emb.weight.detach().clone()
     word_of_patch = torch.tensor(prompts.class_ids + [prompts.image_token_id])  # patch label -> token id
     word_norm = fixed[prompts.class_ids].norm(dim=-1).mean()
-    gen, rng = torch.Generator().manual_seed(0), np.random.default_rng(0)
+    gen, rng, noise_gen = torch.Generator().manual_seed(0), np.random.default_rng(0), torch.Generator().manual_seed(1)
     if args.pull > 0:
         targets = torch.cat([fixed[prompts.class_ids], fixed[prompts.image_token_id][None]])
-        pull(model, sc, pix, prompts, cfg, targets, args.pull, args.pull_background, args.pull_steps, gen)
+        colours = F.normalize(fixed[prompts.colour_ids], dim=-1) if args.pull_colour else None
+        pull(model, sc, pix, prompts, cfg, targets, args.pull, args.pull_background, args.pull_steps, gen, colours)
 
     def image_positions(idx: np.ndarray) -> torch.Tensor:
         patches = torch.from_numpy(sc.patches[idx])
@@ -91,7 +96,11 @@ def main() -> None:
             return real
         if args.tokens == "words-real-empty":
             return torch.where(objects, words, real)
-        return torch.where(objects, real, fixed[prompts.image_token_id])  # real-null-empty
+        null = fixed[prompts.image_token_id].expand_as(real)
+        if args.tokens == "real-noise-empty":  # noise of norm 0.4x the token's: cosine about 0.93
+            noise = torch.randn(real.shape, generator=noise_gen)
+            null = null + noise / noise.norm(dim=-1, keepdim=True) * null.norm(dim=-1, keepdim=True) * 0.4
+        return torch.where(objects, real, null)  # real-null-empty, real-noise-empty
 
     weights = tuple(float(w) for w in args.weights.split(","))
     opt, sched = T._optimizer([(lm, cfg.instruct_lr)], cfg, args.steps)
@@ -122,9 +131,11 @@ def main() -> None:
                   "| exists main/distractor/absent", split, flush=True)
 
 
-def pull(model, sc, pix, prompts, cfg, targets: torch.Tensor, weight: float, background: float, steps: int, gen) -> None:
+def pull(model, sc, pix, prompts, cfg, targets: torch.Tensor, weight: float, background: float, steps: int, gen,
+         colours: torch.Tensor | None = None) -> None:
     """More alignment (LM frozen): caption loss + ``weight * (1 - cos)`` of object patches to their class word
-    (``targets[:16]``) + ``background * (1 - cos)`` of the other patches to ``targets[16]``."""
+    (``targets[:16]``) + ``background * (1 - cos)`` of the other patches to ``targets[16]``; with ``colours``
+    (unit colour-word embeddings) the main object's patches aim at its unit class word plus its colour word."""
     lm = list(model.model.language_model.parameters()) + list(model.lm_head.parameters())
     for p in lm:
         p.requires_grad_(False)
@@ -140,12 +151,17 @@ def pull(model, sc, pix, prompts, cfg, targets: torch.Tensor, weight: float, bac
         caption = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), lab[:, 1:].reshape(-1), ignore_index=-100)
         patches = torch.from_numpy(sc.patches[idx])
         named = patches < len(CLASSES)
-        cosines = F.cosine_similarity(feats, targets[patches], dim=-1)
+        aim = targets[patches]
+        if colours is not None:
+            pc = torch.from_numpy(sc.patch_colours[idx])
+            on_main = pc < len(colours)
+            aim = torch.where(on_main[..., None], F.normalize(aim, dim=-1) + colours[pc.clamp(max=len(colours) - 1)], aim)
+        cosines = F.cosine_similarity(feats, aim, dim=-1)
         cos = cosines[named]
         loss = caption + weight * (1 - cos).mean() + background * (1 - cosines[~named]).mean()
         T._step(opt, sched, loss, proj + vision)
         if (step + 1) % 100 == 0:
-            print(f"pull {step + 1}: caption loss {caption.item():.3f}, cosine to the class word {cos.mean().item():.3f}, "
+            print(f"pull {step + 1}: caption loss {caption.item():.3f}, object patches to their word(s) {cos.mean().item():.3f}, "
                   f"background to <image> {cosines[~named].mean().item():.3f}", flush=True)
     for p in lm:
         p.requires_grad_(True)
