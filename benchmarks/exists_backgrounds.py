@@ -12,7 +12,8 @@ positions:
   embeddings (the projector's tokens are 14-43 times longer than word embeddings);
 - ``words``: on every patch an object covers, the input embedding of its class word (as it is now; the LM's
   embeddings move with training), elsewhere the ``<image>`` token's; ``words-fixed``: the same with the
-  embeddings frozen at their values before tuning;
+  embeddings frozen at their values before tuning; ``words-colour``: as ``words-fixed``, but the main
+  object's patches hold the sum of its class and colour words' unit embeddings (at the class words' norm);
 - ``words-real-empty``: the fixed class words on object patches, the real tokens (word norm) elsewhere;
 - ``real-null-empty``: the real tokens (word norm) on object patches, ``<image>``'s embedding elsewhere;
   ``real-noise-empty``: the same plus fresh Gaussian noise on the empty patches, at cosine about 0.93 to
@@ -40,7 +41,8 @@ from headflow.data.default import CLASSES, QUESTION_TYPES
 from headflow.zoo import train as T
 from headflow.zoo.build import build_config, build_processor
 
-TOKENS = ("real", "real-scaled", "words", "words-fixed", "words-real-empty", "real-null-empty", "real-noise-empty")
+TOKENS = ("real", "real-scaled", "words", "words-fixed", "words-colour", "words-real-empty", "real-null-empty",
+          "real-noise-empty")
 
 
 def main() -> None:
@@ -73,6 +75,7 @@ def main() -> None:
     fixed = emb.weight.detach().clone()
     word_of_patch = torch.tensor(prompts.class_ids + [prompts.image_token_id])  # patch label -> token id
     word_norm = fixed[prompts.class_ids].norm(dim=-1).mean()
+    colour_of_patch = torch.tensor(prompts.colour_ids + [prompts.image_token_id])  # patch colour -> token id
     gen, rng, noise_gen = torch.Generator().manual_seed(0), np.random.default_rng(0), torch.Generator().manual_seed(1)
     if args.pull > 0:
         targets = torch.cat([fixed[prompts.class_ids], fixed[prompts.image_token_id][None]])
@@ -87,6 +90,11 @@ def main() -> None:
         words = fixed[word_of_patch[patches]]
         if args.tokens == "words-fixed":
             return words
+        if args.tokens == "words-colour":
+            colour = torch.from_numpy(sc.patch_colours[idx])
+            on_main = (colour < len(prompts.colour_ids))[..., None]
+            both = F.normalize(words, dim=-1) + F.normalize(fixed[colour_of_patch[colour]], dim=-1)
+            return torch.where(on_main, F.normalize(both, dim=-1) * word_norm, words)
         with torch.no_grad():
             real = T.image_tokens(model, pix(sc.images[idx]))
         if args.tokens == "real":
