@@ -57,6 +57,7 @@ def main() -> None:
     ap.add_argument("--pull-steps", type=int, default=600)
     ap.add_argument("--pull-background", type=float, default=0.0)
     ap.add_argument("--pull-colour", action="store_true")
+    ap.add_argument("--fresh-lm", action="store_true", help="a randomly initialised LM (no text stage) on the cached vision side")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     from transformers import LlavaForConditionalGeneration
@@ -66,7 +67,10 @@ def main() -> None:
     cfg = T.TrainConfig()
     proc = build_processor(cfg.size, world=2)
     model = LlavaForConditionalGeneration(build_config(proc.tokenizer, cfg.size))
-    model.load_state_dict(torch.load(args.cache, weights_only=False)["state"])
+    state = torch.load(args.cache, weights_only=False)["state"]
+    if args.fresh_lm:  # keep the fresh model's own language model (and head), take the vision side from the cache
+        state = {k: v for k, v in state.items() if "language_model" not in k and "lm_head" not in k}
+    model.load_state_dict(state, strict=not args.fresh_lm)
     prompts, pix = T._Prompts(proc, cfg.size.n_image_tokens), T.Pixels(proc)
     with np.load(args.cache.removesuffix(".pt") + ".data.npz") as z:
         sc = T.Scenes(z["images"], z["attrs"], z["present"], z["captions"].tolist(), z["probes"].tolist(), z["patches"])
