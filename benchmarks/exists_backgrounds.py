@@ -19,6 +19,11 @@ positions:
   ``real-noise-empty``: the same plus fresh Gaussian noise on the empty patches, at cosine about 0.93 to
   ``<image>``'s embedding (varied, but carrying nothing).
 
+``--lm-size HIDDEN,LAYERS,HEADS,KV_HEADS,MLP`` gives the LM another shape: the cache's (a state after alignment
+written with ``train --size``), or with ``--text-stage`` a fresh LM text-pretrained here by the recipe's text
+stage (then only the ``words*`` modes, which need no projector). ``--colour-mix A`` weighs the colour word in
+``words-colour`` (1: as much as the class word).
+
 ``--pull W`` first continues alignment (LM frozen) for ``--pull-steps`` with the caption loss plus
 ``W * (1 - cos)`` between every object patch's token and its class word's embedding, and, with
 ``--pull-background B``, ``B * (1 - cos)`` between every other patch's token and the ``<image>`` token's embedding
@@ -26,11 +31,13 @@ positions:
 sum of its class and colour words' (unit) embeddings instead, so its colour stays on its own patches.
 
     python benchmarks/exists_backgrounds.py --cache runs/c1.align.pt --tokens words --steps 2000
+    python benchmarks/exists_backgrounds.py --cache runs/c1.align.pt --tokens words-colour --lm-size 192,6,8,4,576 --text-stage
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import numpy as np
@@ -58,6 +65,11 @@ def main() -> None:
     ap.add_argument("--pull-background", type=float, default=0.0)
     ap.add_argument("--pull-colour", action="store_true")
     ap.add_argument("--fresh-lm", action="store_true", help="a randomly initialised LM (no text stage) on the cached vision side")
+    ap.add_argument("--colour-mix", type=float, default=1.0, help="words-colour: weight of the colour word in the sum")
+    ap.add_argument("--lm-size", default="", help="HIDDEN,LAYERS,HEADS,KV_HEADS,MLP: the LM's shape (the cache's, or with "
+                    "--text-stage a fresh one)")
+    ap.add_argument("--text-stage", action="store_true", help="a fresh LM, text-pretrained here by the recipe's text stage "
+                    "(only with --tokens words*: the cache's projector does not fit another LM)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     from transformers import LlavaForConditionalGeneration
@@ -65,15 +77,27 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cfg = T.TrainConfig()
+    if args.text_stage and (not args.tokens.startswith("words") or args.tokens == "words-real-empty"):
+        ap.error("--text-stage needs --tokens words, words-fixed or words-colour")
+    if args.lm_size:
+        h, n, heads, kv, mlp = (int(v) for v in args.lm_size.split(","))
+        cfg = dataclasses.replace(cfg, size=dataclasses.replace(cfg.size, text_hidden=h, text_layers=n, text_heads=heads,
+                                                                text_kv_heads=kv, text_mlp=mlp))
     proc = build_processor(cfg.size, world=2)
     model = LlavaForConditionalGeneration(build_config(proc.tokenizer, cfg.size))
-    state = torch.load(args.cache, weights_only=False)["state"]
-    if args.fresh_lm:  # keep the fresh model's own language model (and head), take the vision side from the cache
-        state = {k: v for k, v in state.items() if "language_model" not in k and "lm_head" not in k}
-    model.load_state_dict(state, strict=not args.fresh_lm)
+    if not args.text_stage:
+        state = torch.load(args.cache, weights_only=False)["state"]
+        if args.fresh_lm:  # keep the fresh model's own language model (and head), take the vision side from the cache
+            state = {k: v for k, v in state.items() if "language_model" not in k and "lm_head" not in k}
+        model.load_state_dict(state, strict=not args.fresh_lm)
     prompts, pix = T._Prompts(proc, cfg.size.n_image_tokens), T.Pixels(proc)
     with np.load(args.cache.removesuffix(".pt") + ".data.npz") as z:
         sc = T.Scenes(z["images"], z["attrs"], z["present"], z["captions"].tolist(), z["probes"].tolist(), z["patches"])
+    if args.text_stage:
+        t0 = time.time()
+        loss = T._stage_text(model, sc, prompts, cfg, torch.Generator().manual_seed(0), np.random.default_rng(0))
+        n_lm = sum(p.numel() for p in model.model.language_model.parameters())
+        print(f"text stage ({n_lm / 1e6:.2f} M LM parameters): loss {loss:.4f}, {time.time() - t0:.0f}s", flush=True)
     lm = list(model.model.language_model.parameters()) + list(model.lm_head.parameters())
     emb = model.get_input_embeddings()
     fixed = emb.weight.detach().clone()
@@ -97,7 +121,7 @@ def main() -> None:
         if args.tokens == "words-colour":
             colour = torch.from_numpy(sc.patch_colours[idx])
             on_main = (colour < len(prompts.colour_ids))[..., None]
-            both = F.normalize(words, dim=-1) + F.normalize(fixed[colour_of_patch[colour]], dim=-1)
+            both = F.normalize(words, dim=-1) + args.colour_mix * F.normalize(fixed[colour_of_patch[colour]], dim=-1)
             return torch.where(on_main, F.normalize(both, dim=-1) * word_norm, words)
         with torch.no_grad():
             real = T.image_tokens(model, pix(sc.images[idx]))

@@ -88,6 +88,44 @@ def test_quick_training_runs_every_stage_saves_a_loadable_model_and_measures_eve
 
 
 
+@pytest.mark.slow
+def test_vision_cache_serves_a_language_model_of_another_size(tmp_path, capsys) -> None:
+    """Stage 0 trains the tower only, so its cache is reused (not retrained) under ``--size text_hidden=...``."""
+    from transformers import LlavaForConditionalGeneration
+
+    from headflow.zoo.train import main
+
+    cache = tmp_path / "vision.pt"
+    quick = ["--quick", "--no-measure", "--vision-cache", str(cache), "--vision-steps", "2", "--text-steps", "2",
+             "--align-steps", "2", "--instruct-steps", "2", "--n-train", "64"]
+    main(["--out", str(tmp_path / "a"), *quick])
+    tower = {k: v for k, v in torch.load(cache, weights_only=False)["state"].items() if "vision_tower" in k}
+    main(["--out", str(tmp_path / "b"), *quick, "--size", "text_hidden=64,text_mlp=96", "--align-lr", "0", "--instruct-lr", "0"])
+    b = json.loads((tmp_path / "b" / "training.json").read_text())
+    a = json.loads((tmp_path / "a" / "training.json").read_text())
+    assert b["config"]["size"]["text_hidden"] == 64 and b["seconds"]["vision"] == a["seconds"]["vision"]  # from the cache
+    model = LlavaForConditionalGeneration.from_pretrained(tmp_path / "b")
+    assert model.config.text_config.hidden_size == 64 and model.config.text_config.intermediate_size == 96
+    state = model.state_dict()
+    for k, v in tower.items():  # learning rates 0 after stage 0: the tower is the cached one
+        torch.testing.assert_close(state[k], v)
+    with pytest.raises(SystemExit) as err:  # a tower of another size: one line, exit 2
+        main(["--out", str(tmp_path / "c"), *quick, "--size", "vision_hidden=64"])
+    assert err.value.code == 2
+    assert f"--vision-cache {cache} holds no vision tower of this model's size" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("size", ["text_hidden=100", "text_width=64", "text_hidden=0", "image_size=64", "text_hidden"])
+def test_train_cli_rejects_bad_size(capsys, size) -> None:
+    from headflow.zoo.train import main
+
+    with pytest.raises(SystemExit) as err:
+        main(["--out", "unused", "--size", size])
+    assert err.value.code == 2
+    msg = capsys.readouterr().err.strip().splitlines()[-1]
+    assert msg.startswith("python -m headflow.zoo.train: error: --size") and ("must be a multiple" in msg or repr(size) in msg)
+
+
 def test_train_cli_rejects_negative_seed(capsys) -> None:
     from headflow.zoo.train import main
 

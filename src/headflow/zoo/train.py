@@ -36,7 +36,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from multiprocessing import Pool
 from pathlib import Path
 
@@ -49,6 +49,7 @@ from headflow.data.default import (
     CLASSES, COLOURS, COUNTS, PHRASINGS, POSITIONS, QUESTION_TYPES, SIZES, TRAIN_STREAM, ANSWER_WORDS, caption,
     render_scene,
 )
+from headflow.errors import HeadflowError
 from headflow.zoo.build import QUESTIONS, ModelSize, build_config, build_processor
 from headflow.zoo.diagnostics import STATE_KWARG, FlowControl, flow_control
 
@@ -1015,7 +1016,13 @@ def train(out: str | Path, cfg: TrainConfig = TrainConfig(), measure_after: bool
     else:
         if vision_cache is not None and Path(vision_cache).is_file():
             saved = torch.load(vision_cache, weights_only=False)
-            model.load_state_dict(saved["state"])
+            # the tower only: stage 0 trains nothing else, so a cache serves any language-model size
+            tower, own = {k: v for k, v in saved["state"].items() if ".vision_tower." in f".{k}"}, model.state_dict()
+            other = next((k for k, v in tower.items() if k not in own or own[k].shape != v.shape), None)
+            if other is not None or not tower:
+                raise HeadflowError(f"--vision-cache {vision_cache} holds no vision tower of this model's size "
+                                    f"({other or 'no tower at all'}); pass the --size it was written with, or another file.")
+            model.load_state_dict(tower, strict=False)
             gen.set_state(saved["gen"])
             rng.bit_generator.state = saved["rng"]
             acc_vision, seconds["vision"] = saved["acc_vision"], saved["seconds_vision"]
@@ -1086,6 +1093,24 @@ def _parse_weights(parser: argparse.ArgumentParser, text: str, default: tuple[fl
     return tuple(weights.values())
 
 
+def _parse_size(parser: argparse.ArgumentParser, text: str, size: ModelSize) -> ModelSize:
+    """``"text_hidden=192,text_mlp=576"`` -> ``size`` with those fields replaced (positive ints; heads divide widths)."""
+    names = {f.name for f in fields(ModelSize)} - {"image_size", "patch_size"}  # the world fixes the image
+    changes = {}
+    for part in text.split(","):
+        name, _, value = part.partition("=")
+        name = name.strip().replace("-", "_")
+        if name not in names or not value.strip().isdigit() or int(value) < 1:
+            parser.error(f"--size takes FIELD=N pairs with FIELD in {', '.join(sorted(names))} and N a positive int. "
+                         f"Got {part!r} instead.")
+        changes[name] = int(value)
+    new = replace(size, **changes)
+    for width, heads in (("text_hidden", "text_heads"), ("vision_hidden", "vision_heads"), ("text_heads", "text_kv_heads")):
+        if getattr(new, width) % getattr(new, heads):
+            parser.error(f"--size: {width} ({getattr(new, width)}) must be a multiple of {heads} ({getattr(new, heads)}).")
+    return new
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command line: ``python -m headflow.zoo.train --out DIR [--seed S] [--quick] [--no-measure] [--<knob> V]``."""
     parser = argparse.ArgumentParser(prog="python -m headflow.zoo.train", description=__doc__.split("\n")[0])
@@ -1099,6 +1124,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.add_argument("--" + knob.replace("_", "-"), type=int, default=None, help=f"override {knob} ({least} or more)")
     for knob in _FLOAT_KNOBS:
         parser.add_argument("--" + knob.replace("_", "-"), type=float, default=None, help=f"override {knob}")
+    parser.add_argument("--size", default=None, metavar="FIELD=N,...",
+                        help="model size fields (ModelSize), e.g. text_hidden=192,text_mlp=576 (others keep the default)")
     parser.add_argument("--question-weights", default=None, metavar="TYPE=W,...",
                         help="instruction-tuning sampling weight per question type, e.g. class=2,exists=2 (others keep the default)")
     args = parser.parse_args(argv)
@@ -1118,10 +1145,15 @@ def main(argv: list[str] | None = None) -> None:
     cfg = replace(cfg, seed=args.seed)
     if args.question_weights is not None:
         cfg = replace(cfg, question_weights=_parse_weights(parser, args.question_weights, cfg.question_weights))
+    if args.size is not None:
+        cfg = replace(cfg, size=_parse_size(parser, args.size, cfg.size))
     for name in (*_INT_KNOBS, *_FLOAT_KNOBS):
         if getattr(args, name) is not None:
             cfg = replace(cfg, **{name: getattr(args, name)})
-    summary = train(args.out, cfg, measure_after=not args.no_measure, cache=args.cache, vision_cache=args.vision_cache)
+    try:
+        summary = train(args.out, cfg, measure_after=not args.no_measure, cache=args.cache, vision_cache=args.vision_cache)
+    except HeadflowError as err:
+        parser.error(str(err))
     shown = {k: summary[k] for k in ("seconds", "train_accuracy")}
     if "heldout" in summary:
         shown["heldout"] = {k: v for k, v in summary["heldout"].items() if k not in ("single_head_logit_drop", "image_mass_per_head")}
