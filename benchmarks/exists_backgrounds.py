@@ -15,6 +15,8 @@ positions:
   embeddings frozen at their values before tuning; ``words-colour``: as ``words-fixed``, but the main
   object's patches hold the sum of its class and colour words' unit embeddings (at the class words' norm);
 - ``words-real-empty``: the fixed class words on object patches, the real tokens (word norm) elsewhere;
+  ``words-real-erased``: the same with 16 class directions projected out of the other patches' tokens (per
+  class, the mean background token of scenes holding it minus of scenes without it; 2,000 scenes);
 - ``real-null-empty``: the real tokens (word norm) on object patches, ``<image>``'s embedding elsewhere;
   ``real-noise-empty``: the same plus fresh Gaussian noise on the empty patches, at cosine about 0.93 to
   ``<image>``'s embedding (varied, but carrying nothing).
@@ -48,8 +50,8 @@ from headflow.data.default import CLASSES, QUESTION_TYPES
 from headflow.zoo import train as T
 from headflow.zoo.build import build_config, build_processor
 
-TOKENS = ("real", "real-scaled", "words", "words-fixed", "words-colour", "words-real-empty", "real-null-empty",
-          "real-noise-empty")
+TOKENS = ("real", "real-scaled", "words", "words-fixed", "words-colour", "words-real-empty", "words-real-erased",
+          "real-null-empty", "real-noise-empty")
 
 
 def main() -> None:
@@ -110,6 +112,18 @@ def main() -> None:
         colours = F.normalize(fixed[prompts.colour_ids], dim=-1) if args.pull_colour else None
         pull(model, sc, pix, prompts, cfg, targets, args.pull, args.pull_background, args.pull_steps, gen, colours)
 
+    erase = None
+    if args.tokens == "words-real-erased":  # the background's class directions: present-minus-absent means, per class
+        with torch.no_grad():
+            idx = np.arange(2000)
+            real = torch.cat([T.image_tokens(model, pix(sc.images[i:i + 200])) for i in range(0, 2000, 200)])
+        real = real / real.norm(dim=-1, keepdim=True) * word_norm
+        bg = torch.from_numpy(sc.patches[idx] == len(CLASSES))
+        mean_bg = (real * bg[..., None]).sum(1) / bg.sum(1, keepdim=True).clamp(min=1)
+        has = torch.from_numpy(sc.present[idx])
+        dirs = torch.stack([mean_bg[has[:, c]].mean(0) - mean_bg[~has[:, c]].mean(0) for c in range(len(CLASSES))], 1)
+        erase = torch.linalg.qr(dirs).Q  # (D, 16) orthonormal
+
     def image_positions(idx: np.ndarray) -> torch.Tensor:
         patches = torch.from_numpy(sc.patches[idx])
         objects = (patches < len(CLASSES))[..., None]
@@ -132,6 +146,9 @@ def main() -> None:
             return real
         if args.tokens == "words-real-empty":
             return torch.where(objects, words, real)
+        if args.tokens == "words-real-erased":
+            kept = real - (real @ erase) @ erase.T
+            return torch.where(objects, words, kept / kept.norm(dim=-1, keepdim=True) * word_norm)
         null = fixed[prompts.image_token_id].expand_as(real)
         if args.tokens == "real-noise-empty":  # noise of norm 0.4x the token's: cosine about 0.93
             noise = torch.randn(real.shape, generator=noise_gen)
