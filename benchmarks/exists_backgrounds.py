@@ -79,10 +79,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cfg = T.TrainConfig()
-    if args.text_stage and (not args.tokens.startswith("words") or args.tokens == "words-real-empty"):
-        ap.error("--text-stage needs --tokens words, words-fixed or words-colour")
+    if args.text_stage and args.tokens not in ("words", "words-fixed", "words-colour"):
+        ap.error(f"--text-stage needs --tokens words, words-fixed or words-colour. Got {args.tokens!r} instead.")
     if args.lm_size:
-        h, n, heads, kv, mlp = (int(v) for v in args.lm_size.split(","))
+        parts = args.lm_size.split(",")
+        if len(parts) != 5 or not all(p.isdigit() and int(p) > 0 for p in parts):
+            ap.error(f"--lm-size takes five positive ints HIDDEN,LAYERS,HEADS,KV_HEADS,MLP. Got {args.lm_size!r} instead.")
+        h, n, heads, kv, mlp = (int(v) for v in parts)
         cfg = dataclasses.replace(cfg, size=dataclasses.replace(cfg.size, text_hidden=h, text_layers=n, text_heads=heads,
                                                                 text_kv_heads=kv, text_mlp=mlp))
     proc = build_processor(cfg.size, world=2)
