@@ -19,7 +19,10 @@ positions:
   class, the mean background token of scenes holding it minus of scenes without it; 2,000 scenes);
 - ``real-null-empty``: the real tokens (word norm) on object patches, ``<image>``'s embedding elsewhere;
   ``real-noise-empty``: the same plus fresh Gaussian noise on the empty patches, at cosine about 0.93 to
-  ``<image>``'s embedding (varied, but carrying nothing).
+  ``<image>``'s embedding (varied, but carrying nothing);
+- ``real-presence``: an oracle, the real tokens (word norm) plus, on every token, the scene's class set: the sum
+  of the present classes' unit word embeddings, normalised, at ``--presence-mix`` word norms (0.5: cosine about
+  0.45 to each token). Whether the LM learns ``exists`` when every token says which classes the scene holds.
 
 ``--lm-size HIDDEN,LAYERS,HEADS,KV_HEADS,MLP`` gives the LM another shape: the cache's (a state after alignment
 written with ``train --size``), or with ``--text-stage`` a fresh LM text-pretrained here by the recipe's text
@@ -30,10 +33,18 @@ stage (then only the ``words*`` modes, which need no projector). ``--colour-mix 
 ``W * (1 - cos)`` between every object patch's token and its class word's embedding, and, with
 ``--pull-background B``, ``B * (1 - cos)`` between every other patch's token and the ``<image>`` token's embedding
 (one shared token for "nothing here"); with ``--pull-colour``, the main object's patches are pulled toward the
-sum of its class and colour words' (unit) embeddings instead, so its colour stays on its own patches.
+sum of its class and colour words' (unit) embeddings instead, so its colour stays on its own patches;
+``--pull-presence W`` adds ``W * (1 - cos)`` between the mean image token and the scene's class set (as in
+``real-presence``), or, with ``--presence-per-token``, between every token and it.
+
+``--describe P`` makes a fraction ``P`` of the rows ``Describe the image.`` -> the caption (loss on the caption;
+token accuracy printed), as LLaVA mixes descriptions into instruction tuning. Before tuning, the script prints how
+well the LM's input tells a distractor's presence: AUC of the image tokens' cosine to its class word (max and mean
+over the tokens; distractor classes against absent ones, 512 scenes).
 
     python benchmarks/exists_backgrounds.py --cache runs/c1.align.pt --tokens words --steps 2000
     python benchmarks/exists_backgrounds.py --cache runs/c1.align.pt --tokens words-colour --lm-size 192,6,8,4,576 --text-stage
+    python benchmarks/exists_backgrounds.py --cache runs/c1.align.pt --tokens real-presence
 """
 
 from __future__ import annotations
@@ -51,7 +62,7 @@ from headflow.zoo import train as T
 from headflow.zoo.build import build_config, build_processor
 
 TOKENS = ("real", "real-scaled", "words", "words-fixed", "words-colour", "words-real-empty", "words-real-erased",
-          "real-null-empty", "real-noise-empty")
+          "real-null-empty", "real-noise-empty", "real-presence")
 
 
 def main() -> None:
@@ -66,12 +77,18 @@ def main() -> None:
     ap.add_argument("--pull-steps", type=int, default=600)
     ap.add_argument("--pull-background", type=float, default=0.0)
     ap.add_argument("--pull-colour", action="store_true")
+    ap.add_argument("--pull-presence", type=float, default=0.0, help="pull the mean image token toward the sum of the "
+                    "present classes' unit word embeddings (the scene's class set, carried by every token on average)")
     ap.add_argument("--fresh-lm", action="store_true", help="a randomly initialised LM (no text stage) on the cached vision side")
     ap.add_argument("--colour-mix", type=float, default=1.0, help="words-colour: weight of the colour word in the sum")
     ap.add_argument("--lm-size", default="", help="HIDDEN,LAYERS,HEADS,KV_HEADS,MLP: the LM's shape (the cache's, or with "
                     "--text-stage a fresh one)")
     ap.add_argument("--text-stage", action="store_true", help="a fresh LM, text-pretrained here by the recipe's text stage "
                     "(only with --tokens words*: the cache's projector does not fit another LM)")
+    ap.add_argument("--describe", type=float, default=0.0, help="fraction of rows that are 'Describe the image.' -> caption "
+                    "(loss on the caption), as LLaVA mixes descriptions into instruction tuning")
+    ap.add_argument("--presence-per-token", action="store_true", help="--pull-presence on every token, not their mean")
+    ap.add_argument("--presence-mix", type=float, default=0.5, help="real-presence: norm of the added class set, in word norms")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     from transformers import LlavaForConditionalGeneration
@@ -110,10 +127,11 @@ def main() -> None:
     word_norm = fixed[prompts.class_ids].norm(dim=-1).mean()
     colour_of_patch = torch.tensor(prompts.colour_ids + [prompts.image_token_id])  # patch colour -> token id
     gen, rng, noise_gen = torch.Generator().manual_seed(0), np.random.default_rng(0), torch.Generator().manual_seed(1)
-    if args.pull > 0:
+    if args.pull > 0 or args.pull_presence > 0:
         targets = torch.cat([fixed[prompts.class_ids], fixed[prompts.image_token_id][None]])
         colours = F.normalize(fixed[prompts.colour_ids], dim=-1) if args.pull_colour else None
-        pull(model, sc, pix, prompts, cfg, targets, args.pull, args.pull_background, args.pull_steps, gen, colours)
+        pull(model, sc, pix, prompts, cfg, targets, args.pull, args.pull_background, args.pull_steps, gen, colours,
+             args.pull_presence, args.presence_per_token)
 
     erase = None
     if args.tokens == "words-real-erased":  # the background's class directions: present-minus-absent means, per class
@@ -147,6 +165,9 @@ def main() -> None:
         real = real / real.norm(dim=-1, keepdim=True) * word_norm
         if args.tokens == "real-scaled":
             return real
+        if args.tokens == "real-presence":  # oracle: the scene's class set added to every token
+            present = torch.from_numpy(sc.present[idx]).float() @ F.normalize(fixed[prompts.class_ids], dim=-1)
+            return real + F.normalize(present, dim=-1)[:, None] * word_norm * args.presence_mix
         if args.tokens == "words-real-empty":
             return torch.where(objects, words, real)
         if args.tokens == "words-real-erased":
@@ -158,24 +179,53 @@ def main() -> None:
             null = null + noise / noise.norm(dim=-1, keepdim=True) * null.norm(dim=-1, keepdim=True) * 0.4
         return torch.where(objects, real, null)  # real-null-empty, real-noise-empty
 
+    noise_state = noise_gen.get_state()  # the diagnostic leaves the tuning's noise draws as they were
+    with torch.no_grad():  # what the LM's input says about a distractor's presence before any tuning
+        idx = np.arange(512)
+        toks = torch.cat([image_positions(idx[i:i + 128]) for i in range(0, len(idx), 128)])
+        cos = F.normalize(toks, dim=-1) @ F.normalize(fixed[prompts.class_ids], dim=-1).T  # (N, T, 16)
+        present = torch.from_numpy(sc.present[idx])
+        not_main = torch.ones_like(present)
+        not_main[torch.arange(len(idx)), torch.from_numpy(sc.attrs[idx, 0]).long()] = False
+        print("a distractor's presence from the image tokens' cosine to its class word, AUC (vs absent classes): "
+              + ", ".join(f"{name} {_auc(agg[not_main], present[not_main]):.3f}"
+                          for name, agg in (("max over tokens", cos.max(1).values), ("mean over tokens", cos.mean(1)))),
+              flush=True)
+    noise_gen.set_state(noise_state)
+
     weights = tuple(float(w) for w in args.weights.split(","))
     opt, sched = T._optimizer([(lm, cfg.instruct_lr)], cfg, args.steps)
     model.train()
     hits: dict[str, list[float]] = {t: [] for t in QUESTION_TYPES}
     kinds: list[tuple[str, float]] = []
+    caption_hits: list[float] = []
     t0 = time.time()
     for step in range(args.steps):
         idx = torch.randint(len(sc.images), (cfg.instruct_batch,), generator=gen).numpy()
         qs = T._sample_questions(sc, idx, rng, weights=weights, distractor_probes=args.distractor_probes)
-        ids, att, lab = T._pad([prompts.ids[t, p, x] + [prompts.word_id[a], prompts.eos] for t, p, x, a in qs],
-                               [2] * len(qs), prompts.pad)
+        describe = rng.random(len(qs)) < args.describe if args.describe > 0 else np.zeros(len(qs), bool)
+        seqs, n_loss = [], []
+        for r, ((t, p, x, a), i) in enumerate(zip(qs, idx.tolist())):
+            if describe[r]:
+                cap = prompts.caption_ids(sc.captions[i]) + [prompts.eos]
+                seqs.append(prompts.align_ids + cap)
+                n_loss.append(len(cap))
+            else:
+                seqs.append(prompts.ids[t, p, x] + [prompts.word_id[a], prompts.eos])
+                n_loss.append(2)
+        ids, att, lab = T._pad(seqs, n_loss, prompts.pad)
         logits = model(inputs_embeds=T.merged_input(model, ids, image_positions(idx)), attention_mask=att).logits[:, :-1]
         target = lab[:, 1:]
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100)
         T._step(opt, sched, loss, lm)
+        if describe.any():
+            keep = (target != -100) & torch.from_numpy(describe)[:, None]
+            caption_hits.append(float((logits.argmax(-1)[keep] == target[keep]).float().mean()))
         first = (target != -100).float().argmax(1)
         ok = (logits[torch.arange(len(idx)), first].argmax(-1) == target[torch.arange(len(idx)), first]).tolist()
-        for (t, _, probe, answer), o, i in zip(qs, ok, idx):
+        for (t, _, probe, answer), o, i, d in zip(qs, ok, idx, describe):
+            if d:
+                continue
             hits[t].append(float(o))
             if t == "exists":
                 main_ = sc.attrs[i, 0] == CLASSES.index(probe)
@@ -184,11 +234,18 @@ def main() -> None:
             last = kinds[-300:]
             split = " ".join(f"{np.mean([o for k, o in last if k == n]):.2f}" for n in ("main", "distractor", "absent"))
             print(step + 1, f"{time.time() - t0:.0f}s", " ".join(f"{t[:4]} {np.mean(h[-200:]):.2f}" for t, h in hits.items() if h),
-                  "| exists main/distractor/absent", split, flush=True)
+                  "| exists main/distractor/absent", split,
+                  f"| caption tokens {np.mean(caption_hits[-100:]):.2f}" if caption_hits else "", flush=True)
+
+
+def _auc(score: torch.Tensor, label: torch.Tensor) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(label.numpy(), score.numpy()))
 
 
 def pull(model, sc, pix, prompts, cfg, targets: torch.Tensor, weight: float, background: float, steps: int, gen,
-         colours: torch.Tensor | None = None) -> None:
+         colours: torch.Tensor | None = None, presence: float = 0.0, per_token: bool = False) -> None:
     """More alignment (LM frozen): caption loss + ``weight * (1 - cos)`` of object patches to their class word
     (``targets[:16]``) + ``background * (1 - cos)`` of the other patches to ``targets[16]``; with ``colours``
     (unit colour-word embeddings) the main object's patches aim at its unit class word plus its colour word."""
@@ -215,10 +272,16 @@ def pull(model, sc, pix, prompts, cfg, targets: torch.Tensor, weight: float, bac
         cosines = F.cosine_similarity(feats, aim, dim=-1)
         cos = cosines[named]
         loss = caption + weight * (1 - cos).mean() + background * (1 - cosines[~named]).mean()
+        if presence > 0:
+            class_set = torch.from_numpy(sc.present[idx]).float() @ F.normalize(targets[:len(CLASSES)], dim=-1)
+            set_cos = (F.cosine_similarity(feats, class_set[:, None], dim=-1).mean(1) if per_token
+                       else F.cosine_similarity(feats.mean(1), class_set, dim=-1))
+            loss = loss + presence * (1 - set_cos).mean()
         T._step(opt, sched, loss, proj + vision)
         if (step + 1) % 100 == 0:
             print(f"pull {step + 1}: caption loss {caption.item():.3f}, object patches to their word(s) {cos.mean().item():.3f}, "
-                  f"background to <image> {cosines[~named].mean().item():.3f}", flush=True)
+                  f"background to <image> {cosines[~named].mean().item():.3f}"
+                  + (f", mean token to the class set {set_cos.mean().item():.3f}" if presence > 0 else ""), flush=True)
     for p in lm:
         p.requires_grad_(True)
 

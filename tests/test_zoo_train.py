@@ -60,7 +60,7 @@ def test_quick_training_runs_every_stage_saves_a_loadable_model_and_measures_eve
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
     res = subprocess.run(
         [sys.executable, "-m", "headflow.zoo.train", "--out", str(out), "--quick", "--question-weights", "size=1,count=1,exists=4",
-         "--instruct-exists-steps", "2", "--vision-patch-weight", "1", "--align-word-weight", "0.5",
+         "--instruct-exists-steps", "2", "--vision-patch-weight", "1", "--vision-token-presence", "0.5", "--align-word-weight", "0.5",
          "--instruct-lm-lr-scale", "0.5"],
         capture_output=True, text=True, timeout=170, env=env,
     )
@@ -79,6 +79,9 @@ def test_quick_training_runs_every_stage_saves_a_loadable_model_and_measures_eve
     vision = summary["train_accuracy"]["vision"]
     assert 0.0 <= vision["patch"] <= 1.0 and 0.0 <= vision["distractor"] <= 1.0  # the per-patch head ran
     assert "a linear head on every patch token" in card and "on distractors'" in card
+    assert summary["config"]["vision_token_presence"] == 0.5 and 0.0 <= vision["token_present"] <= 1.0  # it ran
+    assert "a presence head on every patch token alone (which classes the scene holds; x 0.5)" in card
+    assert "every token's presence head all 16 right" in card
     assert summary["config"]["align_word_weight"] == 0.5 and "x 0.5 a word-likeness loss" in card
     assert summary["config"]["instruct_lm_lr_scale"] == 0.5 and "(vision x 0.3, language model x 0.5)" in card
     model, processor = _check_loadable(out)

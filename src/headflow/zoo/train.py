@@ -9,7 +9,9 @@ vision tricks):
    tower with one attention-pooled linear head per fact (a learned query over the patch tokens, as an LM
    head reads them): main class, colour, size, position, object count and which classes are present;
    optionally (``vision_patch_weight`` > 0; 0 in the shipped recipe) a linear head on every patch token naming
-   the class of the object that covers the patch, or none (targets from the pixel masks, :func:`patch_labels`).
+   the class of the object that covers the patch, or none (targets from the pixel masks, :func:`patch_labels`);
+   optionally (``vision_token_presence`` > 0; 0 shipped) a presence head on every patch token alone (which
+   classes the scene holds), so each token carries the scene's class set.
 1. **Language-model pretraining** on text alone: the world's captions and its questions followed by
    their answers (no image), loss on the answer (``text_answer_only``). The first ``text_exists_steps``
    steps (0 in the shipped recipe) teach ``exists`` alone: matching the question's class word against the
@@ -107,6 +109,11 @@ class TrainConfig:
     vision_patch_weight: float = 0.0  # weight of the per-patch class loss in vision pretraining (0: no patch head,
     # the shipped recipe; 1 trained the tower far better, but C4's verdict differed between its runs, as it does
     # between seeds of the shipped recipe: README "Retraining", issue 16)
+    # weight of a presence loss on every patch token in vision pretraining: one linear head (shared) reads, from each
+    # token alone, which of the 16 classes the scene holds (0, the shipped recipe). A stand-in for the global image
+    # content that CLIP's patch tokens carry; issue 16 measured that an LM learns `exists` when every token holds
+    # the scene's class set (README "Retraining")
+    vision_token_presence: float = 0.0
     instruct_exists_steps: int = 0  # steps of instruction tuning (counted in instruct_steps) on `exists` alone, first
     # In instruction tuning, the chance that a present `exists` probe is one of the distractors where the scene has
     # any (0, the shipped recipe: uniform over the present objects, as the world draws it, so the main object is
@@ -465,10 +472,13 @@ def _stage_vision(model, sc: Scenes, pix, cfg: TrainConfig, gen: torch.Generator
     # images; with it 65 %, and the count head went from 94 % to 99 %: issue 16)
     dense = (torch.nn.Sequential(torch.nn.LayerNorm(hidden), torch.nn.Linear(hidden, len(CLASSES) + 1))
              if cfg.vision_patch_weight > 0 else torch.nn.Sequential())
-    params = list(vt.parameters()) + list(head.parameters()) + list(dense.parameters())
+    every = (torch.nn.Sequential(torch.nn.LayerNorm(hidden), torch.nn.Linear(hidden, len(CLASSES)))
+             if cfg.vision_token_presence > 0 else torch.nn.Sequential())
+    params = list(vt.parameters()) + list(head.parameters()) + list(dense.parameters()) + list(every.parameters())
     opt, sched = _optimizer([(params, cfg.vision_lr)], cfg, cfg.vision_steps)
     vt.train()
-    hits: dict[str, list[float]] = {name: [] for name, _ in _HEADS + (("present", 0), ("patch", 0), ("distractor", 0))}
+    hits: dict[str, list[float]] = {name: [] for name, _ in _HEADS + (("present", 0), ("patch", 0), ("distractor", 0),
+                                                                    ("token_present", 0))}
     bar = tqdm(range(cfg.vision_steps), desc="0 vision", mininterval=10)
     for _ in bar:
         idx = torch.randint(len(sc.images), (cfg.vision_batch,), generator=gen).numpy()
@@ -484,6 +494,11 @@ def _stage_vision(model, sc: Scenes, pix, cfg: TrainConfig, gen: torch.Generator
         present = torch.from_numpy(sc.present[idx])
         loss = loss + F.binary_cross_entropy_with_logits(out[:, start:], present.float()) * len(CLASSES) / 4
         hits["present"].append(float(((out[:, start:] > 0) == present).all(-1).float().mean()))  # every class right
+        if cfg.vision_token_presence > 0:  # every token alone says which classes the scene holds
+            per_token = every(tokens)
+            target = present.float()[:, None].expand_as(per_token)
+            loss = loss + F.binary_cross_entropy_with_logits(per_token, target) * len(CLASSES) / 4 * cfg.vision_token_presence
+            hits["token_present"].append(float(((per_token > 0) == target.bool()).all(-1).float().mean()))  # all 16, per token
         if cfg.vision_patch_weight > 0:
             target = torch.from_numpy(sc.patches[idx])
             patch_logits = dense(tokens)
@@ -891,6 +906,8 @@ def model_card(summary: dict) -> str:
         f"presence of each class)"
         + (f" and a linear head on every patch token (the class of the object covering it, or none; x {cfg['vision_patch_weight']})"
            if cfg.get("vision_patch_weight") else "")
+        + (f" and a presence head on every patch token alone (which classes the scene holds; x {cfg['vision_token_presence']})"
+           if cfg.get("vision_token_presence") else "")
         + f"; {cfg['vision_steps']} steps x {cfg['vision_batch']}, lr {cfg['vision_lr']}.",
         f"1. LM pretraining on text alone (captions; questions followed by their answers), loss on "
         f"{'the answer' if cfg['text_answer_only'] else 'every token'}: {cfg['text_steps']} steps x {cfg['text_batch']}, lr {cfg['text_lr']}"
@@ -916,6 +933,8 @@ def model_card(summary: dict) -> str:
         + (f", presence of all {len(CLASSES)} classes right {pct(acc['vision']['present'])}" if "present" in acc["vision"] else "")
         + (f", patch head on object patches {pct(acc['vision']['patch'])}" if "patch" in acc["vision"] else "")
         + (f" (on distractors' {pct(acc['vision']['distractor'])})" if "distractor" in acc["vision"] else "")
+        + (f", every token's presence head all {len(CLASSES)} right {pct(acc['vision']['token_present'])}"
+           if "token_present" in acc["vision"] else "")
         + f"; alignment caption tokens {pct(acc['align_caption_tokens'])}; "
         "instruction " + ", ".join(f"{t} {pct(v)}" for t, v in acc["instruct"].items()) + ".",
     ]
@@ -1073,7 +1092,7 @@ def train(out: str | Path, cfg: TrainConfig = TrainConfig(), measure_after: bool
 #: integer knobs and their smallest value
 _INT_KNOBS = {"vision_steps": 1, "text_steps": 1, "align_steps": 1, "instruct_steps": 1, "n_train": 1,
               "text_exists_steps": 0, "instruct_exists_steps": 0}
-_FLOAT_KNOBS = ("vision_class_weight", "vision_patch_weight", "align_word_weight", "instruct_distractor_probes",
+_FLOAT_KNOBS = ("vision_class_weight", "vision_patch_weight", "vision_token_presence", "align_word_weight", "instruct_distractor_probes",
                 "instruct_lm_lr_scale", "image_attention_l1", "instruct_lr", "align_lr", "text_lr", "vision_lr")
 
 
