@@ -11,7 +11,7 @@ For every hidden state of the tower (0: the patch embeddings; the last: what the
   regression fit on half the patches of the first 1,500 scenes, scored on the other 500): on any object's
   patches, on a distractor's, and how often a background patch is called an object.
 
-    python benchmarks/vision_layers.py --cache runs/w192.align.pt --lm-size 192,6,8,4,576
+    python benchmarks/vision_layers.py --cache runs/w192.align.pt --size text_hidden=192,text_mlp=576
 """
 
 from __future__ import annotations
@@ -32,20 +32,15 @@ from headflow.zoo.build import build_config, build_processor
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cache", required=True, help="state after alignment (train --cache FILE)")
-    ap.add_argument("--lm-size", default="", help="HIDDEN,LAYERS,HEADS,KV_HEADS,MLP of the cache's LM (train --size)")
+    ap.add_argument("--size", default="", metavar="FIELD=N,...", help="the --size the cache was written with (train --size)")
     ap.add_argument("--scenes", type=int, default=2000)
     args = ap.parse_args()
     from transformers import LlavaForConditionalGeneration
 
     torch.set_num_threads(2)
     cfg = T.TrainConfig()
-    if args.lm_size:
-        parts = args.lm_size.split(",")
-        if len(parts) != 5 or not all(p.isdigit() and int(p) > 0 for p in parts):
-            ap.error(f"--lm-size takes five positive ints HIDDEN,LAYERS,HEADS,KV_HEADS,MLP. Got {args.lm_size!r} instead.")
-        h, n, heads, kv, mlp = (int(v) for v in parts)
-        cfg = dataclasses.replace(cfg, size=dataclasses.replace(cfg.size, text_hidden=h, text_layers=n, text_heads=heads,
-                                                                text_kv_heads=kv, text_mlp=mlp))
+    if args.size:
+        cfg = dataclasses.replace(cfg, size=T._parse_size(ap, args.size, cfg.size))
     proc = build_processor(cfg.size, world=2)
     model = LlavaForConditionalGeneration(build_config(proc.tokenizer, cfg.size))
     model.load_state_dict(torch.load(args.cache, weights_only=False)["state"])
