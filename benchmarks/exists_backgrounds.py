@@ -35,7 +35,9 @@ stage (then only the ``words*`` modes, which need no projector). ``--colour-mix 
 (one shared token for "nothing here"); with ``--pull-colour``, the main object's patches are pulled toward the
 sum of its class and colour words' (unit) embeddings instead, so its colour stays on its own patches;
 ``--pull-presence W`` adds ``W * (1 - cos)`` between the mean image token and the scene's class set (as in
-``real-presence``), or, with ``--presence-per-token``, between every token and it.
+``real-presence``), or, with ``--presence-per-token``, between every token and it; ``--presence-words`` instead
+pulls only each token's cosines to the 16 class words toward the oracle's (at half a word norm; ``100 W x`` their
+squared error), leaving the rest of the token to the caption loss.
 
 ``--describe P`` makes a fraction ``P`` of the rows ``Describe the image.`` -> the caption (loss on the caption;
 token accuracy printed), as LLaVA mixes descriptions into instruction tuning. Before tuning, the script prints how
@@ -88,6 +90,8 @@ def main() -> None:
     ap.add_argument("--describe", type=float, default=0.0, help="fraction of rows that are 'Describe the image.' -> caption "
                     "(loss on the caption), as LLaVA mixes descriptions into instruction tuning")
     ap.add_argument("--presence-per-token", action="store_true", help="--pull-presence on every token, not their mean")
+    ap.add_argument("--presence-words", action="store_true", help="--pull-presence on each token's cosines to the 16 "
+                    "class words only (100 x squared error to the oracle's at half a word norm), the rest of the token free")
     ap.add_argument("--presence-mix", type=float, default=0.5, help="real-presence: norm of the added class set, in word norms")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
@@ -131,7 +135,7 @@ def main() -> None:
         targets = torch.cat([fixed[prompts.class_ids], fixed[prompts.image_token_id][None]])
         colours = F.normalize(fixed[prompts.colour_ids], dim=-1) if args.pull_colour else None
         pull(model, sc, pix, prompts, cfg, targets, args.pull, args.pull_background, args.pull_steps, gen, colours,
-             args.pull_presence, args.presence_per_token)
+             args.pull_presence, "words" if args.presence_words else args.presence_per_token)
 
     erase = None
     if args.tokens == "words-real-erased":  # the background's class directions: present-minus-absent means, per class
@@ -245,7 +249,7 @@ def _auc(score: torch.Tensor, label: torch.Tensor) -> float:
 
 
 def pull(model, sc, pix, prompts, cfg, targets: torch.Tensor, weight: float, background: float, steps: int, gen,
-         colours: torch.Tensor | None = None, presence: float = 0.0, per_token: bool = False) -> None:
+         colours: torch.Tensor | None = None, presence: float = 0.0, per_token: bool | str = False) -> None:
     """More alignment (LM frozen): caption loss + ``weight * (1 - cos)`` of object patches to their class word
     (``targets[:16]``) + ``background * (1 - cos)`` of the other patches to ``targets[16]``; with ``colours``
     (unit colour-word embeddings) the main object's patches aim at its unit class word plus its colour word."""
@@ -274,9 +278,16 @@ def pull(model, sc, pix, prompts, cfg, targets: torch.Tensor, weight: float, bac
         loss = caption + weight * (1 - cos).mean() + background * (1 - cosines[~named]).mean()
         if presence > 0:
             class_set = torch.from_numpy(sc.present[idx]).float() @ F.normalize(targets[:len(CLASSES)], dim=-1)
-            set_cos = (F.cosine_similarity(feats, class_set[:, None], dim=-1).mean(1) if per_token
-                       else F.cosine_similarity(feats.mean(1), class_set, dim=-1))
-            loss = loss + presence * (1 - set_cos).mean()
+            if per_token == "words":  # only each token's cosines to the class words, as the oracle's at half a word norm
+                unit = F.normalize(targets[:len(CLASSES)], dim=-1)
+                aim_cos = 0.45 * F.normalize(class_set, dim=-1) @ unit.T  # (B, 16)
+                got = F.normalize(feats, dim=-1) @ unit.T  # (B, T, 16)
+                set_cos = F.cosine_similarity(feats, class_set[:, None], dim=-1).mean(1)
+                loss = loss + presence * 100 * (got - aim_cos[:, None]).pow(2).mean()
+            else:
+                set_cos = (F.cosine_similarity(feats, class_set[:, None], dim=-1).mean(1) if per_token
+                           else F.cosine_similarity(feats.mean(1), class_set, dim=-1))
+                loss = loss + presence * (1 - set_cos).mean()
         T._step(opt, sched, loss, proj + vision)
         if (step + 1) % 100 == 0:
             print(f"pull {step + 1}: caption loss {caption.item():.3f}, object patches to their word(s) {cos.mean().item():.3f}, "
