@@ -24,8 +24,8 @@ positions:
   of the present classes' unit word embeddings, normalised, at ``--presence-mix`` word norms (0.5: cosine about
   0.45 to each token). Whether the LM learns ``exists`` when every token says which classes the scene holds.
 
-``--lm-size HIDDEN,LAYERS,HEADS,KV_HEADS,MLP`` gives the LM another shape: the cache's (a state after alignment
-written with ``train --size``), or with ``--text-stage`` a fresh LM text-pretrained here by the recipe's text
+``--size FIELD=N,...`` (as ``train --size`` takes it) gives the model another shape: the cache's (a state after
+alignment written with that ``train --size``), or with ``--text-stage`` a fresh LM text-pretrained here by the recipe's text
 stage (then only the ``words*`` modes, which need no projector). ``--colour-mix A`` weighs the colour word in
 ``words-colour`` (1: as much as the class word).
 
@@ -45,7 +45,7 @@ well the LM's input tells a distractor's presence: AUC of the image tokens' cosi
 over the tokens; distractor classes against absent ones, 512 scenes).
 
     python benchmarks/exists_backgrounds.py --cache runs/c1.align.pt --tokens words --steps 2000
-    python benchmarks/exists_backgrounds.py --cache runs/c1.align.pt --tokens words-colour --lm-size 192,6,8,4,576 --text-stage
+    python benchmarks/exists_backgrounds.py --cache runs/c1.align.pt --tokens words-colour --size text_hidden=192,text_mlp=576 --text-stage
     python benchmarks/exists_backgrounds.py --cache runs/c1.align.pt --tokens real-presence
 """
 
@@ -83,8 +83,8 @@ def main() -> None:
                     "present classes' unit word embeddings (the scene's class set, carried by every token on average)")
     ap.add_argument("--fresh-lm", action="store_true", help="a randomly initialised LM (no text stage) on the cached vision side")
     ap.add_argument("--colour-mix", type=float, default=1.0, help="words-colour: weight of the colour word in the sum")
-    ap.add_argument("--lm-size", default="", help="HIDDEN,LAYERS,HEADS,KV_HEADS,MLP: the LM's shape (the cache's, or with "
-                    "--text-stage a fresh one)")
+    ap.add_argument("--size", default="", metavar="FIELD=N,...", help="the model's shape, as train --size takes it (the "
+                    "cache's, or with --text-stage a fresh LM's)")
     ap.add_argument("--text-stage", action="store_true", help="a fresh LM, text-pretrained here by the recipe's text stage "
                     "(only with --tokens words*: the cache's projector does not fit another LM)")
     ap.add_argument("--describe", type=float, default=0.0, help="fraction of rows that are 'Describe the image.' -> caption "
@@ -102,13 +102,8 @@ def main() -> None:
     cfg = T.TrainConfig()
     if args.text_stage and args.tokens not in ("words", "words-fixed", "words-colour"):
         ap.error(f"--text-stage needs --tokens words, words-fixed or words-colour. Got {args.tokens!r} instead.")
-    if args.lm_size:
-        parts = args.lm_size.split(",")
-        if len(parts) != 5 or not all(p.isdigit() and int(p) > 0 for p in parts):
-            ap.error(f"--lm-size takes five positive ints HIDDEN,LAYERS,HEADS,KV_HEADS,MLP. Got {args.lm_size!r} instead.")
-        h, n, heads, kv, mlp = (int(v) for v in parts)
-        cfg = dataclasses.replace(cfg, size=dataclasses.replace(cfg.size, text_hidden=h, text_layers=n, text_heads=heads,
-                                                                text_kv_heads=kv, text_mlp=mlp))
+    if args.size:
+        cfg = dataclasses.replace(cfg, size=T._parse_size(ap, args.size, cfg.size))
     proc = build_processor(cfg.size, world=2)
     model = LlavaForConditionalGeneration(build_config(proc.tokenizer, cfg.size))
     if not args.text_stage:
