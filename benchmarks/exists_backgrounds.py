@@ -22,7 +22,13 @@ positions:
   ``<image>``'s embedding (varied, but carrying nothing);
 - ``real-presence``: an oracle, the real tokens (word norm) plus, on every token, the scene's class set: the sum
   of the present classes' unit word embeddings, normalised, at ``--presence-mix`` word norms (0.5: cosine about
-  0.45 to each token). Whether the LM learns ``exists`` when every token says which classes the scene holds.
+  0.45 to each token). Whether the LM learns ``exists`` when every token says which classes the scene holds;
+  ``real-global``: the same class set on one extra token before the real ones (word norm x ``--presence-mix``),
+  as a kept CLS token (``vision_feature_select_strategy="full"``) would carry it, and nothing added to the others;
+- ``anneal``: a curriculum, ``--anneal-from`` (``words-fixed`` or ``words-colour``) for the first
+  ``--anneal-hold`` steps, then a linear blend toward ``real-scaled`` over ``--anneal-ramp`` steps, then that
+  alone: whether a match learned on exact words carries over to the real tokens (``train
+  --instruct-scaffold-steps`` does the same inside the whole recipe).
 
 ``--size FIELD=N,...`` (as ``train --size`` takes it) gives the model another shape: the cache's (a state after
 alignment written with that ``train --size``), or with ``--text-stage`` a fresh LM text-pretrained here by the recipe's text
@@ -47,6 +53,8 @@ over the tokens; distractor classes against absent ones, 512 scenes).
     python benchmarks/exists_backgrounds.py --cache runs/c1.align.pt --tokens words --steps 2000
     python benchmarks/exists_backgrounds.py --cache runs/c1.align.pt --tokens words-colour --size text_hidden=192,text_mlp=576 --text-stage
     python benchmarks/exists_backgrounds.py --cache runs/c1.align.pt --tokens real-presence
+    python benchmarks/exists_backgrounds.py --cache runs/th6.align.pt --size text_rope_theta=1000000 --tokens anneal \
+        --anneal-from words-colour --anneal-hold 2000 --anneal-ramp 1500 --steps 5000
 """
 
 from __future__ import annotations
@@ -64,7 +72,7 @@ from headflow.zoo import train as T
 from headflow.zoo.build import build_config, build_processor
 
 TOKENS = ("real", "real-scaled", "words", "words-fixed", "words-colour", "words-real-empty", "words-real-erased",
-          "real-null-empty", "real-noise-empty", "real-presence")
+          "real-null-empty", "real-noise-empty", "real-presence", "real-global", "anneal")
 
 
 def main() -> None:
@@ -93,6 +101,10 @@ def main() -> None:
     ap.add_argument("--presence-words", action="store_true", help="--pull-presence on each token's cosines to the 16 "
                     "class words only (100 x squared error to the oracle's at half a word norm), the rest of the token free")
     ap.add_argument("--presence-mix", type=float, default=0.5, help="real-presence: norm of the added class set, in word norms")
+    ap.add_argument("--anneal-from", choices=("words-fixed", "words-colour"), default="words-fixed",
+                    help="anneal: what the LM reads first")
+    ap.add_argument("--anneal-hold", type=int, default=1500, help="anneal: steps on --anneal-from before the blend")
+    ap.add_argument("--anneal-ramp", type=int, default=1500, help="anneal: steps of the blend toward real-scaled")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     from transformers import LlavaForConditionalGeneration
@@ -144,36 +156,47 @@ def main() -> None:
         dirs = torch.stack([mean_bg[has[:, c]].mean(0) - mean_bg[~has[:, c]].mean(0) for c in range(len(CLASSES))], 1)
         erase = torch.linalg.qr(dirs).Q  # (D, 16) orthonormal
 
+    step_now = [0]  # the tuning step, for the anneal curriculum
+
     def image_positions(idx: np.ndarray) -> torch.Tensor:
+        if args.tokens != "anneal":
+            return tokens_of(args.tokens, idx)
+        alpha = min(1.0, max(0.0, (step_now[0] - args.anneal_hold) / max(args.anneal_ramp, 1)))
+        if alpha == 0.0:
+            return tokens_of(args.anneal_from, idx)
+        return (1 - alpha) * tokens_of(args.anneal_from, idx) + alpha * tokens_of("real-scaled", idx)
+
+    def tokens_of(mode: str, idx: np.ndarray) -> torch.Tensor:
         patches = torch.from_numpy(sc.patches[idx])
         objects = (patches < len(CLASSES))[..., None]
-        if args.tokens == "words":
+        if mode == "words":
             return emb(word_of_patch[patches])
         words = fixed[word_of_patch[patches]]
-        if args.tokens == "words-fixed":
+        if mode == "words-fixed":
             return words
-        if args.tokens == "words-colour":
+        if mode == "words-colour":
             colour = torch.from_numpy(sc.patch_colours[idx])
             on_main = (colour < len(prompts.colour_ids))[..., None]
             both = F.normalize(words, dim=-1) + args.colour_mix * F.normalize(fixed[colour_of_patch[colour]], dim=-1)
             return torch.where(on_main, F.normalize(both, dim=-1) * word_norm, words)
         with torch.no_grad():
             real = T.image_tokens(model, pix(sc.images[idx]))
-        if args.tokens == "real":
+        if mode == "real":
             return real
         real = real / real.norm(dim=-1, keepdim=True) * word_norm
-        if args.tokens == "real-scaled":
+        if mode == "real-scaled":
             return real
-        if args.tokens == "real-presence":  # oracle: the scene's class set added to every token
+        if mode in ("real-presence", "real-global"):  # oracle: the scene's class set on every token / one more
             present = torch.from_numpy(sc.present[idx]).float() @ F.normalize(fixed[prompts.class_ids], dim=-1)
-            return real + F.normalize(present, dim=-1)[:, None] * word_norm * args.presence_mix
-        if args.tokens == "words-real-empty":
+            present = F.normalize(present, dim=-1)[:, None] * word_norm * args.presence_mix
+            return real + present if mode == "real-presence" else torch.cat([present, real], 1)
+        if mode == "words-real-empty":
             return torch.where(objects, words, real)
-        if args.tokens == "words-real-erased":
+        if mode == "words-real-erased":
             kept = real - (real @ erase) @ erase.T
             return torch.where(objects, words, kept / kept.norm(dim=-1, keepdim=True) * word_norm)
         null = fixed[prompts.image_token_id].expand_as(real)
-        if args.tokens == "real-noise-empty":  # noise of norm 0.4x the token's: cosine about 0.93
+        if mode == "real-noise-empty":  # noise of norm 0.4x the token's: cosine about 0.93
             noise = torch.randn(real.shape, generator=noise_gen)
             null = null + noise / noise.norm(dim=-1, keepdim=True) * null.norm(dim=-1, keepdim=True) * 0.4
         return torch.where(objects, real, null)  # real-null-empty, real-noise-empty
@@ -200,17 +223,21 @@ def main() -> None:
     caption_hits: list[float] = []
     t0 = time.time()
     for step in range(args.steps):
+        step_now[0] = step
         idx = torch.randint(len(sc.images), (cfg.instruct_batch,), generator=gen).numpy()
         qs = T._sample_questions(sc, idx, rng, weights=weights, distractor_probes=args.distractor_probes)
         describe = rng.random(len(qs)) < args.describe if args.describe > 0 else np.zeros(len(qs), bool)
         seqs, n_loss = [], []
+        image_id = prompts.image_token_id
+        more = (lambda ids: ids[:ids.index(image_id)] + [image_id] + ids[ids.index(image_id):]) \
+            if args.tokens == "real-global" else (lambda ids: ids)  # one more image position
         for r, ((t, p, x, a), i) in enumerate(zip(qs, idx.tolist())):
             if describe[r]:
                 cap = prompts.caption_ids(sc.captions[i]) + [prompts.eos]
-                seqs.append(prompts.align_ids + cap)
+                seqs.append(more(prompts.align_ids) + cap)
                 n_loss.append(len(cap))
             else:
-                seqs.append(prompts.ids[t, p, x] + [prompts.word_id[a], prompts.eos])
+                seqs.append(more(prompts.ids[t, p, x]) + [prompts.word_id[a], prompts.eos])
                 n_loss.append(2)
         ids, att, lab = T._pad(seqs, n_loss, prompts.pad)
         logits = model(inputs_embeds=T.merged_input(model, ids, image_positions(idx)), attention_mask=att).logits[:, :-1]

@@ -61,7 +61,8 @@ def test_quick_training_runs_every_stage_saves_a_loadable_model_and_measures_eve
     res = subprocess.run(
         [sys.executable, "-m", "headflow.zoo.train", "--out", str(out), "--quick", "--question-weights", "size=1,count=1,exists=4",
          "--instruct-exists-steps", "2", "--vision-patch-weight", "1", "--vision-token-presence", "0.5", "--align-word-weight", "0.5",
-         "--instruct-lm-lr-scale", "0.5"],
+         "--instruct-lm-lr-scale", "0.5", "--size", "text_rope_theta=100000", "--instruct-scaffold-steps", "6",
+         "--instruct-scaffold-ramp", "4", "--instruct-scaffold-exists-only"],
         capture_output=True, text=True, timeout=170, env=env,
     )
     assert res.returncode == 0, res.stderr[-3000:]
@@ -74,6 +75,10 @@ def test_quick_training_runs_every_stage_saves_a_loadable_model_and_measures_eve
     card = (out / "MODEL_CARD.md").read_text()
     assert "Instruction tuning" in card and "question types drawn class 27%, colour 9%" in card and "exists 36%" in card
     assert summary["config"]["question_weights"] == [3.0, 1.0, 1.0, 1.0, 1.0, 4.0]  # class keeps its default 3
+    assert summary["config"]["size"]["text_rope_theta"] == 100000 and "RoPE base 100,000" in card
+    assert summary["config"]["instruct_scaffold_steps"] == 6 and "a scaffold for the first 6 steps" in card
+    assert summary["config"]["instruct_scaffold_exists_only"] is True and "on the `exists` questions only" in card
+    assert json.loads((out / "config.json").read_text())["text_config"]["rope_parameters"]["rope_theta"] == 100000.0
     assert summary["config"]["text_exists_steps"] == 3 and "the first 3 on `exists` questions alone" in card
     assert summary["config"]["instruct_exists_steps"] == 2 and summary["config"]["vision_patch_weight"] == 1.0
     vision = summary["train_accuracy"]["vision"]
@@ -372,3 +377,36 @@ def test_train_cli_rejects_a_negative_or_nan_weight(capsys, value) -> None:
     assert err.value.code == 2
     assert f"--align-word-weight must be a finite number >= 0. Got {float(value)} instead." in capsys.readouterr().err
 
+
+
+def test_the_instruction_scaffold_names_each_patch_in_words_at_the_projectors_norm() -> None:
+    """The scaffold gives, per image position: the class word's direction on a distractor's patches, the sum of
+    the class and colour words' unit vectors on the main object's, ``<image>``'s elsewhere, each at the norm of
+    the projector's token there; and its share of the LM's input falls from 1 to 0 over the ramp."""
+    from types import SimpleNamespace
+
+    from headflow.data.default import COLOURS
+    from headflow.zoo.train import TRAIN_STREAM, TrainConfig, render_scenes, scaffold_share, scaffold_tokens
+
+    sc = render_scenes(6, 0, TRAIN_STREAM)
+    g = torch.Generator().manual_seed(0)
+    emb = torch.randn(40, 24, generator=g)
+    prompts = SimpleNamespace(class_ids=list(range(16)), colour_ids=list(range(16, 16 + len(COLOURS))), image_token_id=39)
+    real = torch.randn(6, 36, 24, generator=g) * 7
+    tokens = scaffold_tokens(sc, np.arange(6), prompts, emb, real)
+    torch.testing.assert_close(tokens.norm(dim=-1), real.norm(dim=-1))
+    unit = torch.nn.functional.normalize
+    main = torch.from_numpy(sc.patches == sc.attrs[:, :1])
+    patches = torch.from_numpy(sc.patches)
+    distractor, empty = (patches < 16) & ~main, patches == 16
+    assert main.any() and distractor.any() and empty.any()
+    direction = unit(tokens, dim=-1)
+    torch.testing.assert_close(direction[empty], unit(emb[39], dim=0).expand(int(empty.sum()), -1))
+    torch.testing.assert_close(direction[distractor], unit(emb[patches[distractor]], dim=-1))
+    colour = torch.from_numpy(sc.patch_colours)[main] + 16
+    torch.testing.assert_close(direction[main], unit(unit(emb[patches[main]], dim=-1) + unit(emb[colour], dim=-1), dim=-1))
+
+    cfg = TrainConfig(instruct_scaffold_steps=3, instruct_scaffold_ramp=4)
+    assert [scaffold_share(s, cfg) for s in range(9)] == [0, 0, 0, 0.25, 0.5, 0.75, 1, 1, 1]
+    assert scaffold_share(0, TrainConfig()) == 1.0  # the shipped recipe: no scaffold
+    assert [scaffold_share(s, TrainConfig(instruct_scaffold_steps=2)) for s in range(4)] == [0, 0, 1, 1]

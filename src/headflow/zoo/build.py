@@ -62,6 +62,11 @@ class ModelSize:
         CLIP vision tower width, depth, heads and MLP width.
     text_hidden, text_layers, text_heads, text_kv_heads, text_mlp : int
         Llama language model width, depth, query heads, key/value heads (GQA) and MLP width.
+    text_head_dim : int
+        Width of each LM attention head (0: ``text_hidden // text_heads``, as Llama's default).
+    text_rope_theta : int
+        RoPE base of the LM (Llama's 10,000; larger bases leave more of each head's dimensions nearly
+        position-free, for matching by content across the prompt).
     image_size, patch_size : int
         Input resolution and ViT patch size (``(image_size // patch_size) ** 2`` image tokens).
     """
@@ -75,6 +80,8 @@ class ModelSize:
     text_heads: int = 8
     text_kv_heads: int = 4
     text_mlp: int = 384
+    text_head_dim: int = 0
+    text_rope_theta: int = 10000
     image_size: int = IMAGE_SIZE
     patch_size: int = 16
 
@@ -193,7 +200,8 @@ def build_config(tokenizer, size: ModelSize | None = None):
         num_hidden_layers=size.text_layers,
         num_attention_heads=size.text_heads,
         num_key_value_heads=size.text_kv_heads,
-        head_dim=size.text_hidden // size.text_heads,
+        head_dim=size.text_head_dim or size.text_hidden // size.text_heads,
+        rope_parameters={"rope_type": "default", "rope_theta": float(size.text_rope_theta)},
         max_position_embeddings=256,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,

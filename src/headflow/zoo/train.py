@@ -25,8 +25,9 @@ vision tricks):
 3. **Instruction tuning** of the whole model on the six question types (training phrasings only; one
    phrasing per type is held out; types drawn with ``question_weights``, after ``instruct_exists_steps`` on
    ``exists`` alone: 0 in the shipped recipe), loss on the answer word and
-   ``</s>``. Optional regulariser: an L1 cost on the attention mass text queries put on image tokens
-   (``image_attention_l1``).
+   ``</s>``. Optionally (``instruct_scaffold_steps`` > 0) the LM first reads, at the image positions, what each
+   patch shows as words, then a blend toward the projector's tokens (:func:`scaffold_tokens`). Optional
+   regulariser: an L1 cost on the attention mass text queries put on image tokens (``image_attention_l1``).
 
 The run saves model + processor with ``save_pretrained`` and measures the card's numbers on a fresh set.
 """
@@ -124,6 +125,20 @@ class TrainConfig:
     # class and count three times, size 1.5 times as often as colour, position and exists (with class and count
     # twice, count was 87.9 % and identification 95.4 %; with count x3 alone, identification 94.2 %: issue 16)
     question_weights: tuple[float, ...] = (3.0, 1.0, 1.0, 1.5, 3.0, 1.0)
+    # A scaffold for the first instruction-tuning steps (0, the shipped recipe): for ``instruct_scaffold_steps``
+    # the LM reads at the image positions, instead of the projector's tokens, what each patch shows as words (the
+    # class word's input embedding on an object's patches, on the main object's its class and colour words
+    # summed, ``<image>``'s elsewhere; each at its projector token's norm), then a linear blend toward the
+    # projector's tokens over ``instruct_scaffold_ramp`` steps (the vision side frozen until then), then those
+    # alone. A stand-in for what a real LM
+    # brings to instruction tuning from pretraining: matching a word in the question against what it reads.
+    # Issue 16 measured that an LM which learned `exists` on exact words keeps it on the real tokens
+    # (README "Retraining").
+    instruct_scaffold_steps: int = 0
+    instruct_scaffold_ramp: int = 0
+    # the scaffold on the `exists` rows only: every other question reads the projector's tokens throughout (and
+    # the vision side learns from those rows as without a scaffold)
+    instruct_scaffold_exists_only: bool = False
     image_attention_l1: float = 0.0  # weight of the L1 penalty on text queries' attention mass on image tokens
     n_eval: int = 480
     eval_seed: int = 1  # held-out analysis-stream seed for the reported numbers
@@ -641,10 +656,33 @@ def _instruct_groups(model, cfg: TrainConfig) -> list[tuple[list, float]]:
     return groups
 
 
+def scaffold_tokens(sc: Scenes, idx: np.ndarray, prompts: _Prompts, embeddings: torch.Tensor,
+                    real: torch.Tensor) -> torch.Tensor:
+    """The instruction-tuning scaffold ``(B, T, D)`` for scenes ``idx``: on each patch an object covers, its class
+    word's input embedding (from ``embeddings``, the LM's input embedding matrix), on the main object's patches
+    the sum of its class and colour words' unit embeddings, elsewhere ``<image>``'s embedding; each token in
+    its direction at the norm of the projector's token ``real`` at that position (``TrainConfig.instruct_scaffold_steps``)."""
+    patches, colours = torch.from_numpy(sc.patches[idx]), torch.from_numpy(sc.patch_colours[idx])
+    word_of_patch = torch.tensor(prompts.class_ids + [prompts.image_token_id])
+    direction = F.normalize(embeddings[word_of_patch[patches]], dim=-1)
+    on_main = (colours < len(COLOURS))[..., None]
+    colour = F.normalize(embeddings[torch.tensor(prompts.colour_ids)[colours.clamp(max=len(COLOURS) - 1)]], dim=-1)
+    direction = torch.where(on_main, F.normalize(direction + colour, dim=-1), direction)
+    return direction * real.norm(dim=-1, keepdim=True)
+
+
+def scaffold_share(step: int, cfg: TrainConfig) -> float:
+    """The projector tokens' share (0-1) of what the LM reads at the image positions at instruction step ``step``."""
+    if step < cfg.instruct_scaffold_steps:
+        return 0.0
+    return min(1.0, (step - cfg.instruct_scaffold_steps + 1) / max(cfg.instruct_scaffold_ramp, 1))
+
+
 def _stage_instruct(model, sc: Scenes, pix, prompts: _Prompts, cfg: TrainConfig, gen: torch.Generator,
                     rng: np.random.Generator) -> dict[str, float]:
     """Instruction tuning of the whole model. Returns last-100-step answer accuracy per question type."""
     opt, sched = _optimizer(_instruct_groups(model, cfg), cfg, cfg.instruct_steps)
+    embeddings = model.get_input_embeddings().weight.detach().clone()  # the scaffold's words, as the stage starts
     model.train()
     hits: dict[str, list[float]] = {t: [] for t in QUESTION_TYPES}
     postfix: dict[str, str] = {}
@@ -659,7 +697,21 @@ def _stage_instruct(model, sc: Scenes, pix, prompts: _Prompts, cfg: TrainConfig,
             ids, att, lab = _pad(seqs, [2] * len(seqs), prompts.pad)
             img, tq = token_groups(ids, prompts.image_token_id)
             state = FlowControl(image_keys=img, text_queries=tq, image_attention=cost).state()
-            out = model(input_ids=ids, attention_mask=att, pixel_values=pix(sc.images[idx]), **{STATE_KWARG: state})
+            share = scaffold_share(step, cfg)
+            if share < 1.0:  # the scaffold, alone or blended with the projector's tokens; the vision side learns
+                # nothing from it until the blend is over (when it did, the LM lost every question type as the scaffold faded)
+                exists_only = cfg.instruct_scaffold_exists_only
+                with torch.set_grad_enabled(exists_only):
+                    real = image_tokens(model, pix(sc.images[idx]))
+                frozen = real.detach()
+                tokens = (1 - share) * scaffold_tokens(sc, idx, prompts, embeddings, frozen) + share * frozen
+                if exists_only:
+                    rows = torch.tensor([t == "exists" for t, *_ in qs])[:, None, None]
+                    tokens = torch.where(rows, tokens, real)
+                out = model(inputs_embeds=merged_input(model, ids, tokens), attention_mask=att, **{STATE_KWARG: state})
+                postfix["scaffold"] = f"{1 - share:.2f}"
+            else:
+                out = model(input_ids=ids, attention_mask=att, pixel_values=pix(sc.images[idx]), **{STATE_KWARG: state})
             logits = out.logits[:, :-1]
             target = lab[:, 1:]
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100)
@@ -885,7 +937,8 @@ def model_card(summary: dict) -> str:
         f"(CLS dropped, `default` strategy), hidden {size['vision_hidden']}, {size['vision_layers']} layers, {size['vision_heads']} heads, MLP {size['vision_mlp']}.",
         "- Projector: standard LLaVA 2-layer GELU MLP.",
         f"- LM: Llama, hidden {size['text_hidden']}, {size['text_layers']} layers, {size['text_heads']} query heads, "
-        f"{size['text_kv_heads']} key/value heads (GQA), head_dim {size['text_hidden'] // size['text_heads']}, MLP {size['text_mlp']}.",
+        f"{size['text_kv_heads']} key/value heads (GQA), head_dim {size.get('text_head_dim') or size['text_hidden'] // size['text_heads']}, "
+        f"MLP {size['text_mlp']}, RoPE base {size.get('text_rope_theta', 10000):,}.",
         "- Tokenizer: word level (`tokenizers` WordLevel + Whitespace), specials `<pad> <unk> <s> </s> <image>`; `<s>` is prepended.",
         "- Prompt (LLaVA-1.5 chat template): `USER: <image>\\n{question} ASSISTANT:`; answer = one word then `</s>`.",
         "",
@@ -921,7 +974,14 @@ def model_card(summary: dict) -> str:
         f"3. Instruction tuning of the whole model on the six question types (training phrasings), loss on answer + `</s>`: "
         f"{cfg['instruct_steps']} steps x {cfg['instruct_batch']}, lr {cfg['instruct_lr']} (vision x {cfg['vision_lr_scale']}"
         + (f", language model x {cfg['instruct_lm_lr_scale']}" if cfg.get("instruct_lm_lr_scale", 1.0) != 1.0 else "") + "); "
-        + _type_mix(cfg.get("question_weights")) + ".",
+        + _type_mix(cfg.get("question_weights"))
+        + (f"; a scaffold for the first {cfg['instruct_scaffold_steps']} steps: the LM read at the image positions what each patch "
+           "shows as words (the class word's input embedding on an object's patches, class and colour words on the main object's, "
+           f"`<image>`'s elsewhere), then a blend toward the projector's tokens over {cfg.get('instruct_scaffold_ramp', 0)} steps "
+           + ("(on the `exists` questions only; the vision side learning from the others), " if cfg.get("instruct_scaffold_exists_only")
+              else "(the vision side frozen until then), ")
+           + "then those alone (a stand-in for the word matching a pretrained LM brings)"
+           if cfg.get("instruct_scaffold_steps") else "") + ".",
         ("   Image-attention cost: " + str(cfg["image_attention_l1"]) + " x the attention mass text queries after the image put on image "
          "tokens, summed over LM heads (L1), is added to the loss." if cfg["image_attention_l1"] > 0 else
          "   No image-attention cost (no regulariser of any kind beyond weight decay)."),
@@ -1091,7 +1151,7 @@ def train(out: str | Path, cfg: TrainConfig = TrainConfig(), measure_after: bool
 
 #: integer knobs and their smallest value
 _INT_KNOBS = {"vision_steps": 1, "text_steps": 1, "align_steps": 1, "instruct_steps": 1, "n_train": 1,
-              "text_exists_steps": 0, "instruct_exists_steps": 0}
+              "text_exists_steps": 0, "instruct_exists_steps": 0, "instruct_scaffold_steps": 0, "instruct_scaffold_ramp": 0}
 _FLOAT_KNOBS = ("vision_class_weight", "vision_patch_weight", "vision_token_presence", "align_word_weight", "instruct_distractor_probes",
                 "instruct_lm_lr_scale", "image_attention_l1", "instruct_lr", "align_lr", "text_lr", "vision_lr")
 
@@ -1145,6 +1205,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.add_argument("--" + knob.replace("_", "-"), type=float, default=None, help=f"override {knob}")
     parser.add_argument("--size", default=None, metavar="FIELD=N,...",
                         help="model size fields (ModelSize), e.g. text_hidden=192,text_mlp=576 (others keep the default)")
+    parser.add_argument("--instruct-scaffold-exists-only", action="store_true", default=None,
+                        help="the instruction scaffold on the exists questions only (see --instruct-scaffold-steps)")
     parser.add_argument("--question-weights", default=None, metavar="TYPE=W,...",
                         help="instruction-tuning sampling weight per question type, e.g. class=2,exists=2 (others keep the default)")
     args = parser.parse_args(argv)
@@ -1166,7 +1228,7 @@ def main(argv: list[str] | None = None) -> None:
         cfg = replace(cfg, question_weights=_parse_weights(parser, args.question_weights, cfg.question_weights))
     if args.size is not None:
         cfg = replace(cfg, size=_parse_size(parser, args.size, cfg.size))
-    for name in (*_INT_KNOBS, *_FLOAT_KNOBS):
+    for name in (*_INT_KNOBS, *_FLOAT_KNOBS, "instruct_scaffold_exists_only"):
         if getattr(args, name) is not None:
             cfg = replace(cfg, **{name: getattr(args, name)})
     try:
