@@ -130,10 +130,9 @@ class TrainConfig:
     # class word's input embedding on an object's patches, on the main object's its class and colour words
     # summed, ``<image>``'s elsewhere; each at its projector token's norm), then a linear blend toward the
     # projector's tokens over ``instruct_scaffold_ramp`` steps (the vision side frozen until then), then those
-    # alone. A stand-in for what a real LM
-    # brings to instruction tuning from pretraining: matching a word in the question against what it reads.
-    # Issue 16 measured that an LM which learned `exists` on exact words keeps it on the real tokens
-    # (README "Retraining").
+    # alone. A stand-in for what a real LM brings to instruction tuning from pretraining: matching a word in the
+    # question against what it reads. Issue 16 measured that an LM which learned `exists` on exact words keeps it
+    # on the real tokens (README "Retraining").
     instruct_scaffold_steps: int = 0
     instruct_scaffold_ramp: int = 0
     # the scaffold on the `exists` rows only: every other question reads the projector's tokens throughout (and
