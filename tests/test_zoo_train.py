@@ -408,5 +408,7 @@ def test_the_instruction_scaffold_names_each_patch_in_words_at_the_projectors_no
 
     cfg = TrainConfig(instruct_scaffold_steps=3, instruct_scaffold_ramp=4)
     assert [scaffold_share(s, cfg) for s in range(9)] == [0, 0, 0, 0.25, 0.5, 0.75, 1, 1, 1]
-    assert scaffold_share(0, TrainConfig()) == 1.0  # the shipped recipe: no scaffold
-    assert [scaffold_share(s, TrainConfig(instruct_scaffold_steps=2)) for s in range(4)] == [0, 0, 1, 1]
+    assert scaffold_share(0, TrainConfig(instruct_scaffold_steps=0)) == 1.0  # no scaffold
+    shipped = TrainConfig()  # 2,500 steps of words, then 1,500 of blend
+    assert [scaffold_share(s, shipped) for s in (0, 2499, 2500, 3249, 3999, 4000)] == [0, 0, 1 / 1500, 750 / 1500, 1, 1]
+    assert [scaffold_share(s, TrainConfig(instruct_scaffold_steps=2, instruct_scaffold_ramp=0)) for s in range(4)] == [0, 0, 1, 1]

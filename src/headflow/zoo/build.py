@@ -65,8 +65,9 @@ class ModelSize:
     text_head_dim : int
         Width of each LM attention head (0: ``text_hidden // text_heads``, as Llama's default).
     text_rope_theta : int
-        RoPE base of the LM (Llama's 10,000; larger bases leave more of each head's dimensions nearly
-        position-free, for matching by content across the prompt).
+        RoPE base of the LM (100,000 shipped; Llama's is 10,000, Llama 3's 500,000). Larger bases leave more of
+        each head's dimensions nearly position-free, for matching by content across the prompt (README
+        "Retraining": with the scaffold, `exists` 84 % at 10,000 and 92 % at 100,000).
     image_size, patch_size : int
         Input resolution and ViT patch size (``(image_size // patch_size) ** 2`` image tokens).
     """
@@ -81,7 +82,7 @@ class ModelSize:
     text_kv_heads: int = 4
     text_mlp: int = 384
     text_head_dim: int = 0
-    text_rope_theta: int = 10000
+    text_rope_theta: int = 100000
     image_size: int = IMAGE_SIZE
     patch_size: int = 16
 

@@ -8,7 +8,7 @@ vision tricks):
    embedding with whitened PCA components and its position embeddings with 2-D sine-cosine, and train the
    tower with one attention-pooled linear head per fact (a learned query over the patch tokens, as an LM
    head reads them): main class, colour, size, position, object count and which classes are present;
-   optionally (``vision_patch_weight`` > 0; 0 in the shipped recipe) a linear head on every patch token naming
+   (``vision_patch_weight`` > 0; 1 in the shipped recipe) a linear head on every patch token naming
    the class of the object that covers the patch, or none (targets from the pixel masks, :func:`patch_labels`);
    optionally (``vision_token_presence`` > 0; 0 shipped) a presence head on every patch token alone (which
    classes the scene holds), so each token carries the scene's class set.
@@ -18,14 +18,14 @@ vision tricks):
    caption.
 2. **Vision-language alignment** with the LM frozen: image -> caption (``Describe the image.``), loss on
    the caption; the projector and (at a lower rate) the vision tower learn. Optionally
-   (``align_word_weight`` > 0; 0 in the shipped recipe) a word-likeness loss points each patch token the LM
+   (``align_word_weight`` > 0; 1 in the shipped recipe) a word-likeness loss points each patch token the LM
    reads, where an object covers the patch, toward the LM's input embeddings of that object's class word and
    (main object) colour word, as the caption names it (a stand-in for CLIP's patch features, which live in a
    space aligned with words).
 3. **Instruction tuning** of the whole model on the six question types (training phrasings only; one
    phrasing per type is held out; types drawn with ``question_weights``, after ``instruct_exists_steps`` on
    ``exists`` alone: 0 in the shipped recipe), loss on the answer word and
-   ``</s>``. Optionally (``instruct_scaffold_steps`` > 0) the LM first reads, at the image positions, what each
+   ``</s>``. With ``instruct_scaffold_steps`` > 0 (the shipped recipe) the LM first reads, at the image positions, what each
    patch shows as words, then a blend toward the projector's tokens (:func:`scaffold_tokens`). Optional
    regulariser: an L1 cost on the attention mass text queries put on image tokens (``image_attention_l1``).
 
@@ -91,11 +91,12 @@ class TrainConfig:
     # weight of the word-likeness loss in alignment: each patch token the projector gives the LM, where an object
     # covers its patch, must name that object's class among the LM's class-word input embeddings and, on the main
     # object, its colour among the colour words (two cross-entropies of a softmax over cosines / 0.1), i.e. its
-    # direction is pulled toward both words. 0 in the shipped recipe: with it colour stayed at chance after
-    # instruction tuning at the full LM rate (96.5 % with instruct_lm_lr_scale 0.1), and `exists` was no higher
-    # than without it (76-78 %: README "Retraining", issue 16)
-    align_word_weight: float = 0.0
-    instruct_steps: int = 4000
+    # direction is pulled toward both words. 1 in the shipped recipe (with the instruction scaffold below; without
+    # the scaffold, at the full LM rate, colour stayed at chance after instruction tuning, and `exists` was no
+    # higher than without the loss: 76-78 %, README "Retraining", issue 16)
+    align_word_weight: float = 1.0
+    # 6,000 (4,000 before the scaffold): the last 2,000 on the projector's tokens alone
+    instruct_steps: int = 6000
     instruct_batch: int = 32
     instruct_lr: float = 1e-3
     vision_lr_scale: float = 0.3
@@ -107,9 +108,8 @@ class TrainConfig:
     warmup: int = 100
     weight_decay: float = 0.05
     vision_class_weight: float = 1.0  # weight of the main-class loss in vision pretraining
-    vision_patch_weight: float = 0.0  # weight of the per-patch class loss in vision pretraining (0: no patch head,
-    # the shipped recipe; 1 trained the tower far better, but C4's verdict differed between its runs, as it does
-    # between seeds of the shipped recipe: README "Retraining", issue 16)
+    vision_patch_weight: float = 1.0  # weight of the per-patch class loss in vision pretraining (1, the shipped
+    # recipe: a far better tower than without it, 0; README "Retraining", issue 16)
     # weight of a presence loss on every patch token in vision pretraining: one linear head (shared) reads, from each
     # token alone, which of the 16 classes the scene holds (0, the shipped recipe). A stand-in for the global image
     # content that CLIP's patch tokens carry; issue 16 measured that an LM learns `exists` when every token holds
@@ -117,24 +117,23 @@ class TrainConfig:
     vision_token_presence: float = 0.0
     instruct_exists_steps: int = 0  # steps of instruction tuning (counted in instruct_steps) on `exists` alone, first
     # In instruction tuning, the chance that a present `exists` probe is one of the distractors where the scene has
-    # any (0, the shipped recipe: uniform over the present objects, as the world draws it, so the main object is
-    # the probe 61 % of the time and "yes iff the main object" scores 80 %). 0.8 lifted distractors from 9 to 21 %
-    # and cost the absent classes as much; README "Retraining", issue 16
-    instruct_distractor_probes: float = 0.0
+    # any (0.5, the shipped recipe; 0 is the world's own draw, uniform over the present objects, so the main object
+    # is the probe 61 % of the time and "yes iff the main object" scores 80 %). README "Retraining", issue 16
+    instruct_distractor_probes: float = 0.5
     # sampling weight of each question type in instruction tuning, in ``QUESTION_TYPES`` order (equal = uniform):
-    # class and count three times, size 1.5 times as often as colour, position and exists (with class and count
+    # class, count and exists three times, size 1.5 times as often as colour and position (with class and count
     # twice, count was 87.9 % and identification 95.4 %; with count x3 alone, identification 94.2 %: issue 16)
-    question_weights: tuple[float, ...] = (3.0, 1.0, 1.0, 1.5, 3.0, 1.0)
-    # A scaffold for the first instruction-tuning steps (0, the shipped recipe): for ``instruct_scaffold_steps``
-    # the LM reads at the image positions, instead of the projector's tokens, what each patch shows as words (the
-    # class word's input embedding on an object's patches, on the main object's its class and colour words
-    # summed, ``<image>``'s elsewhere; each at its projector token's norm), then a linear blend toward the
-    # projector's tokens over ``instruct_scaffold_ramp`` steps (the vision side frozen until then), then those
-    # alone. A stand-in for what a real LM brings to instruction tuning from pretraining: matching a word in the
-    # question against what it reads. Issue 16 measured that an LM which learned `exists` on exact words keeps it
-    # on the real tokens (README "Retraining").
-    instruct_scaffold_steps: int = 0
-    instruct_scaffold_ramp: int = 0
+    question_weights: tuple[float, ...] = (3.0, 1.0, 1.0, 1.5, 3.0, 3.0)
+    # A scaffold for the first instruction-tuning steps (2,500 + a 1,500-step blend in the shipped recipe; 0 steps:
+    # none, and no blend): for ``instruct_scaffold_steps`` the LM reads at the image positions, instead of the
+    # projector's tokens, what each patch shows as words (the class word's input embedding on an object's patches,
+    # on the main object's its class and colour words summed, ``<image>``'s elsewhere; each at its projector token's
+    # norm), then a linear blend toward the projector's tokens over ``instruct_scaffold_ramp`` steps (the vision
+    # side frozen until then), then those alone. A stand-in for what a real LM brings to instruction tuning from
+    # pretraining: matching a word in the question against what it reads. Issue 16 measured that an LM which learned
+    # `exists` on exact words keeps it on the real tokens (README "Retraining").
+    instruct_scaffold_steps: int = 2500
+    instruct_scaffold_ramp: int = 1500
     # the scaffold on the `exists` rows only: every other question reads the projector's tokens throughout (and
     # the vision side learns from those rows as without a scaffold)
     instruct_scaffold_exists_only: bool = False
@@ -156,6 +155,8 @@ QUICK = TrainConfig(
     align_steps=10,
     align_batch=16,
     instruct_steps=20,
+    instruct_scaffold_steps=8,
+    instruct_scaffold_ramp=6,
     instruct_batch=16,
     warmup=5,
     n_eval=48,
@@ -671,7 +672,10 @@ def scaffold_tokens(sc: Scenes, idx: np.ndarray, prompts: _Prompts, embeddings: 
 
 
 def scaffold_share(step: int, cfg: TrainConfig) -> float:
-    """The projector tokens' share (0-1) of what the LM reads at the image positions at instruction step ``step``."""
+    """The projector tokens' share (0-1) of what the LM reads at the image positions at instruction step ``step``
+    (always 1 where ``cfg.instruct_scaffold_steps`` is 0: no scaffold, and no blend)."""
+    if cfg.instruct_scaffold_steps == 0:
+        return 1.0
     if step < cfg.instruct_scaffold_steps:
         return 0.0
     return min(1.0, (step - cfg.instruct_scaffold_steps + 1) / max(cfg.instruct_scaffold_ramp, 1))
