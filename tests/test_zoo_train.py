@@ -269,6 +269,16 @@ def test_shipped_default_model() -> None:
     assert acc >= 0.85
 
 
+
+def test_training_defaults_are_the_shipped_models_recipe() -> None:
+    """`python -m headflow.zoo.train` with no flags is the recipe the embedded weights were trained with."""
+    from dataclasses import asdict
+
+    from headflow.zoo.train import TrainConfig
+
+    shipped = json.loads((DEFAULT_DIR / "training.json").read_text())["config"]
+    assert json.loads(json.dumps(asdict(TrainConfig()))) == shipped
+
 @pytest.mark.skipif(not (DEFAULT_DIR / "model.safetensors").is_file(), reason="default checkpoint not built")
 def test_training_image_attention_equals_eager_attention_weights() -> None:
     """The image-attention cost of training reads, through headflow's attention, the same per-query mass on
@@ -409,6 +419,6 @@ def test_the_instruction_scaffold_names_each_patch_in_words_at_the_projectors_no
     cfg = TrainConfig(instruct_scaffold_steps=3, instruct_scaffold_ramp=4)
     assert [scaffold_share(s, cfg) for s in range(9)] == [0, 0, 0, 0.25, 0.5, 0.75, 1, 1, 1]
     assert scaffold_share(0, TrainConfig(instruct_scaffold_steps=0)) == 1.0  # no scaffold
-    shipped = TrainConfig()  # 2,500 steps of words, then 1,500 of blend
-    assert [scaffold_share(s, shipped) for s in (0, 2499, 2500, 3249, 3999, 4000)] == [0, 0, 1 / 1500, 750 / 1500, 1, 1]
+    shipped = TrainConfig()  # 4,000 steps of words, then 1,500 of blend
+    assert [scaffold_share(s, shipped) for s in (0, 3999, 4000, 4749, 5499, 5500)] == [0, 0, 1 / 1500, 750 / 1500, 1, 1]
     assert [scaffold_share(s, TrainConfig(instruct_scaffold_steps=2, instruct_scaffold_ramp=0)) for s in range(4)] == [0, 0, 1, 1]

@@ -95,8 +95,8 @@ class TrainConfig:
     # the scaffold, at the full LM rate, colour stayed at chance after instruction tuning, and `exists` was no
     # higher than without the loss: 76-78 %, README "Retraining", issue 16)
     align_word_weight: float = 1.0
-    # 6,000 (4,000 before the scaffold): the last 2,000 on the projector's tokens alone
-    instruct_steps: int = 6000
+    # 7,500 (4,000 before the scaffold, 6,000 with a 2,500-step scaffold): the last 2,000 on the projector's tokens alone
+    instruct_steps: int = 7500
     instruct_batch: int = 32
     instruct_lr: float = 1e-3
     vision_lr_scale: float = 0.3
@@ -124,15 +124,16 @@ class TrainConfig:
     # class, count and exists three times, size 1.5 times as often as colour and position (with class and count
     # twice, count was 87.9 % and identification 95.4 %; with count x3 alone, identification 94.2 %: issue 16)
     question_weights: tuple[float, ...] = (3.0, 1.0, 1.0, 1.5, 3.0, 3.0)
-    # A scaffold for the first instruction-tuning steps (2,500 + a 1,500-step blend in the shipped recipe; 0 steps:
+    # A scaffold for the first instruction-tuning steps (4,000 + a 1,500-step blend in the shipped recipe; 0 steps:
     # none, and no blend): for ``instruct_scaffold_steps`` the LM reads at the image positions, instead of the
     # projector's tokens, what each patch shows as words (the class word's input embedding on an object's patches,
     # on the main object's its class and colour words summed, ``<image>``'s elsewhere; each at its projector token's
     # norm), then a linear blend toward the projector's tokens over ``instruct_scaffold_ramp`` steps (the vision
     # side frozen until then), then those alone. A stand-in for what a real LM brings to instruction tuning from
     # pretraining: matching a word in the question against what it reads. Issue 16 measured that an LM which learned
-    # `exists` on exact words keeps it on the real tokens (README "Retraining").
-    instruct_scaffold_steps: int = 2500
+    # `exists` on exact words keeps it on the real tokens (README "Retraining"). 4,000, not 2,500: with 2,500 one
+    # run of two (2 threads) never learned `exists` on the words; with 4,000 runs at 1 and 2 threads did
+    instruct_scaffold_steps: int = 4000
     instruct_scaffold_ramp: int = 1500
     # the scaffold on the `exists` rows only: every other question reads the projector's tokens throughout (and
     # the vision side learns from those rows as without a scaffold)
