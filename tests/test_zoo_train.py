@@ -269,7 +269,6 @@ def test_shipped_default_model() -> None:
     assert acc >= 0.85
 
 
-
 def test_training_defaults_are_the_shipped_models_recipe() -> None:
     """`python -m headflow.zoo.train` with no flags is the recipe the embedded weights were trained with."""
     from dataclasses import asdict
@@ -278,6 +277,7 @@ def test_training_defaults_are_the_shipped_models_recipe() -> None:
 
     shipped = json.loads((DEFAULT_DIR / "training.json").read_text())["config"]
     assert json.loads(json.dumps(asdict(TrainConfig()))) == shipped
+
 
 @pytest.mark.skipif(not (DEFAULT_DIR / "model.safetensors").is_file(), reason="default checkpoint not built")
 def test_training_image_attention_equals_eager_attention_weights() -> None:

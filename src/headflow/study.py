@@ -50,7 +50,7 @@ class StudyPlan:
 #: 11 s on one CPU thread: about 75 s), so the full demo (6.4 minutes before) stays well under 10 minutes. 96 images
 #: give 6 per class for the image-vs-question comparison; 256 masks fit the top heads of the 48-head default model
 #: well enough to compare maps; the 32 held-out masks (the minimum is 8) only feed each type's LDS, which the
-#: routing report does not show. Flow runs on all 384 images: it is the cheapest step (96 images in 6 s), and C4's
+#: routing report does not show. Flow runs on all 384 images: it is the cheapest step (384 images in 24 s), and C4's
 #: object effect only counts images whose object covers a whole token (59 of 96 on the default model), so at 96
 #: its interval was the widest of the study (issue 16: [-10.5 %, +0.01 %], inconclusive by a hair).
 FULL = StudyPlan(images=384, masks=None, val_masks=256, validate_images=96, flow_images=384, flow_maps=4,

@@ -95,7 +95,7 @@ class TrainConfig:
     # the scaffold, at the full LM rate, colour stayed at chance after instruction tuning, and `exists` was no
     # higher than without the loss: 76-78 %, README "Retraining", issue 16)
     align_word_weight: float = 1.0
-    # 7,500 (4,000 before the scaffold, 6,000 with a 2,500-step scaffold): the last 2,000 on the projector's tokens alone
+    # 7,500 (4,000 before the scaffold; 6,000 with the 2,500-step one): the last 2,000 on the projector's tokens alone
     instruct_steps: int = 7500
     instruct_batch: int = 32
     instruct_lr: float = 1e-3
@@ -132,7 +132,7 @@ class TrainConfig:
     # side frozen until then), then those alone. A stand-in for what a real LM brings to instruction tuning from
     # pretraining: matching a word in the question against what it reads. Issue 16 measured that an LM which learned
     # `exists` on exact words keeps it on the real tokens (README "Retraining"). 4,000, not 2,500: with 2,500 one
-    # run of two (2 threads) never learned `exists` on the words; with 4,000 runs at 1 and 2 threads did
+    # run of two (2 threads) never learned `exists` on the words; with 4,000 all three runs, at 1 and 2 threads, did
     instruct_scaffold_steps: int = 4000
     instruct_scaffold_ramp: int = 1500
     # the scaffold on the `exists` rows only: every other question reads the projector's tokens throughout (and
