@@ -16,6 +16,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from headflow.data.default import CLASSES, question_for, render_scene
 from headflow.models.loading import default_model_dir
+from headflow.zoo.train import prompt_text
 
 
 def main() -> None:
@@ -39,8 +40,7 @@ def main() -> None:
     right: dict[str, list[bool]] = {}
     for start in range(0, len(rows), 64):
         chunk = rows[start:start + 64]
-        prompts = [processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}],
-                                                 add_generation_prompt=True) for _, _, q, _ in chunk]
+        prompts = [prompt_text(processor, q) for _, _, q, _ in chunk]
         batch = processor(images=[im for _, im, _, _ in chunk], text=prompts, return_tensors="pt", padding=True)
         with torch.no_grad():
             pred = model(**batch).logits[:, -1].argmax(-1)
